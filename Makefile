@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each installs what it needs into
+# the project's own virtualenv (.venv); nothing is installed by hand.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format migrate venv
+
+help:
+	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
+	@echo "make test     lint, type-check and run every test against real PostgreSQL"
+	@echo "make lint     ruff, mypy and hadolint only"
+	@echo "make format   rewrite the code with ruff format"
+	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@ $(RUNTIME_STAMP)
+
+venv: $(DEV_STAMP)
+
+run: $(RUNTIME_STAMP)
+	$(PY) main.py
+
+migrate: $(RUNTIME_STAMP)
+	$(VENV)/bin/alembic upgrade head
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	@if [ -f Dockerfile ]; then $(VENV)/bin/hadolint Dockerfile; fi
+
+format: $(DEV_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest

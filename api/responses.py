@@ -1,0 +1,27 @@
+"""OpenAPI declarations of the error responses an operation can return."""
+
+from typing import Any
+
+from schemas.common import ErrorBody
+
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing, invalid or expired token",
+    403: "Not allowed for this user",
+    404: "Not found",
+    409: "Conflict with existing data",
+    413: "Request body too large",
+    429: "Too many attempts",
+    503: "Database unavailable or request timed out",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for the given statuses, all using the error body schema."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses
+    }
+
+
+# What every authenticated operation may answer on top of its own errors.
+AUTHENTICATED = (401, 503)

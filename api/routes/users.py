@@ -1,0 +1,68 @@
+"""User administration (admin only)."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import AdminUser, PageParams, UserServiceDep
+from api.responses import AUTHENTICATED, errors
+from schemas.common import Page
+from schemas.user import UserCreate, UserRead, UserSort, UserUpdate
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+ADMIN = (*AUTHENTICATED, 403)
+
+
+@router.get("", response_model=Page[UserRead], responses=errors(*ADMIN))
+async def list_users(
+    _: AdminUser,
+    users: UserServiceDep,
+    page: PageParams,
+    sort: Annotated[UserSort, Query()] = "email",
+) -> Page[UserRead]:
+    """List users."""
+    items, total = await users.list(sort=sort, skip=page.skip, limit=page.limit)
+    return Page(
+        items=[UserRead.model_validate(u) for u in items],
+        total=total,
+        skip=page.skip,
+        limit=page.limit,
+    )
+
+
+@router.post(
+    "",
+    response_model=UserRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(*ADMIN, 409),
+)
+async def create_user(body: UserCreate, _: AdminUser, users: UserServiceDep) -> UserRead:
+    """Create a user."""
+    return UserRead.model_validate(await users.create(body))
+
+
+@router.get("/{user_id:id}", response_model=UserRead, responses=errors(*ADMIN, 404))
+async def read_user(user_id: int, _: AdminUser, users: UserServiceDep) -> UserRead:
+    """Read a user."""
+    return UserRead.model_validate(await users.get(user_id))
+
+
+@router.put("/{user_id:id}", response_model=UserRead, responses=errors(*ADMIN, 404, 409))
+async def update_user(
+    user_id: int, body: UserUpdate, admin: AdminUser, users: UserServiceDep
+) -> UserRead:
+    """Update a user (only the fields sent change)."""
+    user = await users.get(user_id, for_update=True)
+    return UserRead.model_validate(await users.update_user(user, body, acting_user=admin))
+
+
+@router.delete(
+    "/{user_id:id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(*ADMIN, 404, 409),
+)
+async def delete_user(user_id: int, admin: AdminUser, users: UserServiceDep) -> None:
+    """Delete a user; not yourself, nor the last active admin."""
+    user = await users.get(user_id, for_update=True)
+    await users.delete_user(user, acting_user=admin)

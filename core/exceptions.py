@@ -1,0 +1,195 @@
+"""Application errors and the handlers that render every error as `{"detail", "code"}`."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+# PostgreSQL SQLSTATE codes the handlers translate.
+UNIQUE_VIOLATION = "23505"
+FOREIGN_KEY_VIOLATION = "23503"
+CHECK_VIOLATION = "23514"
+QUERY_CANCELED = "57014"
+
+
+class AppError(Exception):
+    """An expected failure with a human message, an HTTP status and a stable code."""
+
+    status_code = 400
+    code = "bad_request"
+    message = "Bad request"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.code = code or self.code
+        self.headers = headers
+        super().__init__(self.message)
+
+
+class BadRequestError(AppError):
+    pass
+
+
+class AuthError(AppError):
+    status_code = 401
+    code = "not_authenticated"
+    message = "Not authenticated"
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDeniedError(AppError):
+    status_code = 403
+    code = "forbidden"
+    message = "You do not have permission to perform this action"
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    code = "not_found"
+    message = "Resource not found"
+
+
+class ConflictError(AppError):
+    status_code = 409
+    code = "conflict"
+    message = "The request conflicts with the current state of the resource"
+
+
+class PayloadTooLargeError(AppError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "Request body is too large"
+
+
+class TooManyAttemptsError(AppError):
+    status_code = 429
+    code = "too_many_attempts"
+    message = "Too many failed attempts, try again later"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after_seconds)})
+
+
+class ServiceUnavailableError(AppError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "The database is unavailable, try again shortly"
+
+
+# Codes used for statuses Starlette raises itself (unknown route, wrong method).
+_HTTP_STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(detail: str, code: str) -> dict[str, str]:
+    return {"detail": detail, "code": code}
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy error raised through asyncpg."""
+    orig: Any = exc.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if state:
+            return str(state)
+    return None
+
+
+def constraint_name(exc: DBAPIError) -> str | None:
+    orig: Any = exc.orig
+    cause = getattr(orig, "__cause__", None)
+    return getattr(cause, "constraint_name", None) or getattr(orig, "constraint_name", None)
+
+
+def _render(exc: AppError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.message, exc.code),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def app_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return _render(exc)
+
+
+async def http_exception_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_STATUS_CODES.get(exc.status_code, "error")
+    detail = exc.detail if isinstance(exc.detail, str) else "Error"
+    return JSONResponse(error_body(detail, code), status_code=exc.status_code, headers=exc.headers)
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        # Input echoes can hold bytes or exotic values; keep the body plain JSON.
+        clean = {k: v for k, v in err.items() if k in ("type", "loc", "msg")}
+        ctx = err.get("ctx")
+        if ctx:
+            clean["ctx"] = {k: str(v) for k, v in ctx.items()}
+        errors.append(clean)
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    state = sqlstate(exc)
+    if isinstance(exc, IntegrityError):
+        if state == UNIQUE_VIOLATION:
+            return _render(ConflictError("A record with these values already exists"))
+        if state == FOREIGN_KEY_VIOLATION:
+            return _render(ConflictError("A referenced record does not exist or is still in use"))
+        if state == CHECK_VIOLATION:
+            return _render(ConflictError("A value is outside its allowed range"))
+    if state == QUERY_CANCELED:
+        logger.warning("Statement timeout on %s %s", request.method, request.url.path)
+        return _render(ServiceUnavailableError("The request took too long and was cancelled"))
+    # Class 08 is a connection failure, 57P0x an administrator or crash shutdown.
+    if exc.connection_invalidated or state is None or state[:2] == "08" or state[:3] == "57P":
+        logger.warning("Database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _render(ServiceUnavailableError())
+    return await unexpected_error_handler(request, exc)
+
+
+async def connection_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("Database unreachable on %s %s: %r", request.method, request.url.path, exc)
+    return _render(ServiceUnavailableError())
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("Internal server error", "internal_error"), status_code=500)
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(DBAPIError, database_error_handler)
+    app.add_exception_handler(OSError, connection_error_handler)
+    app.add_exception_handler(TimeoutError, connection_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

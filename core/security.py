@@ -1,0 +1,82 @@
+"""Password hashing (argon2 only) and JWT access tokens with pinned algorithm and claims."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jose import JWTError, jwt
+from passlib.context import CryptContext
+
+from core.config import JWT_AUDIENCE, JWT_ISSUER, Settings
+from core.exceptions import AuthError
+
+_password_context = CryptContext(schemes=["argon2"], deprecated="auto")
+
+# Verified against when the email is unknown, so both failure paths cost one argon2 check.
+_DUMMY_HASH = _password_context.hash("not-a-real-password-timing-equaliser")
+
+TOKEN_TYPE = "access"  # noqa: S105
+
+
+def hash_password(password: str) -> str:
+    return _password_context.hash(password)
+
+
+def verify_password(password: str, hashed: str | None) -> bool:
+    """Check a password; with no hash, still spend the same time and answer False."""
+    if hashed is None:
+        _password_context.verify(password, _DUMMY_HASH)
+        return False
+    return bool(_password_context.verify(password, hashed))
+
+
+def create_access_token(user_id: int, settings: Settings) -> tuple[str, int]:
+    """Sign a token for the user; returns it with its lifetime in seconds."""
+    now = datetime.now(UTC)
+    lifetime = timedelta(hours=settings.jwt_expiration_hours)
+    claims = {
+        "sub": str(user_id),
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int((now + lifetime).timestamp()),
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "typ": TOKEN_TYPE,
+    }
+    token = jwt.encode(claims, settings.signing_key(), algorithm=settings.jwt_algorithm)
+    return token, int(lifetime.total_seconds())
+
+
+def decode_access_token(token: str, settings: Settings) -> int:
+    """Verify signature, algorithm, expiry, issuer, audience and type; return the user id."""
+    invalid = AuthError("Invalid or expired token", code="invalid_token")
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != settings.jwt_algorithm:
+            raise invalid
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            settings.signing_key(),
+            algorithms=[settings.jwt_algorithm],
+            audience=JWT_AUDIENCE,
+            issuer=JWT_ISSUER,
+            options={
+                "require_exp": True,
+                "require_iat": True,
+                "require_aud": True,
+                "require_iss": True,
+                "require_sub": True,
+                "verify_exp": True,
+                "verify_nbf": True,
+                "verify_iat": True,
+                "verify_aud": True,
+                "verify_iss": True,
+            },
+        )
+    except JWTError:
+        raise invalid from None
+    if claims.get("typ") != TOKEN_TYPE:
+        raise invalid
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.isdigit():
+        raise invalid
+    return int(subject)

@@ -1,0 +1,93 @@
+"""The FastAPI application, and `python main.py`: migrate, then serve with uvicorn."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import DBAPIError
+
+from api import api_router
+from api.routes import health
+from core.config import settings
+from core.db import db
+from core.exceptions import register_exception_handlers
+from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from services.auth import AuthService
+
+logger = logging.getLogger("tpm_crm")
+
+API_PREFIX = "/api/v1"
+
+
+async def bootstrap_first_admin() -> None:
+    async with db.sessionmaker() as session, session.begin():
+        generated = await AuthService(session).ensure_first_admin(settings)
+    if generated is not None:
+        # Printed once, on the console only: the admin must change it after logging in.
+        print(  # noqa: T201
+            f"\n  First admin created: {settings.first_admin_email or 'admin@example.com'}"
+            f"\n  Password (shown once, change it): {generated}\n",
+            flush=True,
+        )
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    settings.signing_key()  # load or create data/secret_key before the first request
+    db.configure(settings)
+    try:
+        try:
+            await bootstrap_first_admin()
+        except (OSError, TimeoutError, DBAPIError) as exc:
+            # The API still starts (/health answers, /ready says 503); retried at next start.
+            logger.warning("Database unreachable at start-up, first admin not checked: %r", exc)
+        yield
+    finally:
+        await db.dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="TPM Finance CRM API",
+        version="1.0.0",
+        description="CRM backend of TPM Finance: investors, contacts, interactions and KPIs.",
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    register_exception_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Retry-After"],
+    )
+    app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    return app
+
+
+app = create_app()
+
+
+def run() -> None:
+    """Start an embedded PostgreSQL if needed, apply migrations, serve with uvicorn."""
+    import uvicorn
+
+    from core.embedded import start_embedded_postgres
+    from core.migrations import upgrade_to_head
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.database_url is None:
+        settings.database_url = start_embedded_postgres()
+    upgrade_to_head(settings.database_url)
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True)
+
+
+if __name__ == "__main__":
+    run()

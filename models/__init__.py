@@ -1,0 +1,30 @@
+"""Every model, imported here so Alembic's metadata sees all tables."""
+
+from models.base import Base
+from models.contact import Contact
+from models.interaction import Interaction, InteractionType
+from models.investor import (
+    PIPELINE_ORDER,
+    ClientType,
+    Investor,
+    InvestorStageChange,
+    PipelineStage,
+)
+from models.kpi import Kpi
+from models.user import LoginFailure, User, UserRole
+
+__all__ = [
+    "PIPELINE_ORDER",
+    "Base",
+    "ClientType",
+    "Contact",
+    "Interaction",
+    "InteractionType",
+    "Investor",
+    "InvestorStageChange",
+    "Kpi",
+    "LoginFailure",
+    "PipelineStage",
+    "User",
+    "UserRole",
+]

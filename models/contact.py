@@ -1,0 +1,31 @@
+from typing import TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, TimestampMixin
+
+if TYPE_CHECKING:
+    from models.investor import Investor
+
+
+class Contact(TimestampMixin, Base):
+    """A person at an investor."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
+        Index("ix_contacts_investor_id_name_id", "investor_id", "name", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    investor_id: Mapped[int] = mapped_column(
+        ForeignKey("investors.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    title: Mapped[str | None] = mapped_column(String(255))
+    notes: Mapped[str | None] = mapped_column(Text)
+
+    investor: Mapped["Investor"] = relationship(back_populates="contacts", lazy="raise")

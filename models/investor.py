@@ -1,0 +1,112 @@
+import enum
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, TimestampMixin, value_enum
+
+if TYPE_CHECKING:
+    from models.contact import Contact
+
+
+class PipelineStage(enum.StrEnum):
+    prospect_froid = "prospect_froid"
+    prospect_tiede = "prospect_tiede"
+    prospect_chaud = "prospect_chaud"
+    en_negociation = "en_negociation"
+    client = "client"
+    perdu = "perdu"
+
+
+# The commercial pipeline, in order; `perdu` (lost) sits outside it.
+PIPELINE_ORDER = (
+    PipelineStage.prospect_froid,
+    PipelineStage.prospect_tiede,
+    PipelineStage.prospect_chaud,
+    PipelineStage.en_negociation,
+    PipelineStage.client,
+)
+
+
+class ClientType(enum.StrEnum):
+    cgpi = "cgpi"
+    wholesale = "wholesale"
+    institutionnel = "institutionnel"
+    autre = "autre"
+
+
+class Investor(TimestampMixin, Base):
+    __tablename__ = "investors"
+    __table_args__ = (
+        CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
+        Index("uq_investors_email_lower", func.lower(text("email")), unique=True),
+        Index("ix_investors_name_id", "name", "id"),
+        Index("ix_investors_created_at_id", "created_at", "id"),
+        Index("ix_investors_updated_at_id", "updated_at", "id"),
+        Index("ix_investors_pipeline_stage_id", "pipeline_stage", "id"),
+        Index("ix_investors_client_type", "client_type"),
+        Index("ix_investors_is_active", "is_active"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    website: Mapped[str | None] = mapped_column(String(255))
+    company: Mapped[str | None] = mapped_column(String(255))
+    industry: Mapped[str | None] = mapped_column(String(255))
+    notes: Mapped[str | None] = mapped_column(Text)
+    pipeline_stage: Mapped[PipelineStage] = mapped_column(
+        value_enum(PipelineStage, "pipeline_stage"),
+        nullable=False,
+        default=PipelineStage.prospect_froid,
+        server_default=PipelineStage.prospect_froid.value,
+    )
+    client_type: Mapped[ClientType | None] = mapped_column(value_enum(ClientType, "client_type"))
+    is_active: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default="true"
+    )
+
+    contacts: Mapped[list["Contact"]] = relationship(
+        back_populates="investor",
+        lazy="raise",
+        passive_deletes=True,
+        order_by="(Contact.name, Contact.id)",
+    )
+
+
+class InvestorStageChange(Base):
+    """One move of an investor along the pipeline (from_stage is null at creation)."""
+
+    __tablename__ = "investor_stage_changes"
+    __table_args__ = (Index("ix_investor_stage_changes_investor_id_id", "investor_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    investor_id: Mapped[int] = mapped_column(
+        ForeignKey("investors.id", ondelete="CASCADE"), nullable=False
+    )
+    from_stage: Mapped[PipelineStage | None] = mapped_column(
+        value_enum(PipelineStage, "stage_change_from")
+    )
+    to_stage: Mapped[PipelineStage] = mapped_column(
+        value_enum(PipelineStage, "stage_change_to"), nullable=False
+    )
+    changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    changed_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )

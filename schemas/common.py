@@ -1,0 +1,169 @@
+"""Input types shared by every schema: strict, trimmed, bounded, free of NUL bytes."""
+
+import re
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+# PostgreSQL INTEGER bounds: ids beyond them cannot exist.
+PG_INT_MAX = 2**31 - 1
+
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+def _reject_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+def _check_email(value: str) -> str:
+    local, _, domain = value.rpartition("@")
+    if not _EMAIL_RE.match(value) or len(local) > 64:
+        raise ValueError("is not a valid email address")
+    return f"{local}@{domain.lower()}"
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+class InputModel(BaseModel):
+    """Base of request bodies: unknown fields (including server-owned ones) are 422."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ReadModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def omittable() -> Any:
+    """Default for a partial-update field that may be left out but never set to null."""
+    return Field(default=None)
+
+
+def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
+    return Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
+        AfterValidator(_reject_nul),
+    ]
+
+
+# A required name: trimmed, 1..255 characters, so a blank name is 422.
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_reject_nul),
+]
+ShortText = bounded_str(255)
+Phone = bounded_str(50)
+LongText = bounded_str(10_000)
+
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=254),
+    AfterValidator(_reject_nul),
+    AfterValidator(_check_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+]
+# An optional email where an empty string means "none".
+OptionalEmail = Annotated[Email | None, BeforeValidator(_blank_to_none)]
+
+Password = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=128),
+    AfterValidator(_reject_nul),
+]
+
+
+def _strict_int(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _strict_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean")
+    return value
+
+
+def _strict_date(value: Any) -> Any:
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date in YYYY-MM-DD format")
+    return value
+
+
+def _strict_decimal(value: Any) -> Any:
+    # JSON numbers only: strings and booleans are refused so money is never guessed.
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return Decimal(str(value))
+
+
+def strict_int(ge: int, le: int) -> Any:
+    return Annotated[int, BeforeValidator(_strict_int), Field(ge=ge, le=le)]
+
+
+StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+StrictDate = Annotated[date, BeforeValidator(_strict_date)]
+Count = strict_int(0, PG_INT_MAX)
+
+
+def _as_number(value: Decimal) -> float | int:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+# Exact in Python, written as a JSON number (Pydantic would write a string by default).
+JsonDecimal = Annotated[
+    Decimal,
+    PlainSerializer(_as_number, return_type=float, when_used="json"),
+    WithJsonSchema({"type": "number"}),
+]
+
+
+def money(max_digits: int, le: Decimal) -> Any:
+    return Annotated[
+        Decimal,
+        BeforeValidator(_strict_decimal),
+        Field(ge=Decimal(0), le=le, max_digits=max_digits, decimal_places=2),
+        PlainSerializer(_as_number, return_type=float, when_used="json"),
+        WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(le), "multipleOf": 0.01}),
+    ]
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    skip: int
+    limit: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str

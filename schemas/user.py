@@ -1,0 +1,71 @@
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from models.user import UserRole
+from schemas.common import (
+    Email,
+    InputModel,
+    Name,
+    Password,
+    ReadModel,
+    StrictBool,
+    omittable,
+)
+
+
+class UserCreate(InputModel):
+    email: Email
+    full_name: Name
+    password: Password
+    role: UserRole = UserRole.user
+    is_active: StrictBool = True
+
+
+class UserUpdate(InputModel):
+    email: Email = omittable()
+    full_name: Name = omittable()
+    password: Password = omittable()
+    role: UserRole = omittable()
+    is_active: StrictBool = omittable()
+
+
+class UserRead(ReadModel):
+    id: int
+    email: str
+    full_name: str
+    role: UserRole
+    is_admin: bool
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+UserSort = Literal["email", "-email", "full_name", "-full_name", "created_at", "-created_at"]
+
+
+class LoginJSON(InputModel):
+    email: Email
+    # Not bounded by the password policy: an old or wrong password must still get a 401.
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Token(ReadModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105
+    expires_in: int
+
+
+class PasswordChange(InputModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: Password
+
+
+class Me(ReadModel):
+    id: int
+    email: str
+    full_name: str
+    role: UserRole
+    is_admin: bool
+    is_active: bool

@@ -1,0 +1,138 @@
+"""Generic CRUD service that entity services subclass."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.base import ExecutableOption
+
+from core.exceptions import NotFoundError
+from models.base import Base
+from schemas.common import PG_INT_MAX
+
+ModelT = TypeVar("ModelT", bound=Base)
+CreateT = TypeVar("CreateT", bound=BaseModel)
+UpdateT = TypeVar("UpdateT", bound=BaseModel)
+
+
+class BaseService(Generic[ModelT, CreateT, UpdateT]):
+    """get (or 404), list (filters, whitelisted sort, skip/limit, total), create, update, delete.
+
+    Services flush; the request's session dependency commits.
+    """
+
+    model: ClassVar[type[Base]]
+    # Public sort key -> column. `-key` sorts descending; `id` always breaks ties.
+    sort_fields: ClassVar[Mapping[str, InstrumentedAttribute[Any]]] = {}
+    default_sort: ClassVar[str] = "id"
+    not_found_message: ClassVar[str] = "Resource not found"
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _id_column(self) -> InstrumentedAttribute[Any]:
+        return self.model.id  # type: ignore[attr-defined, no-any-return]
+
+    def not_found(self) -> NotFoundError:
+        return NotFoundError(self.not_found_message)
+
+    async def get(
+        self,
+        id_: int,
+        *,
+        options: Sequence[ExecutableOption] = (),
+        for_update: bool = False,
+    ) -> ModelT:
+        """The row with this id, or NotFoundError (also for ids no INTEGER column can hold)."""
+        if not 1 <= id_ <= PG_INT_MAX:
+            raise self.not_found()
+        stmt = select(self.model).where(self._id_column == id_).options(*options)
+        if for_update:
+            stmt = stmt.with_for_update()
+        obj = (await self.session.execute(stmt)).scalar_one_or_none()
+        if obj is None:
+            raise self.not_found()
+        return obj  # type: ignore[return-value]
+
+    async def exists(self, id_: int) -> bool:
+        if not 1 <= id_ <= PG_INT_MAX:
+            return False
+        stmt = select(self._id_column).where(self._id_column == id_)
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def ensure_exists(self, id_: int) -> None:
+        if not await self.exists(id_):
+            raise self.not_found()
+
+    def order_by(self, sort: str | None) -> list[ColumnElement[Any]]:
+        """ORDER BY clauses for a whitelisted sort key, with `id` as the stable tiebreaker."""
+        key = sort or self.default_sort
+        descending = key.startswith("-")
+        column = self.sort_fields[key.lstrip("-")] if self.sort_fields else self._id_column
+        clauses: list[ColumnElement[Any]] = [column.desc() if descending else column.asc()]
+        if column is not self._id_column:
+            id_col = self._id_column
+            clauses.append(id_col.desc() if descending else id_col.asc())
+        return clauses
+
+    async def paginate(
+        self,
+        stmt: Select[Any],
+        *,
+        where: Sequence[ColumnElement[bool]] = (),
+        order_by: Sequence[ColumnElement[Any]],
+        skip: int,
+        limit: int,
+    ) -> tuple[list[Any], int]:
+        """Run a page of `stmt` and a separate COUNT over the same filters."""
+        filtered = stmt.where(*where)
+        count_stmt = select(func.count()).select_from(
+            filtered.order_by(None).with_only_columns(self._id_column).subquery()
+        )
+        total = (await self.session.execute(count_stmt)).scalar_one()
+        if total == 0 or skip >= total:
+            return [], total
+        rows = await self.session.execute(filtered.order_by(*order_by).offset(skip).limit(limit))
+        return list(rows.scalars().all()), total
+
+    async def list(
+        self,
+        *,
+        where: Sequence[ColumnElement[bool]] = (),
+        sort: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
+        options: Sequence[ExecutableOption] = (),
+    ) -> tuple[list[ModelT], int]:
+        """A page of rows matching `where`, sorted by a whitelisted key, with the total."""
+        stmt = select(self.model).options(*options)
+        return await self.paginate(
+            stmt, where=where, order_by=self.order_by(sort), skip=skip, limit=limit
+        )
+
+    def _values(self, data: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
+        return data.model_dump(exclude_unset=exclude_unset)
+
+    async def create(self, data: CreateT, **extra: Any) -> ModelT:
+        """Insert a row from the schema (plus server-side values such as the owner)."""
+        obj = self.model(**self._values(data, exclude_unset=False), **extra)
+        self.session.add(obj)
+        await self.session.flush()
+        return obj  # type: ignore[return-value]
+
+    async def update(self, obj: ModelT, data: UpdateT) -> ModelT:
+        """Apply only the fields the client sent."""
+        values = self._values(data, exclude_unset=True)
+        for field, value in values.items():
+            setattr(obj, field, value)
+        if values:
+            await self.session.flush()
+        return obj
+
+    async def delete(self, obj: ModelT) -> None:
+        await self.session.delete(obj)
+        await self.session.flush()

@@ -1,0 +1,84 @@
+"""Users: CRUD with unique emails and the last-active-admin guard."""
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from core.exceptions import ConflictError
+from core.security import hash_password
+from models.user import User, UserRole
+from schemas.user import UserCreate, UserUpdate
+from services.base import BaseService
+
+DUPLICATE_EMAIL = ConflictError("A user with this email already exists", code="duplicate_email")
+
+
+class UserService(BaseService[User, UserCreate, UserUpdate]):
+    model = User
+    sort_fields: ClassVar = {
+        "email": User.email,
+        "full_name": User.full_name,
+        "created_at": User.created_at,
+    }
+    default_sort = "email"
+    not_found_message = "User not found"
+
+    def _values(self, data: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
+        values = super()._values(data, exclude_unset=exclude_unset)
+        if "password" in values:
+            values["hashed_password"] = hash_password(values.pop("password"))
+        if "email" in values:
+            values["email"] = values["email"].lower()
+        return values
+
+    async def get_by_email(self, email: str) -> User | None:
+        stmt = select(User).where(func.lower(User.email) == email.lower())
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def create(self, data: UserCreate, **extra: Any) -> User:
+        """Create a user; a taken email (any case) is 409 duplicate_email."""
+        try:
+            async with self.session.begin_nested():
+                return await super().create(data, **extra)
+        except IntegrityError:
+            raise DUPLICATE_EMAIL from None
+
+    async def update_user(self, user: User, data: UserUpdate, *, acting_user: User) -> User:
+        """Partial update that never leaves the system without an active admin."""
+        values = data.model_dump(exclude_unset=True)
+        loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
+            "is_active", user.is_active
+        )
+        if user.is_admin and user.is_active and loses_admin:
+            await self._ensure_another_active_admin(user)
+        try:
+            async with self.session.begin_nested():
+                return await super().update(user, data)
+        except IntegrityError:
+            raise DUPLICATE_EMAIL from None
+
+    async def delete_user(self, user: User, *, acting_user: User) -> None:
+        """Delete a user, except oneself or the last active admin."""
+        if user.id == acting_user.id:
+            raise ConflictError("You cannot delete your own account")
+        if user.is_admin and user.is_active:
+            await self._ensure_another_active_admin(user)
+        await super().delete(user)
+
+    async def _ensure_another_active_admin(self, user: User) -> None:
+        # Lock every active admin (in id order, so no deadlock) so that two concurrent
+        # demotions serialise and the second one sees the first.
+        stmt = (
+            select(User.id)
+            .where(User.role == UserRole.admin, User.is_active.is_(True))
+            .order_by(User.id)
+            .with_for_update()
+        )
+        admin_ids = (await self.session.execute(stmt)).scalars().all()
+        if not [admin_id for admin_id in admin_ids if admin_id != user.id]:
+            raise ConflictError("The last active admin cannot be removed or demoted")
+
+    async def count(self) -> int:
+        return (await self.session.execute(select(func.count(User.id)))).scalar_one()
