@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from api.routes import auth, users
+from api.routes import auth, contacts, interactions, investors, kpis, users
 
 api_router = APIRouter(prefix="/api/v1")
-api_router.include_router(auth.router)
-api_router.include_router(users.router)
+for module in (auth, users, investors, contacts, interactions, kpis):
+    api_router.include_router(module.router)

@@ -57,12 +57,20 @@ class Settings(BaseSettings):
     login_failure_window_minutes: int = Field(default=15, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    @field_validator(
+        "secret_key", "first_admin_email", "first_admin_password", "database_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `KEY=` in a .env file means "not set", not an empty secret.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        return to_async_url(value.strip())
+        return None if value is None else to_async_url(value.strip())
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

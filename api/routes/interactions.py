@@ -1,0 +1,5 @@
+"""Interactions routes (see the issue that builds them)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/interactions", tags=["interactions"])

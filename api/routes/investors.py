@@ -1,0 +1,5 @@
+"""Investors routes (see the issue that builds them)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/investors", tags=["investors"])
