@@ -13,6 +13,8 @@ from core.security import decode_access_token
 from models.user import User
 from schemas.common import PG_INT_MAX
 from services.auth import AuthService
+from services.interactions import InteractionService
+from services.kpis import KpiService
 from services.users import UserService
 
 # scope="function": the transaction is committed before the response is sent.
@@ -57,6 +59,18 @@ def _auth_service(session: SessionDep) -> AuthService:
 
 UserServiceDep = Annotated[UserService, Depends(_user_service)]
 AuthServiceDep = Annotated[AuthService, Depends(_auth_service)]
+
+
+def _interaction_service(session: SessionDep) -> InteractionService:
+    return InteractionService(session)
+
+
+def _kpi_service(session: SessionDep) -> KpiService:
+    return KpiService(session)
+
+
+InteractionServiceDep = Annotated[InteractionService, Depends(_interaction_service)]
+KpiServiceDep = Annotated[KpiService, Depends(_kpi_service)]
 
 
 class Pagination:

@@ -1,5 +1,109 @@
-"""Interactions routes (see the issue that builds them)."""
+"""Interactions: the activity history logged against each investor."""
 
-from fastapi import APIRouter
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import CurrentUser, InteractionServiceDep, PageParams
+from api.responses import AUTHENTICATED, errors
+from schemas.common import Page
+from schemas.interaction import (
+    InteractionCreate,
+    InteractionFilters,
+    InteractionRead,
+    InteractionUpdate,
+)
 
 router = APIRouter(prefix="/interactions", tags=["interactions"])
+
+
+def _page(items: Sequence[object], total: int, page: PageParams) -> Page[InteractionRead]:
+    return Page(
+        items=[InteractionRead.model_validate(i) for i in items],
+        total=total,
+        skip=page.skip,
+        limit=page.limit,
+    )
+
+
+@router.get("", response_model=Page[InteractionRead], responses=errors(*AUTHENTICATED))
+async def list_interactions(
+    _: CurrentUser,
+    interactions: InteractionServiceDep,
+    page: PageParams,
+    filters: Annotated[InteractionFilters, Query()],
+) -> Page[InteractionRead]:
+    """List interactions, newest first, filtered by type, investor and date range (inclusive)."""
+    items, total = await interactions.list_interactions(filters, skip=page.skip, limit=page.limit)
+    return _page(items, total, page)
+
+
+@router.get(
+    "/investor/{investor_id:id}",
+    response_model=Page[InteractionRead],
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def list_investor_interactions(
+    investor_id: int, _: CurrentUser, interactions: InteractionServiceDep, page: PageParams
+) -> Page[InteractionRead]:
+    """List one investor's interactions, newest first."""
+    items, total = await interactions.list_for_investor(
+        investor_id, skip=page.skip, limit=page.limit
+    )
+    return _page(items, total, page)
+
+
+@router.post(
+    "/investor/{investor_id:id}",
+    response_model=InteractionRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(*AUTHENTICATED, 404, 409),
+)
+async def create_interaction(
+    investor_id: int,
+    body: InteractionCreate,
+    user: CurrentUser,
+    interactions: InteractionServiceDep,
+) -> InteractionRead:
+    """Log an interaction with an investor (the contact, if any, must be one of its contacts)."""
+    interaction = await interactions.create_for_investor(investor_id, body, created_by=user.id)
+    return InteractionRead.model_validate(interaction)
+
+
+@router.get(
+    "/{interaction_id:id}", response_model=InteractionRead, responses=errors(*AUTHENTICATED, 404)
+)
+async def read_interaction(
+    interaction_id: int, _: CurrentUser, interactions: InteractionServiceDep
+) -> InteractionRead:
+    """Read an interaction."""
+    return InteractionRead.model_validate(await interactions.get(interaction_id))
+
+
+@router.put(
+    "/{interaction_id:id}",
+    response_model=InteractionRead,
+    responses=errors(*AUTHENTICATED, 404, 409),
+)
+async def update_interaction(
+    interaction_id: int,
+    body: InteractionUpdate,
+    _: CurrentUser,
+    interactions: InteractionServiceDep,
+) -> InteractionRead:
+    """Update an interaction (only the fields sent change)."""
+    interaction = await interactions.get(interaction_id, for_update=True)
+    return InteractionRead.model_validate(await interactions.update_interaction(interaction, body))
+
+
+@router.delete(
+    "/{interaction_id:id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def delete_interaction(
+    interaction_id: int, _: CurrentUser, interactions: InteractionServiceDep
+) -> None:
+    """Delete an interaction."""
+    await interactions.delete(await interactions.get(interaction_id))

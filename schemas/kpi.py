@@ -1,0 +1,108 @@
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.common import (
+    PG_INT_MAX,
+    Count,
+    InputModel,
+    JsonDecimal,
+    LongText,
+    ReadModel,
+    money,
+    omittable,
+)
+
+YEAR_MIN, YEAR_MAX = 2000, 2100
+Year = Annotated[Count, Field(ge=YEAR_MIN, le=YEAR_MAX)]
+Month = Annotated[Count, Field(ge=1, le=12)]
+# NUMERIC(14,2) euros and NUMERIC(5,2) percent, as in the kpis table. money() builds the type at
+# run time, which mypy cannot follow: it sees plain Decimals.
+if TYPE_CHECKING:
+    Revenue = Decimal
+    CommissionRate = Decimal
+else:
+    Revenue = money(14, Decimal("999999999999.99"))
+    CommissionRate = money(5, Decimal(100))
+
+
+class KpiMetrics(InputModel):
+    """The figures of one month; on an update only the ones sent change."""
+
+    rdv_count: Count = omittable()
+    pitchs: Count = omittable()
+    due_diligences: Count = omittable()
+    closings: Count = omittable()
+    revenue: Revenue = omittable()
+    commission_rate: CommissionRate = omittable()
+    notes: LongText | None = None
+
+
+class KpiUpsert(KpiMetrics):
+    year: Year
+    month: Month
+
+
+class KpiUpdate(KpiMetrics):
+    year: Year = omittable()
+    month: Month = omittable()
+
+
+class KpiRead(ReadModel):
+    id: int
+    investor_id: int
+    year: int
+    month: int
+    rdv_count: int
+    pitchs: int
+    due_diligences: int
+    closings: int
+    revenue: JsonDecimal
+    commission_rate: JsonDecimal
+    notes: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class KpiFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    investor_id: int | None = Field(default=None, ge=1, le=PG_INT_MAX)
+    year: int | None = Field(default=None, ge=YEAR_MIN, le=YEAR_MAX)
+    month: int | None = Field(default=None, ge=1, le=12)
+
+
+class KpiTotals(BaseModel):
+    total_rdv: int
+    total_pitchs: int
+    total_due_diligences: int
+    total_closings: int
+    total_revenue: JsonDecimal
+    # Revenue-weighted; null when there is no revenue to weigh by.
+    average_commission_rate: JsonDecimal | None
+    total_commission: JsonDecimal
+
+
+class MonthlySummary(KpiTotals):
+    year: int
+    month: int
+    investor_count: int
+
+
+class MonthFigures(BaseModel):
+    month: int
+    rdv_count: int
+    pitchs: int
+    due_diligences: int
+    closings: int
+    revenue: JsonDecimal
+    commission_rate: JsonDecimal
+
+
+class AnnualSummary(KpiTotals):
+    investor_id: int
+    year: int
+    months_recorded: int
+    monthly_data: list[MonthFigures]

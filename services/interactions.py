@@ -1,0 +1,71 @@
+"""Interactions: the activity history of each investor."""
+
+from typing import ClassVar
+
+from sqlalchemy import ColumnElement, select
+
+from core.exceptions import ConflictError, NotFoundError
+from models.contact import Contact
+from models.interaction import Interaction
+from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
+from services.base import BaseService
+from services.investors import InvestorService
+
+
+class InteractionService(BaseService[Interaction, InteractionCreate, InteractionUpdate]):
+    model = Interaction
+    sort_fields: ClassVar = {"date": Interaction.date}
+    # Newest first: latest date, then latest id.
+    default_sort = "-date"
+    not_found_message = "Interaction not found"
+
+    async def list_interactions(
+        self, filters: InteractionFilters, *, skip: int, limit: int
+    ) -> tuple[list[Interaction], int]:
+        """A page of interactions matching the filters, newest first."""
+        where: list[ColumnElement[bool]] = []
+        if filters.type is not None:
+            where.append(Interaction.type == filters.type)
+        if filters.investor_id is not None:
+            where.append(Interaction.investor_id == filters.investor_id)
+        if filters.date_from is not None:
+            where.append(Interaction.date >= filters.date_from)
+        if filters.date_to is not None:
+            where.append(Interaction.date <= filters.date_to)
+        return await self.list(where=where, skip=skip, limit=limit)
+
+    async def list_for_investor(
+        self, investor_id: int, *, skip: int, limit: int
+    ) -> tuple[list[Interaction], int]:
+        """One investor's interactions, newest first; 404 when the investor does not exist."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        return await self.list(
+            where=[Interaction.investor_id == investor_id], skip=skip, limit=limit
+        )
+
+    async def create_for_investor(
+        self, investor_id: int, data: InteractionCreate, *, created_by: int
+    ) -> Interaction:
+        """Log an interaction with an investor, optionally with one of its contacts."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        if data.contact_id is not None:
+            await self._check_contact(investor_id, data.contact_id)
+        return await self.create(data, investor_id=investor_id, created_by=created_by)
+
+    async def update_interaction(
+        self, interaction: Interaction, data: InteractionUpdate
+    ) -> Interaction:
+        """Partial update; a new contact must belong to the interaction's investor."""
+        if data.contact_id is not None:
+            await self._check_contact(interaction.investor_id, data.contact_id)
+        return await self.update(interaction, data)
+
+    async def _check_contact(self, investor_id: int, contact_id: int) -> None:
+        stmt = select(Contact.investor_id).where(Contact.id == contact_id)
+        owner: int | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        if owner is None:
+            raise NotFoundError("Contact not found")
+        if owner != investor_id:
+            raise ConflictError(
+                "The contact belongs to another investor", code="contact_not_of_investor"
+            )

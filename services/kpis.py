@@ -1,0 +1,139 @@
+"""Monthly KPIs per investor, their atomic upsert and the management summaries."""
+
+from typing import Any
+
+from sqlalchemy import Boolean, ColumnElement, Select, and_, distinct, func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert
+
+from core.exceptions import ConflictError
+from models.kpi import Kpi
+from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
+from services.base import BaseService
+from services.investors import InvestorService
+
+MONTH_TAKEN = ConflictError(
+    "This investor already has KPIs for that month", code="kpi_month_exists"
+)
+_KEY = ("year", "month")
+
+
+def _totals(*where: ColumnElement[bool]) -> Select[Any]:
+    """Aggregates over the matching rows; money stays NUMERIC and is rounded half-up in SQL."""
+    revenue = func.sum(Kpi.revenue)
+    weighted = func.sum(Kpi.revenue * Kpi.commission_rate)
+    return select(
+        func.count(distinct(Kpi.investor_id)).label("investor_count"),
+        func.count(Kpi.id).label("months_recorded"),
+        func.coalesce(func.sum(Kpi.rdv_count), 0).label("total_rdv"),
+        func.coalesce(func.sum(Kpi.pitchs), 0).label("total_pitchs"),
+        func.coalesce(func.sum(Kpi.due_diligences), 0).label("total_due_diligences"),
+        func.coalesce(func.sum(Kpi.closings), 0).label("total_closings"),
+        func.coalesce(revenue, 0).label("total_revenue"),
+        # ROUND on numeric rounds ties away from zero: half-up for these non-negative values.
+        func.round(weighted / func.nullif(revenue, 0), 2).label("average_commission_rate"),
+        func.round(func.coalesce(weighted, 0) / 100, 2).label("total_commission"),
+    ).where(*where)
+
+
+class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
+    model = Kpi
+    not_found_message = "KPI not found"
+
+    async def upsert_month(self, investor_id: int, data: KpiUpsert) -> tuple[Kpi, bool]:
+        """Create or update the body's month in one statement; True when the row was created."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        values = data.model_dump(exclude_unset=True)
+        new_row = insert(Kpi).values(investor_id=investor_id, **values)
+        changes: dict[str, Any] = {
+            name: new_row.excluded[name] for name in values if name not in _KEY
+        }
+        # Even with no metric sent the conflicting row must be returned, hence a touch.
+        changes["updated_at"] = func.now()
+        upsert = new_row.on_conflict_do_update(
+            index_elements=[Kpi.investor_id, Kpi.year, Kpi.month], set_=changes
+        )
+        # xmax is 0 only on a freshly inserted row version.
+        inserted = literal_column("(xmax = 0)", Boolean).label("inserted")
+        result = await self.session.execute(
+            upsert.returning(Kpi, inserted), execution_options={"populate_existing": True}
+        )
+        kpi, created = result.one()
+        return kpi, bool(created)
+
+    async def list_kpis(
+        self, filters: KpiFilters, *, skip: int, limit: int
+    ) -> tuple[list[Kpi], int]:
+        """A page of KPI rows, ordered by year, month, investor."""
+        where: list[ColumnElement[bool]] = []
+        if filters.investor_id is not None:
+            where.append(Kpi.investor_id == filters.investor_id)
+        if filters.year is not None:
+            where.append(Kpi.year == filters.year)
+        if filters.month is not None:
+            where.append(Kpi.month == filters.month)
+        order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
+        return await self.paginate(select(Kpi), where=where, order_by=order, skip=skip, limit=limit)
+
+    async def list_for_investor(
+        self, investor_id: int, year: int | None, *, skip: int, limit: int
+    ) -> tuple[list[Kpi], int]:
+        """One investor's rows (one year or all), by year and month; 404 for an unknown investor."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        where = [Kpi.investor_id == investor_id]
+        if year is not None:
+            where.append(Kpi.year == year)
+        return await self.paginate(
+            select(Kpi),
+            where=where,
+            order_by=[Kpi.year.asc(), Kpi.month.asc()],
+            skip=skip,
+            limit=limit,
+        )
+
+    async def update_kpi(self, kpi: Kpi, data: KpiUpdate) -> Kpi:
+        """Partial update; moving the row onto a month the investor already has is 409."""
+        async with self.integrity_guard(unique=MONTH_TAKEN):
+            return await self.update(kpi, data)
+
+    async def monthly_summary(self, year: int, month: int) -> MonthlySummary:
+        """Totals of one month across all investors."""
+        row = (await self.session.execute(_totals(Kpi.year == year, Kpi.month == month))).one()
+        return MonthlySummary.model_validate({**row._mapping, "year": year, "month": month})
+
+    async def annual_summary(self, investor_id: int, year: int) -> AnnualSummary:
+        """One investor's year: totals and all 12 months (zeros where nothing was recorded)."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        totals = _totals(Kpi.investor_id == investor_id, Kpi.year == year).cte("totals")
+        months = func.generate_series(1, 12).table_valued("month").alias("months")
+        stmt = (
+            select(
+                months.c.month,
+                func.coalesce(Kpi.rdv_count, 0).label("rdv_count"),
+                func.coalesce(Kpi.pitchs, 0).label("pitchs"),
+                func.coalesce(Kpi.due_diligences, 0).label("due_diligences"),
+                func.coalesce(Kpi.closings, 0).label("closings"),
+                func.coalesce(Kpi.revenue, 0).label("revenue"),
+                func.coalesce(Kpi.commission_rate, 0).label("commission_rate"),
+                totals,
+            )
+            .select_from(months)
+            .outerjoin(
+                Kpi,
+                and_(
+                    Kpi.month == months.c.month,
+                    Kpi.investor_id == investor_id,
+                    Kpi.year == year,
+                ),
+            )
+            .join(totals, literal_column("true"))
+            .order_by(months.c.month)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        return AnnualSummary.model_validate(
+            {
+                **rows[0]._mapping,
+                "investor_id": investor_id,
+                "year": year,
+                "monthly_data": [row._mapping for row in rows],
+            }
+        )
