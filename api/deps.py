@@ -13,7 +13,9 @@ from core.security import decode_access_token
 from models.user import User
 from schemas.common import PG_INT_MAX
 from services.auth import AuthService
+from services.contacts import ContactService
 from services.interactions import InteractionService
+from services.investors import InvestorService
 from services.kpis import KpiService
 from services.users import UserService
 
@@ -59,6 +61,18 @@ def _auth_service(session: SessionDep) -> AuthService:
 
 UserServiceDep = Annotated[UserService, Depends(_user_service)]
 AuthServiceDep = Annotated[AuthService, Depends(_auth_service)]
+
+
+def _investor_service(session: SessionDep) -> InvestorService:
+    return InvestorService(session)
+
+
+def _contact_service(session: SessionDep) -> ContactService:
+    return ContactService(session)
+
+
+InvestorServiceDep = Annotated[InvestorService, Depends(_investor_service)]
+ContactServiceDep = Annotated[ContactService, Depends(_contact_service)]
 
 
 def _interaction_service(session: SessionDep) -> InteractionService:

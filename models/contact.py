@@ -1,12 +1,15 @@
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import CheckConstraint, Computed, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, TimestampMixin
 
 if TYPE_CHECKING:
     from models.investor import Investor
+
+
+CONTACT_SEARCH_SQL = "lower(crm_unaccent(coalesce(name, '') || ' ' || coalesce(email, '')))"
 
 
 class Contact(TimestampMixin, Base):
@@ -16,6 +19,12 @@ class Contact(TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
         Index("ix_contacts_investor_id_name_id", "investor_id", "name", "id"),
+        Index(
+            "ix_contacts_search_text_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -27,5 +36,12 @@ class Contact(TimestampMixin, Base):
     phone: Mapped[str | None] = mapped_column(String(50))
     title: Mapped[str | None] = mapped_column(String(255))
     notes: Mapped[str | None] = mapped_column(Text)
+    # Lower-cased, unaccented name and email, so an investor search also finds its contacts.
+    search_text: Mapped[str] = mapped_column(
+        Text,
+        Computed(CONTACT_SEARCH_SQL, persisted=True),
+        nullable=False,
+        deferred=True,
+    )
 
     investor: Mapped["Investor"] = relationship(back_populates="contacts", lazy="raise")

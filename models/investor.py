@@ -5,10 +5,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     func,
@@ -48,6 +50,27 @@ class ClientType(enum.StrEnum):
     autre = "autre"
 
 
+# Position of each stage for sorting: `perdu` (lost) comes after `client`.
+PIPELINE_RANK_SQL = (
+    "CASE pipeline_stage "
+    + " ".join(
+        f"WHEN '{stage.value}' THEN {rank}"
+        for rank, stage in enumerate((*PIPELINE_ORDER, PipelineStage.perdu))
+    )
+    + " END"
+)
+
+# What search matches against: lower-cased, unaccented (crm_unaccent is the IMMUTABLE wrapper
+# created by migration 0002), with the phone number also in digits only so "0123456789" finds
+# "01 23 45 67 89".
+INVESTOR_SEARCH_SQL = (
+    "lower(crm_unaccent("
+    "coalesce(name, '') || ' ' || coalesce(company, '') || ' ' || coalesce(email, '') || ' ' "
+    "|| coalesce(phone, '') || ' ' || coalesce(regexp_replace(phone, '[^0-9+]', '', 'g'), '') "
+    "|| ' ' || coalesce(website, '')))"
+)
+
+
 class Investor(TimestampMixin, Base):
     __tablename__ = "investors"
     __table_args__ = (
@@ -59,6 +82,13 @@ class Investor(TimestampMixin, Base):
         Index("ix_investors_pipeline_stage_id", "pipeline_stage", "id"),
         Index("ix_investors_client_type", "client_type"),
         Index("ix_investors_is_active", "is_active"),
+        Index("ix_investors_pipeline_rank_id", "pipeline_rank", "id"),
+        Index(
+            "ix_investors_search_text_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -78,6 +108,13 @@ class Investor(TimestampMixin, Base):
     client_type: Mapped[ClientType | None] = mapped_column(value_enum(ClientType, "client_type"))
     is_active: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default="true"
+    )
+    # Generated columns: sorting by pipeline order and trigram search both use plain indexes.
+    pipeline_rank: Mapped[int] = mapped_column(
+        SmallInteger, Computed(PIPELINE_RANK_SQL, persisted=True), nullable=False
+    )
+    search_text: Mapped[str] = mapped_column(
+        Text, Computed(INVESTOR_SEARCH_SQL, persisted=True), nullable=False, deferred=True
     )
 
     contacts: Mapped[list["Contact"]] = relationship(

@@ -1,15 +1,23 @@
 """Generic CRUD service that entity services subclass."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.base import ExecutableOption
 
-from core.exceptions import NotFoundError
+from core.exceptions import (
+    FOREIGN_KEY_VIOLATION,
+    UNIQUE_VIOLATION,
+    AppError,
+    NotFoundError,
+    sqlstate,
+)
 from models.base import Base
 from schemas.common import PG_INT_MAX
 
@@ -57,6 +65,29 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         if obj is None:
             raise self.not_found()
         return obj  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def integrity_guard(
+        self,
+        *,
+        unique: AppError | None = None,
+        foreign_key: AppError | None = None,
+    ) -> AsyncIterator[None]:
+        """Run writes in a SAVEPOINT and turn unique / foreign-key violations into these errors.
+
+        The savepoint keeps the request's transaction usable, and catching the database error
+        (rather than checking first) stays correct under concurrent requests.
+        """
+        try:
+            async with self.session.begin_nested():
+                yield
+        except IntegrityError as exc:
+            state = sqlstate(exc)
+            if unique is not None and state == UNIQUE_VIOLATION:
+                raise unique from None
+            if foreign_key is not None and state == FOREIGN_KEY_VIOLATION:
+                raise foreign_key from None
+            raise
 
     async def exists(self, id_: int) -> bool:
         if not 1 <= id_ <= PG_INT_MAX:

@@ -1,10 +1,49 @@
-"""Investors: the commercial pipeline."""
+"""Investors: the commercial pipeline, its stage history, search and statistics."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from models.investor import Investor
-from schemas.investor import InvestorCreate, InvestorUpdate
+from sqlalchemy import ColumnElement, Text, bindparam, func, select, union
+from sqlalchemy.orm import InstrumentedAttribute, selectinload
+
+from core.exceptions import ConflictError
+from models.contact import Contact
+from models.interaction import Interaction
+from models.investor import (
+    PIPELINE_ORDER,
+    ClientType,
+    Investor,
+    InvestorStageChange,
+    PipelineStage,
+)
+from models.kpi import Kpi
+from schemas.common import PG_INT_MAX
+from schemas.contact import ContactRead
+from schemas.investor import (
+    InvestorCreate,
+    InvestorDetail,
+    InvestorFilters,
+    InvestorRead,
+    InvestorStats,
+    InvestorUpdate,
+)
 from services.base import BaseService
+
+DUPLICATE_EMAIL = ConflictError(
+    "An investor with this email already exists", code="duplicate_email"
+)
+
+# pg_trgm's default (0.6) misses common misspellings such as "Rotchild" for "Rothschild".
+WORD_SIMILARITY_THRESHOLD = "0.5"
+NO_CLIENT_TYPE = "non_renseigne"
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _normalised(value: ColumnElement[Any]) -> ColumnElement[str]:
+    # Same normalisation as the generated search_text columns (migration 0002).
+    return func.lower(func.crm_unaccent(value))
 
 
 class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
@@ -13,7 +52,177 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         "name": Investor.name,
         "created_at": Investor.created_at,
         "updated_at": Investor.updated_at,
-        "pipeline_stage": Investor.pipeline_stage,
+        # The generated rank follows the pipeline order, not the alphabet, and is indexed.
+        "pipeline_stage": Investor.pipeline_rank,
     }
     default_sort = "name"
     not_found_message = "Investor not found"
+
+    async def list_investors(
+        self, filters: InvestorFilters, *, sort: str, skip: int, limit: int
+    ) -> tuple[list[Investor], int]:
+        """A page of investors matching the optional filters, in a stable order."""
+        where: list[ColumnElement[bool]] = []
+        if filters.pipeline_stage is not None:
+            where.append(Investor.pipeline_stage == filters.pipeline_stage)
+        if filters.client_type is not None:
+            where.append(Investor.client_type == filters.client_type)
+        if filters.is_active is not None:
+            where.append(Investor.is_active.is_(filters.is_active))
+        return await self.list(where=where, sort=sort, skip=skip, limit=limit)
+
+    async def search(self, q: str, *, skip: int, limit: int) -> tuple[list[Investor], int]:
+        """Accent- and case-insensitive, typo-tolerant search; best matches first."""
+        # SET LOCAL: the threshold only lasts for this request's transaction.
+        await self.session.execute(
+            select(
+                func.set_config(
+                    "pg_trgm.word_similarity_threshold", WORD_SIMILARITY_THRESHOLD, True
+                )
+            )
+        )
+        needle = _normalised(bindparam("q", q, type_=Text))
+        pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
+
+        def matches(column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+            # Both forms are served by the GIN trigram indexes: substring and word similarity.
+            return column.like(pattern, escape="\\") | needle.op("<%")(column)
+
+        matched_ids = union(
+            select(Investor.id).where(matches(Investor.search_text)),
+            select(Contact.investor_id).where(matches(Contact.search_text)),
+        )
+        best_contact_score = (
+            select(func.max(func.word_similarity(needle, Contact.search_text)))
+            .where(Contact.investor_id == Investor.id)
+            .scalar_subquery()
+        )
+        score = func.greatest(
+            func.word_similarity(needle, Investor.search_text),
+            func.coalesce(best_contact_score, 0),
+        )
+        return await self.paginate(
+            select(Investor),
+            where=[Investor.id.in_(matched_ids)],
+            order_by=[score.desc(), Investor.id.asc()],
+            skip=skip,
+            limit=limit,
+        )
+
+    async def stats(self) -> InvestorStats:
+        """Counts by stage and client type, in one statement (FILTER aggregates)."""
+        stage_counts = [
+            func.count().filter(Investor.pipeline_stage == stage) for stage in PipelineStage
+        ]
+        type_counts = [func.count().filter(Investor.client_type == kind) for kind in ClientType]
+        stmt = select(
+            func.count(),
+            func.count().filter(Investor.is_active.is_(True)),
+            func.count().filter(Investor.client_type.is_(None)),
+            *stage_counts,
+            *type_counts,
+        ).select_from(Investor)
+        total, active, untyped, *counts = (await self.session.execute(stmt)).one()
+        stages = dict(zip(PipelineStage, counts[: len(stage_counts)], strict=True))
+        by_type: dict[ClientType | str, int] = dict(
+            zip(ClientType, counts[len(stage_counts) :], strict=True)
+        )
+        by_type[NO_CLIENT_TYPE] = untyped
+        return InvestorStats(
+            total_count=total,
+            active_count=active,
+            by_pipeline_stage=stages,
+            by_client_type=by_type,
+        )
+
+    async def get_detail(self, investor_id: int) -> InvestorDetail:
+        """The investor with its contacts and activity counts (subqueries, no N+1)."""
+        if not 1 <= investor_id <= PG_INT_MAX:
+            raise self.not_found()
+        interaction_count = (
+            select(func.count()).where(Interaction.investor_id == Investor.id).scalar_subquery()
+        )
+        last_interaction_date = (
+            select(func.max(Interaction.date))
+            .where(Interaction.investor_id == Investor.id)
+            .scalar_subquery()
+        )
+        kpi_count = select(func.count()).where(Kpi.investor_id == Investor.id).scalar_subquery()
+        stmt = (
+            select(Investor, interaction_count, last_interaction_date, kpi_count)
+            .where(Investor.id == investor_id)
+            .options(selectinload(Investor.contacts))
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        if row is None:
+            raise self.not_found()
+        investor, interactions, last_date, kpis = row
+        return InvestorDetail(
+            **InvestorRead.model_validate(investor).model_dump(),
+            contacts=[ContactRead.model_validate(contact) for contact in investor.contacts],
+            interaction_count=interactions,
+            last_interaction_date=last_date,
+            kpi_count=kpis,
+        )
+
+    async def create_investor(self, data: InvestorCreate, *, changed_by: int) -> Investor:
+        """Create an investor and its first stage-history entry; taken email → 409."""
+        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+            investor = await self.create(data)
+            self._record_stage_change(investor, None, changed_by)
+            await self.session.flush()
+        return investor
+
+    async def update_investor(
+        self, investor_id: int, data: InvestorUpdate, *, changed_by: int
+    ) -> Investor:
+        """Partial update; a changed stage is recorded in the history; taken email → 409."""
+        investor = await self.get(investor_id, for_update=True)
+        previous_stage = investor.pipeline_stage
+        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+            await self.update(investor, data)
+            if investor.pipeline_stage != previous_stage:
+                self._record_stage_change(investor, previous_stage, changed_by)
+                await self.session.flush()
+        return investor
+
+    async def move_to_next_stage(self, investor_id: int, *, changed_by: int) -> Investor:
+        """Advance one step along the pipeline; 409 no_next_stage from client or perdu."""
+        # The row lock serialises concurrent moves: each one starts from the previous result.
+        investor = await self.get(investor_id, for_update=True)
+        current = investor.pipeline_stage
+        if current not in PIPELINE_ORDER or current == PIPELINE_ORDER[-1]:
+            raise ConflictError(
+                f"An investor at stage '{current.value}' has no next stage",
+                code="no_next_stage",
+            )
+        investor.pipeline_stage = PIPELINE_ORDER[PIPELINE_ORDER.index(current) + 1]
+        self._record_stage_change(investor, current, changed_by)
+        await self.session.flush()
+        return investor
+
+    async def stage_history(self, investor_id: int) -> list[InvestorStageChange]:
+        """The investor's stage changes, oldest first; 404 when the investor is missing."""
+        await self.ensure_exists(investor_id)
+        stmt = (
+            select(InvestorStageChange)
+            .where(InvestorStageChange.investor_id == investor_id)
+            .order_by(InvestorStageChange.id)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def delete_investor(self, investor_id: int) -> None:
+        """Delete an investor; contacts, interactions, KPIs and history go by DB cascade."""
+        await self.delete(await self.get(investor_id, for_update=True))
+
+    def _record_stage_change(
+        self, investor: Investor, from_stage: PipelineStage | None, changed_by: int
+    ) -> None:
+        self.session.add(
+            InvestorStageChange(
+                investor_id=investor.id,
+                from_stage=from_stage,
+                to_stage=investor.pipeline_stage,
+                changed_by=changed_by,
+            )
+        )

@@ -4,7 +4,6 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from core.exceptions import ConflictError
 from core.security import hash_password
@@ -39,11 +38,8 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def create(self, data: UserCreate, **extra: Any) -> User:
         """Create a user; a taken email (any case) is 409 duplicate_email."""
-        try:
-            async with self.session.begin_nested():
-                return await super().create(data, **extra)
-        except IntegrityError:
-            raise DUPLICATE_EMAIL from None
+        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+            return await super().create(data, **extra)
 
     async def update_user(self, user: User, data: UserUpdate, *, acting_user: User) -> User:
         """Partial update that never leaves the system without an active admin."""
@@ -53,11 +49,8 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         if user.is_admin and user.is_active and loses_admin:
             await self._ensure_another_active_admin(user)
-        try:
-            async with self.session.begin_nested():
-                return await super().update(user, data)
-        except IntegrityError:
-            raise DUPLICATE_EMAIL from None
+        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+            return await super().update(user, data)
 
     async def delete_user(self, user: User, *, acting_user: User) -> None:
         """Delete a user, except oneself or the last active admin."""

@@ -1,5 +1,71 @@
-"""Contacts routes (see the issue that builds them)."""
+"""Contacts: the people at an investor."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, status
+
+from api.deps import ContactServiceDep, CurrentUser, PageParams
+from api.responses import AUTHENTICATED, errors
+from schemas.common import Page
+from schemas.contact import ContactCreate, ContactRead, ContactUpdate
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
+
+
+@router.get(
+    "/investor/{investor_id:id}",
+    response_model=Page[ContactRead],
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def list_investor_contacts(
+    investor_id: int, _: CurrentUser, contacts: ContactServiceDep, page: PageParams
+) -> Page[ContactRead]:
+    """List an investor's contacts, by name."""
+    items, total = await contacts.list_for_investor(investor_id, skip=page.skip, limit=page.limit)
+    return Page(
+        items=[ContactRead.model_validate(contact) for contact in items],
+        total=total,
+        skip=page.skip,
+        limit=page.limit,
+    )
+
+
+@router.post(
+    "/investor/{investor_id:id}",
+    response_model=ContactRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def create_contact(
+    investor_id: int, body: ContactCreate, _: CurrentUser, contacts: ContactServiceDep
+) -> ContactRead:
+    """Add a contact to an investor."""
+    return ContactRead.model_validate(await contacts.create_for_investor(investor_id, body))
+
+
+@router.get("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
+async def read_contact(contact_id: int, _: CurrentUser, contacts: ContactServiceDep) -> ContactRead:
+    """Read a contact."""
+    return ContactRead.model_validate(await contacts.get(contact_id))
+
+
+@router.api_route(
+    "/{contact_id:id}",
+    methods=["PUT", "PATCH"],
+    response_model=ContactRead,
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def update_contact(
+    contact_id: int, body: ContactUpdate, _: CurrentUser, contacts: ContactServiceDep
+) -> ContactRead:
+    """Update a contact (only the fields sent change)."""
+    contact = await contacts.get(contact_id, for_update=True)
+    return ContactRead.model_validate(await contacts.update(contact, body))
+
+
+@router.delete(
+    "/{contact_id:id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def delete_contact(contact_id: int, _: CurrentUser, contacts: ContactServiceDep) -> None:
+    """Delete a contact."""
+    await contacts.delete(await contacts.get(contact_id, for_update=True))

@@ -1,5 +1,138 @@
-"""Investors routes (see the issue that builds them)."""
+"""Investors: list, search, stats, detail, create, update, pipeline moves, history, delete."""
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import CurrentUser, InvestorServiceDep, PageParams
+from api.responses import AUTHENTICATED, errors
+from models.investor import Investor
+from schemas.common import Page
+from schemas.investor import (
+    InvestorCreate,
+    InvestorDetail,
+    InvestorFilters,
+    InvestorRead,
+    InvestorSort,
+    InvestorStats,
+    InvestorUpdate,
+    SearchText,
+    StageChangeRead,
+)
 
 router = APIRouter(prefix="/investors", tags=["investors"])
+
+
+def _page(items: list[Investor], total: int, page: PageParams) -> Page[InvestorRead]:
+    return Page(
+        items=[InvestorRead.model_validate(investor) for investor in items],
+        total=total,
+        skip=page.skip,
+        limit=page.limit,
+    )
+
+
+@router.get("", response_model=Page[InvestorRead], responses=errors(*AUTHENTICATED))
+async def list_investors(
+    _: CurrentUser,
+    investors: InvestorServiceDep,
+    page: PageParams,
+    filters: Annotated[InvestorFilters, Query()],
+    sort: Annotated[InvestorSort, Query(description="Sort key, `-` for descending")] = "name",
+) -> Page[InvestorRead]:
+    """List investors, optionally filtered by stage, client type and activity."""
+    items, total = await investors.list_investors(
+        filters, sort=sort, skip=page.skip, limit=page.limit
+    )
+    return _page(items, total, page)
+
+
+@router.get("/search", response_model=Page[InvestorRead], responses=errors(*AUTHENTICATED))
+async def search_investors(
+    _: CurrentUser,
+    investors: InvestorServiceDep,
+    page: PageParams,
+    q: Annotated[SearchText, Query(description="Text to look for (1-200 characters)")],
+) -> Page[InvestorRead]:
+    """Search investors and their contacts, ignoring case and accents, tolerating typos."""
+    items, total = await investors.search(q, skip=page.skip, limit=page.limit)
+    return _page(items, total, page)
+
+
+@router.get("/stats", response_model=InvestorStats, responses=errors(*AUTHENTICATED))
+async def investor_stats(_: CurrentUser, investors: InvestorServiceDep) -> InvestorStats:
+    """Investor counts: total, active, by pipeline stage and by client type."""
+    return await investors.stats()
+
+
+@router.get(
+    "/{investor_id:id}", response_model=InvestorDetail, responses=errors(*AUTHENTICATED, 404)
+)
+async def read_investor(
+    investor_id: int, _: CurrentUser, investors: InvestorServiceDep
+) -> InvestorDetail:
+    """Read an investor with its contacts and activity counts."""
+    return await investors.get_detail(investor_id)
+
+
+@router.post(
+    "",
+    response_model=InvestorRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(*AUTHENTICATED, 409),
+)
+async def create_investor(
+    body: InvestorCreate, user: CurrentUser, investors: InvestorServiceDep
+) -> InvestorRead:
+    """Create an investor."""
+    return InvestorRead.model_validate(await investors.create_investor(body, changed_by=user.id))
+
+
+@router.api_route(
+    "/{investor_id:id}",
+    methods=["PUT", "PATCH"],
+    response_model=InvestorRead,
+    responses=errors(*AUTHENTICATED, 404, 409),
+)
+async def update_investor(
+    investor_id: int, body: InvestorUpdate, user: CurrentUser, investors: InvestorServiceDep
+) -> InvestorRead:
+    """Update an investor (only the fields sent change)."""
+    investor = await investors.update_investor(investor_id, body, changed_by=user.id)
+    return InvestorRead.model_validate(investor)
+
+
+@router.put(
+    "/{investor_id:id}/move-to-next-stage",
+    response_model=InvestorRead,
+    responses=errors(*AUTHENTICATED, 404, 409),
+)
+async def move_to_next_stage(
+    investor_id: int, user: CurrentUser, investors: InvestorServiceDep
+) -> InvestorRead:
+    """Move an investor one step along the pipeline (409 from client or perdu)."""
+    investor = await investors.move_to_next_stage(investor_id, changed_by=user.id)
+    return InvestorRead.model_validate(investor)
+
+
+@router.get(
+    "/{investor_id:id}/stage-history",
+    response_model=list[StageChangeRead],
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def stage_history(
+    investor_id: int, _: CurrentUser, investors: InvestorServiceDep
+) -> list[StageChangeRead]:
+    """The investor's pipeline stage changes, oldest first."""
+    changes = await investors.stage_history(investor_id)
+    return [StageChangeRead.model_validate(change) for change in changes]
+
+
+@router.delete(
+    "/{investor_id:id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def delete_investor(investor_id: int, _: CurrentUser, investors: InvestorServiceDep) -> None:
+    """Delete an investor with its contacts, interactions and KPIs."""
+    await investors.delete_investor(investor_id)
