@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from models.interaction import InteractionType
 from schemas.common import (
@@ -53,8 +53,6 @@ class InteractionRead(ReadModel):
 
 class InteractionFilters(BaseModel):
     """Query filters of the interaction list; both date bounds are inclusive."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: InteractionType | None = None
     investor_id: int | None = Field(default=None, ge=1, le=PG_INT_MAX)

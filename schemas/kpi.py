@@ -2,7 +2,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from schemas.common import (
     PG_INT_MAX,
@@ -67,7 +67,7 @@ class KpiRead(ReadModel):
 
 
 class KpiFilters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Query filters of the KPI list."""
 
     investor_id: int | None = Field(default=None, ge=1, le=PG_INT_MAX)
     year: int | None = Field(default=None, ge=YEAR_MIN, le=YEAR_MAX)
