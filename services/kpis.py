@@ -104,7 +104,7 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
         """One investor's year: totals and all 12 months (zeros where nothing was recorded)."""
         await InvestorService(self.session).ensure_exists(investor_id)
         totals = _totals(Kpi.investor_id == investor_id, Kpi.year == year).cte("totals")
-        months = func.generate_series(1, 12).table_valued("month").alias("months")
+        months = func.generate_series(1, 12).table_valued("month").render_derived(name="months")
         stmt = (
             select(
                 months.c.month,
