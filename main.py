@@ -65,8 +65,9 @@ def create_app() -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Retry-After"],
     )
-    app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it also covers the 413 the body limit answers by itself.
+    app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(api_router)
     return app

@@ -17,6 +17,15 @@ FOREIGN_KEY_VIOLATION = "23503"
 CHECK_VIOLATION = "23514"
 QUERY_CANCELED = "57014"
 
+# Set on every response by core.middleware, and by the 500 handler itself: Starlette renders
+# unexpected errors in ServerErrorMiddleware, outside every middleware the app adds.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
 
 class AppError(Exception):
     """An expected failure with a human message, an HTTP status and a stable code."""
@@ -182,7 +191,11 @@ async def connection_error_handler(request: Request, exc: Exception) -> JSONResp
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("Internal server error", "internal_error"), status_code=500)
+    return JSONResponse(
+        error_body("Internal server error", "internal_error"),
+        status_code=500,
+        headers=SECURITY_HEADERS | NO_STORE,
+    )
 
 
 def register_exception_handlers(app: FastAPI) -> None:

@@ -4,14 +4,15 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.exceptions import PayloadTooLargeError, error_body
+from core.exceptions import NO_STORE, SECURITY_HEADERS, PayloadTooLargeError, error_body
 
-_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-]
-_NO_STORE = (b"cache-control", b"no-store")
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
+_SECURITY_HEADERS = _raw(SECURITY_HEADERS)
+_NO_STORE = _raw(NO_STORE)
 
 
 class SecurityHeadersMiddleware:
@@ -27,7 +28,7 @@ class SecurityHeadersMiddleware:
             return
         extra = list(_SECURITY_HEADERS)
         if scope["path"].startswith(self.api_prefix):
-            extra.append(_NO_STORE)
+            extra += _NO_STORE
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
