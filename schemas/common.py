@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     StringConstraints,
     WithJsonSchema,
 )
@@ -60,6 +61,7 @@ def omittable() -> Any:
 
 
 def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
+    """A trimmed, NUL-free string type with these bounds (for query parameters)."""
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
@@ -73,9 +75,15 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
     AfterValidator(_reject_nul),
 ]
-ShortText = bounded_str(255)
-Phone = bounded_str(50)
-LongText = bounded_str(10_000)
+ShortText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_reject_nul)
+]
+Phone = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=50), AfterValidator(_reject_nul)
+]
+LongText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=10_000), AfterValidator(_reject_nul)
+]
 
 Email = Annotated[
     str,
@@ -92,18 +100,6 @@ Password = Annotated[
     StringConstraints(min_length=8, max_length=128),
     AfterValidator(_reject_nul),
 ]
-
-
-def _strict_int(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be an integer")
-    return value
-
-
-def _strict_bool(value: Any) -> Any:
-    if not isinstance(value, bool):
-        raise ValueError("must be a boolean")
-    return value
 
 
 def _strict_date(value: Any) -> Any:
@@ -123,13 +119,10 @@ def _strict_decimal(value: Any) -> Any:
     return Decimal(str(value))
 
 
-def strict_int(ge: int, le: int) -> Any:
-    return Annotated[int, BeforeValidator(_strict_int), Field(ge=ge, le=le)]
-
-
-StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+# Strict: JSON `true` or `"3"` is not an integer, `0` is not a boolean.
+Count = Annotated[int, Strict(), Field(ge=0, le=PG_INT_MAX)]
+StrictBool = Annotated[bool, Strict()]
 StrictDate = Annotated[date, BeforeValidator(_strict_date)]
-Count = strict_int(0, PG_INT_MAX)
 
 
 def _as_number(value: Decimal) -> float | int:
@@ -144,14 +137,26 @@ JsonDecimal = Annotated[
 ]
 
 
-def money(max_digits: int, le: Decimal) -> Any:
-    return Annotated[
-        Decimal,
-        BeforeValidator(_strict_decimal),
-        Field(ge=Decimal(0), le=le, max_digits=max_digits, decimal_places=2),
-        PlainSerializer(_as_number, return_type=float, when_used="json"),
-        WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(le), "multipleOf": 0.01}),
-    ]
+_money_json = PlainSerializer(_as_number, return_type=float, when_used="json")
+
+# Euros, NUMERIC(14,2): JSON numbers with at most 2 decimals, never strings.
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_strict_decimal),
+    Field(ge=Decimal(0), le=Decimal("999999999999.99"), max_digits=14, decimal_places=2),
+    _money_json,
+    WithJsonSchema(
+        {"type": "number", "minimum": 0, "maximum": 999999999999.99, "multipleOf": 0.01}
+    ),
+]
+# A percentage, NUMERIC(5,2) from 0 to 100.
+Percent = Annotated[
+    Decimal,
+    BeforeValidator(_strict_decimal),
+    Field(ge=Decimal(0), le=Decimal(100), max_digits=5, decimal_places=2),
+    _money_json,
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}),
+]
 
 
 T = TypeVar("T")

@@ -1,6 +1,5 @@
 from datetime import datetime
-from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -10,22 +9,15 @@ from schemas.common import (
     InputModel,
     JsonDecimal,
     LongText,
+    Money,
+    Percent,
     ReadModel,
-    money,
     omittable,
 )
 
 YEAR_MIN, YEAR_MAX = 2000, 2100
 Year = Annotated[Count, Field(ge=YEAR_MIN, le=YEAR_MAX)]
 Month = Annotated[Count, Field(ge=1, le=12)]
-# NUMERIC(14,2) euros and NUMERIC(5,2) percent, as in the kpis table. money() builds the type at
-# run time, which mypy cannot follow: it sees plain Decimals.
-if TYPE_CHECKING:
-    Revenue = Decimal
-    CommissionRate = Decimal
-else:
-    Revenue = money(14, Decimal("999999999999.99"))
-    CommissionRate = money(5, Decimal(100))
 
 
 class KpiMetrics(InputModel):
@@ -35,8 +27,8 @@ class KpiMetrics(InputModel):
     pitchs: Count = omittable()
     due_diligences: Count = omittable()
     closings: Count = omittable()
-    revenue: Revenue = omittable()
-    commission_rate: CommissionRate = omittable()
+    revenue: Money = omittable()
+    commission_rate: Percent = omittable()
     notes: LongText | None = None
 
 
@@ -80,7 +72,7 @@ class KpiTotals(BaseModel):
     total_due_diligences: int
     total_closings: int
     total_revenue: JsonDecimal
-    # Revenue-weighted; null when there is no revenue to weigh by.
+    # Money-weighted; null when there is no revenue to weigh by.
     average_commission_rate: JsonDecimal | None
     total_commission: JsonDecimal
 
