@@ -1,6 +1,7 @@
 """Test fixtures: a real PostgreSQL (throwaway embedded cluster or TEST_DATABASE_URL), migrated
 once with Alembic, the real ASGI app driven through httpx, and a clean database for every test."""
 
+import functools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -69,15 +70,27 @@ async def app(database_url: str) -> AsyncIterator[object]:
 _TABLES = ", ".join(table.name for table in Base.metadata.sorted_tables)
 
 
+@functools.cache
+def password_hash(password: str) -> str:
+    """argon2 is deliberately slow: hash each test password once per run."""
+    from core.security import hash_password
+
+    return hash_password(password)
+
+
 @pytest.fixture(autouse=True)
 async def clean_database(app: object) -> AsyncIterator[None]:
-    """Every test starts from an empty database holding only the first admin."""
+    """Every test starts from an empty database holding only the first admin (as at start-up)."""
     yield
     async with db.engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
-    from main import bootstrap_first_admin
-
-    await bootstrap_first_admin()
+        await conn.execute(
+            text(
+                "INSERT INTO users (email, full_name, hashed_password, role) "
+                "VALUES (:email, 'Administrator', :hash, 'admin')"
+            ),
+            {"email": ADMIN_EMAIL, "hash": password_hash(ADMIN_PASSWORD)},
+        )
 
 
 @pytest.fixture
@@ -118,8 +131,6 @@ async def create_user(
     password: str = USER_PASSWORD,
 ) -> int:
     """Insert a user directly and return its id."""
-    from core.security import hash_password
-
     async with db.sessionmaker() as db_session, db_session.begin():
         result = await db_session.execute(
             text(
@@ -129,7 +140,7 @@ async def create_user(
             {
                 "email": email,
                 "name": email.split("@")[0].title(),
-                "hash": hash_password(password),
+                "hash": password_hash(password),
                 "role": role,
                 "active": is_active,
             },
