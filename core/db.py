@@ -1,5 +1,6 @@
 """The async engine, the session factory and the per-request transaction."""
 
+import logging
 from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import (
@@ -12,14 +13,29 @@ from sqlalchemy.ext.asyncio import (
 from core.config import Settings
 
 
+class _HideFetchedRows(logging.Filter):
+    """SQLAlchemy logs every fetched row at DEBUG: rows hold password hashes and client data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Row %r":
+            record.args = ("[row hidden]",)
+        return True
+
+
+_ROW_FILTER = _HideFetchedRows()
+
+
 def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     """One pooled asyncpg engine; every connection carries the statement timeout."""
     database_url = url or settings.database_url
     if database_url is None:
         raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
+    logging.getLogger("sqlalchemy.engine.Engine").addFilter(_ROW_FILTER)  # once: same object
     return create_async_engine(
         database_url,
         echo=settings.database_echo,
+        # SQL logs and error messages never show bound values (hashes, personal data).
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
