@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate venv
+.PHONY: help run test lint format migrate venv backup restore
 
 help:
 	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
@@ -16,6 +16,8 @@ help:
 	@echo "make lint     ruff, mypy and hadolint only"
 	@echo "make format   rewrite the code with ruff format"
 	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
+	@echo "make backup   verified dump into backups/ (DATABASE_URL, else the embedded server)"
+	@echo "make restore FILE=backups/crm_....sql.gz   restore a backup (asks first)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +38,13 @@ run: $(RUNTIME_STAMP)
 
 migrate: $(RUNTIME_STAMP)
 	$(VENV)/bin/alembic upgrade head
+
+backup: $(RUNTIME_STAMP)
+	scripts/backup.sh
+
+restore: $(RUNTIME_STAMP)
+	@test -n "$(FILE)" || { echo "usage: make restore FILE=backups/crm_YYYYmmdd_HHMMSS.sql.gz"; exit 2; }
+	scripts/restore.sh "$(FILE)"
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

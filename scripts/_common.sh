@@ -1,0 +1,64 @@
+# Shared by backup.sh and restore.sh (sourced, not run): target selection and PostgreSQL tools.
+#
+# Three targets, like the API:
+#   --compose          the `postgres` service of docker-compose.yml, through `docker compose exec`
+#   DATABASE_URL set   that database (environment or .env), client tools of the embedded package
+#   otherwise          the embedded server of `make run` in data/postgres
+# The last two run the whole script under scripts/dbenv.py, which sets the PG* variables (and
+# starts the embedded server for the duration of the script when it is not running).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BACKUP_DIR="${BACKUP_DIR:-$ROOT/backups}"
+END_MARKER="-- PostgreSQL database dump complete"
+COMPOSE=0
+
+die() {
+    echo "$(basename "$0"): $*" >&2
+    exit 1
+}
+
+# Re-run this script under dbenv.py unless it already runs there or targets Compose.
+enter_target() {
+    if [[ $COMPOSE -eq 1 || -n "${CRM_DBENV:-}" ]]; then
+        return
+    fi
+    local python="$ROOT/.venv/bin/python"
+    [[ -x $python ]] || die "$python not found: run \`make venv\` first (or use --compose)"
+    exec "$python" "$ROOT/scripts/dbenv.py" "$BASH" "$0" "$@"
+}
+
+target_description() {
+    if [[ $COMPOSE -eq 1 ]]; then
+        echo "the postgres service of $ROOT/docker-compose.yml"
+    else
+        echo "$CRM_DB_TARGET"
+    fi
+}
+
+# pg TOOL ARG...: run pg_dump or psql against the target. In the container, the credentials
+# come from the service's own POSTGRES_USER / POSTGRES_DB over its local socket.
+pg() {
+    local tool="$1"
+    shift
+    if [[ $COMPOSE -eq 1 ]]; then
+        # shellcheck disable=SC2016  # expanded by the container's shell, not here
+        docker compose -f "$ROOT/docker-compose.yml" exec -T postgres \
+            sh -c 'exec "$0" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"' "$tool" "$@"
+    else
+        "$PG_BIN/$tool" "$@"
+    fi
+}
+
+# Succeeds when the SQL on stdin ends with pg_dump's end-of-dump marker (PostgreSQL 17.6+ writes
+# a `\unrestrict` line after it, hence the last few lines and not only the last one).
+has_end_marker() {
+    local tail_lines
+    tail_lines="$(tail -n 5)"
+    [[ $tail_lines == *"$END_MARKER"* ]]
+}
+
+checksum_of() {
+    local sum
+    sum="$(sha256sum <"$1")"
+    echo "${sum%% *}"
+}

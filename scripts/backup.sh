@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Verified backup of the CRM database: backups/crm_YYYYmmdd_HHMMSS.sql.gz (UTC) + .sha256.
+#
+#   scripts/backup.sh [--compose]
+#
+# BACKUP_DIR (default backups/) and BACKUP_KEEP (default 14: the newest backups kept) are read
+# from the environment. The dump is a plain SQL dump made with --clean --if-exists, so restoring
+# it recreates every object. Nothing is pruned unless this backup succeeded.
+set -euo pipefail
+# shellcheck source=scripts/_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+usage() {
+    echo "usage: $0 [--compose]" >&2
+    exit 2
+}
+
+ORIGINAL_ARGS=("$@")
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --compose) COMPOSE=1 ;;
+        -h | --help) usage ;;
+        *) usage ;;
+    esac
+    shift
+done
+
+BACKUP_KEEP="${BACKUP_KEEP:-14}"
+[[ $BACKUP_KEEP =~ ^[1-9][0-9]*$ ]] || die "BACKUP_KEEP must be a positive integer, got '$BACKUP_KEEP'"
+
+enter_target "${ORIGINAL_ARGS[@]}"
+
+umask 077
+mkdir -p -- "$BACKUP_DIR"
+
+# One backup at a time (cron and a manual run could overlap).
+exec 9>"$BACKUP_DIR/.backup.lock"
+flock -n 9 || die "another backup is running in $BACKUP_DIR"
+
+stamp="$(date -u +%Y%m%d_%H%M%S)"
+final="$BACKUP_DIR/crm_$stamp.sql.gz"
+[[ ! -e $final ]] || die "$final already exists"
+tmp="$(mktemp "$BACKUP_DIR/.crm_$stamp.XXXXXX.tmp")"
+tmp_sum="$tmp.sha256"
+trap 'rm -f -- "$tmp" "$tmp_sum"' EXIT
+
+echo "Backing up $(target_description)"
+# pipefail: a pg_dump failure fails this line even though gzip succeeds.
+if ! pg pg_dump --clean --if-exists --no-owner --no-privileges --no-password | gzip -9 >"$tmp"; then
+    die "pg_dump failed: no backup written, nothing pruned"
+fi
+
+gzip -t -- "$tmp" || die "the compressed dump is corrupt: no backup written, nothing pruned"
+[[ -s $tmp ]] || die "the dump is empty: no backup written, nothing pruned"
+gzip -dc -- "$tmp" | has_end_marker ||
+    die "the dump lacks the end-of-dump marker: no backup written, nothing pruned"
+
+echo "$(checksum_of "$tmp")  $(basename "$final")" >"$tmp_sum"
+chmod 600 -- "$tmp" "$tmp_sum"
+mv -- "$tmp" "$final"
+mv -- "$tmp_sum" "$final.sha256"
+trap - EXIT
+echo "Backup written: $final ($(du -h -- "$final" | cut -f1))"
+
+# Retention: names sort chronologically; keep the newest BACKUP_KEEP, with their checksums.
+mapfile -t backups < <(find "$BACKUP_DIR" -maxdepth 1 -type f \
+    -name 'crm_[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9][0-9][0-9][0-9][0-9].sql.gz' |
+    sort)
+excess=$((${#backups[@]} - BACKUP_KEEP))
+for ((i = 0; i < excess; i++)); do
+    rm -f -- "${backups[i]}" "${backups[i]}.sha256"
+    echo "Pruned: ${backups[i]}"
+done

