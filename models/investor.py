@@ -70,6 +70,10 @@ INVESTOR_SEARCH_SQL = (
     "|| ' ' || coalesce(website, '')))"
 )
 
+# Typo-tolerant matching looks at the names only: shorter text is faster to compare, and
+# emails, phones and websites close to each other are not misspellings of one another.
+INVESTOR_FUZZY_SQL = "lower(crm_unaccent(name || ' ' || coalesce(company, '')))"
+
 
 class Investor(TimestampMixin, Base):
     __tablename__ = "investors"
@@ -88,6 +92,12 @@ class Investor(TimestampMixin, Base):
             "search_text",
             postgresql_using="gin",
             postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
+        Index(
+            "ix_investors_fuzzy_text_trgm",
+            "fuzzy_text",
+            postgresql_using="gin",
+            postgresql_ops={"fuzzy_text": "gin_trgm_ops"},
         ),
     )
 
@@ -115,6 +125,9 @@ class Investor(TimestampMixin, Base):
     )
     search_text: Mapped[str] = mapped_column(
         Text, Computed(INVESTOR_SEARCH_SQL, persisted=True), nullable=False, deferred=True
+    )
+    fuzzy_text: Mapped[str] = mapped_column(
+        Text, Computed(INVESTOR_FUZZY_SQL, persisted=True), nullable=False, deferred=True
     )
 
     contacts: Mapped[list["Contact"]] = relationship(

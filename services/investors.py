@@ -2,8 +2,9 @@
 
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Text, bindparam, func, select, union
+from sqlalchemy import CTE, ColumnElement, Integer, Text, bindparam, cast, func, select, union_all
 from sqlalchemy.orm import InstrumentedAttribute, selectinload
+from sqlalchemy.sql.elements import Label
 
 from core.exceptions import ConflictError
 from models.contact import Contact
@@ -34,6 +35,7 @@ DUPLICATE_EMAIL = ConflictError(
 
 # pg_trgm's default (0.6) misses common misspellings such as "Rotchild" for "Rothschild".
 WORD_SIMILARITY_THRESHOLD = "0.5"
+MIN_FUZZY_LETTERS = 3
 NO_CLIENT_TYPE = "non_renseigne"
 
 
@@ -81,32 +83,68 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 )
             )
         )
+        best = self._search_hits(q)
+        # One statement: the hits are computed (and scored) once, in a materialised CTE that
+        # gives both the total and the page.
+        total = select(func.count()).select_from(best).scalar_subquery()
+        page = (
+            select(best.c.investor_id, best.c.score)
+            .order_by(best.c.score.desc(), best.c.investor_id)
+            .offset(skip)
+            .limit(limit)
+            .subquery("page")
+        )
+        stmt = (
+            select(Investor, total)
+            .join(page, page.c.investor_id == Investor.id)
+            .order_by(page.c.score.desc(), Investor.id)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        if rows:
+            return [row[0] for row in rows], rows[0][1]
+        if skip == 0:
+            return [], 0
+        # Past the last page: the total still has to be told.
+        return [], (await self.session.execute(select(total))).scalar_one()
+
+    def _search_hits(self, q: str) -> CTE:
+        """(investor_id, score) of every investor matching `q` itself or through a contact."""
         needle = _normalised(bindparam("q", q, type_=Text))
         pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
+        # Fuzzy matching needs a few letters: one or two would match every word starting with
+        # them, and numbers (phones) close to each other are not typos of one another.
+        fuzzy = sum(char.isalpha() for char in q) >= MIN_FUZZY_LETTERS
 
-        def matches(column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
-            # Both forms are served by the GIN trigram indexes: substring and word similarity.
-            return column.like(pattern, escape="\\") | needle.op("<%")(column)
+        def contains(column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+            return column.like(pattern, escape="\\")
 
-        matched_ids = union(
-            select(Investor.id).where(matches(Investor.search_text)),
-            select(Contact.investor_id).where(matches(Contact.search_text)),
-        )
-        best_contact_score = (
-            select(func.max(func.word_similarity(needle, Contact.search_text)))
-            .where(Contact.investor_id == Investor.id)
-            .scalar_subquery()
-        )
-        score = func.greatest(
-            func.word_similarity(needle, Investor.search_text),
-            func.coalesce(best_contact_score, 0),
-        )
-        return await self.paginate(
-            select(Investor),
-            where=[Investor.id.in_(matched_ids)],
-            order_by=[score.desc(), Investor.id.asc()],
-            skip=skip,
-            limit=limit,
+        def matches(
+            text: InstrumentedAttribute[str], fuzzy_text: InstrumentedAttribute[str]
+        ) -> ColumnElement[bool]:
+            # Each form is served by a GIN trigram index: substring and word similarity.
+            return contains(text) | needle.op("<%")(fuzzy_text) if fuzzy else contains(text)
+
+        def score(
+            text: InstrumentedAttribute[str], fuzzy_text: InstrumentedAttribute[str]
+        ) -> Label[float]:
+            # A literal substring match ranks above any approximate one.
+            similarity = func.word_similarity(needle, fuzzy_text)
+            return (similarity + cast(contains(text), Integer)).label("score")
+
+        hits = union_all(
+            select(
+                Investor.id.label("investor_id"),
+                score(Investor.search_text, Investor.fuzzy_text),
+            ).where(matches(Investor.search_text, Investor.fuzzy_text)),
+            select(
+                Contact.investor_id,
+                score(Contact.search_text, Contact.search_text),
+            ).where(matches(Contact.search_text, Contact.search_text)),
+        ).subquery("hits")
+        return (
+            select(hits.c.investor_id, func.max(hits.c.score).label("score"))
+            .group_by(hits.c.investor_id)
+            .cte("best")
         )
 
     async def stats(self) -> InvestorStats:

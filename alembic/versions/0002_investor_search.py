@@ -26,6 +26,7 @@ INVESTOR_SEARCH_SQL = (
     "|| coalesce(phone, '') || ' ' || coalesce(regexp_replace(phone, '[^0-9+]', '', 'g'), '') "
     "|| ' ' || coalesce(website, '')))"
 )
+INVESTOR_FUZZY_SQL = "lower(crm_unaccent(name || ' ' || coalesce(company, '')))"
 CONTACT_SEARCH_SQL = "lower(crm_unaccent(coalesce(name, '') || ' ' || coalesce(email, '')))"
 
 
@@ -58,6 +59,15 @@ def upgrade() -> None:
         ),
     )
     op.add_column(
+        "investors",
+        sa.Column(
+            "fuzzy_text",
+            sa.Text(),
+            sa.Computed(INVESTOR_FUZZY_SQL, persisted=True),
+            nullable=False,
+        ),
+    )
+    op.add_column(
         "contacts",
         sa.Column(
             "search_text",
@@ -78,6 +88,14 @@ def upgrade() -> None:
         postgresql_ops={"search_text": "gin_trgm_ops"},
     )
     op.create_index(
+        "ix_investors_fuzzy_text_trgm",
+        "investors",
+        ["fuzzy_text"],
+        unique=False,
+        postgresql_using="gin",
+        postgresql_ops={"fuzzy_text": "gin_trgm_ops"},
+    )
+    op.create_index(
         "ix_contacts_search_text_trgm",
         "contacts",
         ["search_text"],
@@ -89,9 +107,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_contacts_search_text_trgm", table_name="contacts")
+    op.drop_index("ix_investors_fuzzy_text_trgm", table_name="investors")
     op.drop_index("ix_investors_search_text_trgm", table_name="investors")
     op.drop_index("ix_investors_pipeline_rank_id", table_name="investors")
     op.drop_column("contacts", "search_text")
+    op.drop_column("investors", "fuzzy_text")
     op.drop_column("investors", "search_text")
     op.drop_column("investors", "pipeline_rank")
     op.execute("DROP FUNCTION IF EXISTS public.crm_unaccent(text)")

@@ -1,0 +1,215 @@
+"""GET /investors/search: case-, accent- and typo-insensitive, over investors and contacts."""
+
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.investor_factories import INVESTORS, execute, make_contact, make_investor
+
+SEARCH = f"{INVESTORS}/search"
+
+
+async def search(client: AsyncClient, headers: dict[str, str], q: str, **params: Any) -> Any:
+    response = await client.get(SEARCH, params={"q": q, **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"items", "total", "skip", "limit"}
+    return body
+
+
+async def names(client: AsyncClient, headers: dict[str, str], q: str) -> list[str]:
+    return [item["name"] for item in (await search(client, headers, q))["items"]]
+
+
+async def test_search_ignores_accents_and_case(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Société Générale")
+    await make_investor(client, admin_headers, name="BNP Paribas")
+    assert await names(client, admin_headers, "societe generale") == ["Société Générale"]
+    assert await names(client, admin_headers, "SOCIÉTÉ") == ["Société Générale"]
+    assert await names(client, admin_headers, "générale") == ["Société Générale"]
+    assert await names(client, admin_headers, "paribas") == ["BNP Paribas"]
+
+
+@pytest.mark.parametrize("typo", ["Rotschild", "Rothchild", "rotchild", "ROTSCHILD"])
+async def test_search_tolerates_typos(
+    client: AsyncClient, admin_headers: dict[str, str], typo: str
+) -> None:
+    await make_investor(client, admin_headers, name="Rothschild & Co")
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await names(client, admin_headers, typo) == ["Rothschild & Co"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "q"),
+    [
+        ("company", "Groupe Crédit Agricole", "credit agricole"),
+        ("email", "relations@natixis.com", "natixis.com"),
+        ("phone", "01 42 14 20 00", "0142142000"),
+        ("phone", "+33 1 42 14 20 00", "42 14 20"),
+        ("website", "https://www.oddo-bhf.com", "oddo-bhf"),
+    ],
+)
+async def test_search_covers_every_investor_field(
+    client: AsyncClient, admin_headers: dict[str, str], field: str, value: str, q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Target", **{field: value})
+    await make_investor(client, admin_headers, name="Unrelated")
+    assert await names(client, admin_headers, q) == ["Target"]
+
+
+async def test_a_contact_name_or_email_finds_its_investor_once(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    investor = await make_investor(client, admin_headers, name="Lazard Frères")
+    await make_contact(client, admin_headers, investor["id"], name="Hélène Dubois")
+    await make_contact(
+        client, admin_headers, investor["id"], name="Marc Dubois", email="mdubois@lazard.fr"
+    )
+    await make_investor(client, admin_headers, name="Unrelated")
+
+    body = await search(client, admin_headers, "helene dubois")
+    assert [item["id"] for item in body["items"]] == [investor["id"]]
+    assert body["total"] == 1
+    # Both contacts match: the investor still appears once.
+    body = await search(client, admin_headers, "dubois")
+    assert [item["id"] for item in body["items"]] == [investor["id"]]
+    assert body["total"] == 1
+    assert await names(client, admin_headers, "mdubois@lazard") == ["Lazard Frères"]
+
+
+async def test_a_deleted_contact_no_longer_matches(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    investor = await make_investor(client, admin_headers, name="Tikehau")
+    contact = await make_contact(client, admin_headers, investor["id"], name="Quentin Marchal")
+    assert await names(client, admin_headers, "marchal") == ["Tikehau"]
+    await client.delete(f"/api/v1/contacts/{contact['id']}", headers=admin_headers)
+    assert await names(client, admin_headers, "marchal") == []
+
+
+async def test_updated_fields_are_searchable_at_once(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    investor = await make_investor(client, admin_headers, name="Old Name")
+    await client.patch(
+        f"{INVESTORS}/{investor['id']}", json={"name": "Eurazeo"}, headers=admin_headers
+    )
+    assert await names(client, admin_headers, "eurazeo") == ["Eurazeo"]
+    assert await names(client, admin_headers, "old name") == []
+
+
+async def test_best_matches_come_first(client: AsyncClient, admin_headers: dict[str, str]) -> None:
+    await make_investor(client, admin_headers, name="Durant Capital")
+    await make_investor(client, admin_headers, name="Banque Durand")
+    await make_investor(client, admin_headers, name="Rien à voir")
+    assert await names(client, admin_headers, "durand") == ["Banque Durand", "Durant Capital"]
+
+
+async def test_short_queries_match_as_substrings_only(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Axa")
+    await make_investor(client, admin_headers, name="Amundi")
+    await make_investor(client, admin_headers, name="BNP")
+    assert await names(client, admin_headers, "ax") == ["Axa"]
+    assert await names(client, admin_headers, "b") == ["BNP"]
+
+
+async def test_a_literal_match_ranks_above_a_close_one(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Natixis")
+    await make_investor(client, admin_headers, name="Natixia Partners")
+    assert await names(client, admin_headers, "natixia") == ["Natixia Partners", "Natixis"]
+    assert await names(client, admin_headers, "natixis") == ["Natixis", "Natixia Partners"]
+
+
+async def test_no_match_is_an_empty_page(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await search(client, admin_headers, "zzzzqqqq") == {
+        "items": [],
+        "total": 0,
+        "skip": 0,
+        "limit": 50,
+    }
+
+
+@pytest.mark.parametrize("q", ["%", "_", "\\", "%%", "a%"])
+async def test_like_wildcards_are_matched_literally(
+    client: AsyncClient, admin_headers: dict[str, str], q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Alpha")
+    await make_investor(client, admin_headers, name="Beta")
+    assert (await search(client, admin_headers, q))["total"] == 0
+
+
+async def test_a_literal_percent_sign_is_found(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Fonds 1000")
+    await make_investor(client, admin_headers, name="Fonds 100% ISR")
+    # "1000" is a close match too, but the literal one comes first.
+    assert (await names(client, admin_headers, "100%"))[0] == "Fonds 100% ISR"
+    assert await names(client, admin_headers, "0%") == ["Fonds 100% ISR"]
+
+
+async def test_search_pages_return_every_match_once(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    # Equal scores everywhere: only the id tiebreaker orders the pages.
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Carmignac Gestion' FROM generate_series(1, 10)",
+    )
+    await make_investor(client, admin_headers, name="Other")
+    seen: list[int] = []
+    for skip in range(0, 12, 3):
+        body = await search(client, admin_headers, "carmignac", skip=skip, limit=3)
+        assert body["total"] == 10
+        assert body["skip"] == skip
+        assert body["limit"] == 3
+        seen.extend(item["id"] for item in body["items"])
+    assert len(seen) == 10
+    assert seen == sorted(set(seen))
+
+
+async def test_search_results_have_the_investor_shape(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    investor = await make_investor(client, admin_headers, name="Amundi", client_type="cgpi")
+    body = await search(client, admin_headers, "amundi")
+    assert body["items"] == [investor]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "   "},
+        {"q": "x" * 201},
+        {"q": "a\x00b"},
+        {"q": "amundi", "limit": 0},
+        {"q": "amundi", "limit": 201},
+        {"q": "amundi", "skip": -1},
+    ],
+)
+async def test_search_rejects_bad_parameters(
+    client: AsyncClient, admin_headers: dict[str, str], params: dict[str, Any]
+) -> None:
+    response = await client.get(SEARCH, params=params, headers=admin_headers)
+    assert response.status_code == 422
+
+
+async def test_the_longest_query_is_accepted(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Amundi")
+    body = await search(client, admin_headers, "é" * 200)
+    assert body["total"] == 0
