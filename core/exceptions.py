@@ -174,6 +174,12 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
             return _render(ConflictError("A referenced record does not exist or is still in use"))
         if state == CHECK_VIOLATION:
             return _render(ConflictError("A value is outside its allowed range"))
+    if state is not None and state.startswith("40"):
+        # Deadlock or serialization failure: a concurrent request won, this one may be retried.
+        logger.warning(
+            "Transaction rolled back (%s) on %s %s", state, request.method, request.url.path
+        )
+        return _render(ConflictError("The request conflicted with a concurrent change, retry it"))
     if state == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
         return _render(ServiceUnavailableError("The request took too long and was cancelled"))

@@ -60,7 +60,8 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             raise self.not_found()
         stmt = select(self.model).where(self._id_column == id_).options(*options)
         if for_update:
-            stmt = stmt.with_for_update()
+            # A locking read must see the row as it is now, not as the identity map cached it.
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
         obj = (await self.session.execute(stmt)).scalar_one_or_none()
         if obj is None:
             raise self.not_found()

@@ -3,7 +3,7 @@
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core.exceptions import ConflictError
 from core.security import hash_password
@@ -12,6 +12,10 @@ from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService
 
 DUPLICATE_EMAIL = ConflictError("A user with this email already exists", code="duplicate_email")
+
+# Serialises user updates and deletions: two admins demoting each other at once would otherwise
+# lock their own rows first, then each other's, and deadlock.
+_USER_CHANGE_LOCK_KEY = 0x7F3A_0002
 
 
 class UserService(BaseService[User, UserCreate, UserUpdate]):
@@ -40,6 +44,13 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         """Create a user; a taken email (any case) is 409 duplicate_email."""
         async with self.integrity_guard(unique=DUPLICATE_EMAIL):
             return await super().create(data, **extra)
+
+    async def get_for_change(self, user_id: int) -> User:
+        """The user, locked for an update or a deletion (one such change at a time)."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _USER_CHANGE_LOCK_KEY}
+        )
+        return await self.get(user_id, for_update=True)
 
     async def update_user(self, user: User, data: UserUpdate, *, acting_user: User) -> User:
         """Partial update that never leaves the system without an active admin."""

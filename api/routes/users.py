@@ -53,7 +53,7 @@ async def update_user(
     user_id: int, body: UserUpdate, admin: AdminUser, users: UserServiceDep
 ) -> UserRead:
     """Update a user (only the fields sent change)."""
-    user = await users.get(user_id, for_update=True)
+    user = await users.get_for_change(user_id)
     return UserRead.model_validate(await users.update_user(user, body, acting_user=admin))
 
 
@@ -64,5 +64,5 @@ async def update_user(
 )
 async def delete_user(user_id: int, admin: AdminUser, users: UserServiceDep) -> None:
     """Delete a user; not yourself, nor the last active admin."""
-    user = await users.get(user_id, for_update=True)
+    user = await users.get_for_change(user_id)
     await users.delete_user(user, acting_user=admin)
