@@ -46,7 +46,8 @@ trap 'rm -f -- "$tmp" "$tmp_sum"' EXIT
 
 echo "Backing up $(target_description)"
 # pipefail: a pg_dump failure fails this line even though gzip succeeds.
-if ! pg pg_dump --clean --if-exists --no-owner --no-privileges --no-password | gzip -9 >"$tmp"; then
+if ! pg pg_dump --clean --if-exists --no-owner --no-privileges --no-password </dev/null |
+    gzip -9 >"$tmp"; then
     die "pg_dump failed: no backup written, nothing pruned"
 fi
 

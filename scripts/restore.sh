@@ -81,5 +81,5 @@ echo "Restoring $FILE into $target"
 if ! pg psql -X -q -w --single-transaction -v ON_ERROR_STOP=1 -f - <"$sql" >/dev/null; then
     die "restore failed: the transaction was rolled back, the database is unchanged"
 fi
-pg psql -X -q -w -v ON_ERROR_STOP=1 -c "ANALYZE" >/dev/null
+pg psql -X -q -w -v ON_ERROR_STOP=1 -c "ANALYZE" </dev/null >/dev/null
 echo "Restore complete (ANALYZE done). Restart the API so it drops its cached query plans."

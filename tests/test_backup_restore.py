@@ -1,0 +1,458 @@
+"""scripts/backup.sh and scripts/restore.sh against the test database, with backups in tmp dirs.
+
+The scripts run as subprocesses with DATABASE_URL pointing at the test cluster, exactly as an
+operator would run them; the real backups/ folder is never touched.
+"""
+
+import asyncio
+import gzip
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import text
+
+from core.db import db
+from models import Base
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKUP_SH = ROOT / "scripts" / "backup.sh"
+RESTORE_SH = ROOT / "scripts" / "restore.sh"
+API = "/api/v1"
+END_MARKER = "-- PostgreSQL database dump complete"
+TABLES = [table.name for table in Base.metadata.sorted_tables]
+Snapshot = dict[str, Any]
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def script_env(database_url: str, backup_dir: Path) -> dict[str, str]:
+    """The environment of an operator pointing the scripts at the test database."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        "BACKUP_DIR": str(backup_dir),
+        "BACKUP_KEEP": "14",
+    }
+
+
+def run_script(
+    script: Path, *args: str, env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(script), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def run(
+    script: Path, *args: str, env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run a script to completion without blocking the event loop the app runs on."""
+    return await asyncio.to_thread(run_script, script, *args, env=env, stdin=stdin)
+
+
+def make_backup(env: dict[str, str]) -> Path:
+    """Make one backup, check it succeeded and return the new file."""
+    before = set(Path(env["BACKUP_DIR"]).glob("crm_*.sql.gz"))
+    result = run_script(BACKUP_SH, env=env)
+    assert result.returncode == 0, result.stderr
+    (new,) = set(Path(env["BACKUP_DIR"]).glob("crm_*.sql.gz")) - before
+    return new
+
+
+async def backup(env: dict[str, str]) -> Path:
+    return await asyncio.to_thread(make_backup, env)
+
+
+async def snapshot() -> Snapshot:
+    """Row count and md5 of the rows in id order of every table, plus extensions and indexes."""
+    state: Snapshot = {}
+    async with db.engine.connect() as conn:
+        for table in [*TABLES, "alembic_version"]:
+            order = "t::text" if table == "alembic_version" else "id"
+            row = (
+                await conn.execute(
+                    text(
+                        f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) "
+                        f"FROM {table} t"
+                    )
+                )
+            ).one()
+            state[table] = tuple(row)
+        state["extensions"] = (
+            await conn.execute(
+                text(
+                    "SELECT string_agg(extname || ' ' || extversion, ',' ORDER BY extname) "
+                    "FROM pg_extension"
+                )
+            )
+        ).scalar_one()
+        state["indexes"] = (
+            await conn.execute(
+                text(
+                    "SELECT md5(string_agg(indexdef, '|' ORDER BY indexname)) "
+                    "FROM pg_indexes WHERE schemaname = 'public'"
+                )
+            )
+        ).scalar_one()
+        state["tables"] = (
+            await conn.execute(
+                text(
+                    "SELECT string_agg(tablename, ',' ORDER BY tablename) "
+                    "FROM pg_tables WHERE schemaname = 'public'"
+                )
+            )
+        ).scalar_one()
+    return state
+
+
+async def sql(statement: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(text(statement))
+
+
+async def login(client: AsyncClient, email: str, password: str) -> dict[str, str]:
+    response = await client.post(f"{API}/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def post(
+    client: AsyncClient, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> Any:
+    response = await client.post(f"{API}{path}", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def populate(client: AsyncClient) -> dict[str, str]:
+    """Rows in every table, all written through the API; returns the admin's headers.
+
+    (The fixtures' `admin_headers` keeps a session open, whose lock would block the restore.)
+    """
+    admin = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    await post(
+        client,
+        "/users",
+        {"email": "sales@crm.test", "full_name": "Élodie Vente", "password": "sales-pass-1234"},
+        admin,
+    )
+    failed = await client.post(
+        f"{API}/auth/login", json={"email": "sales@crm.test", "password": "wrong-password"}
+    )
+    assert failed.status_code == 401, failed.text
+    for name, stage in [("Fonds Lumière", "prospect_froid"), ("Capital Nord", "prospect_chaud")]:
+        investor = await post(
+            client,
+            "/investors",
+            {"name": name, "email": f"{name[:5].lower()}@example.com", "pipeline_stage": stage},
+            admin,
+        )
+        moved = await client.put(
+            f"{API}/investors/{investor['id']}/move-to-next-stage", headers=admin
+        )
+        assert moved.status_code == 200, moved.text
+        contact = await post(
+            client, f"/contacts/investor/{investor['id']}", {"name": "Zoé Dupré"}, admin
+        )
+        await post(
+            client,
+            f"/interactions/investor/{investor['id']}",
+            {"type": "appel", "date": "2026-01-15", "contact_id": contact["id"], "notes": "l'été"},
+            admin,
+        )
+        for month in (1, 2):
+            await post(
+                client,
+                f"/kpis/investor/{investor['id']}",
+                {"year": 2026, "month": month, "revenue": 1000.5 * month, "closings": month},
+                admin,
+            )
+    return admin
+
+
+async def test_round_trip_restores_every_table_exactly(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    admin = await populate(client)
+    before = await snapshot()
+    assert all(before[table][0] > 0 for table in TABLES), before
+    assert before["extensions"] == "pg_trgm 1.6,plpgsql 1.0,unaccent 1.1"
+
+    dump = await backup(script_env)
+
+    # Change, delete and add rows, and leave a table a later version would have created.
+    investors = (await client.get(f"{API}/investors", headers=admin)).json()["items"]
+    first, second = investors[0]["id"], investors[1]["id"]
+    changed = await client.patch(
+        f"{API}/investors/{first}", json={"name": "Renamed"}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    deleted = await client.delete(f"{API}/investors/{second}", headers=admin)
+    assert deleted.status_code == 204, deleted.text
+    await post(client, "/investors", {"name": "Added after the backup"}, admin)
+    await sql("CREATE TABLE stray (id integer)")
+    await sql("DELETE FROM login_failures")
+    assert await snapshot() != before
+
+    result = await run(RESTORE_SH, "--yes", str(dump), env=script_env)
+    assert result.returncode == 0, result.stderr
+    assert "Checksum OK" in result.stdout
+    assert "Restore complete" in result.stdout
+
+    # As after an API restart: new connections, no plan cached against the dropped tables.
+    await db.engine.dispose()
+    assert await snapshot() == before
+    # The sequences came back too: a new row does not collide with a restored id.
+    added = await post(client, "/investors", {"name": "After restore"}, admin)
+    assert added["id"] > max(first, second)
+
+
+async def test_restore_is_all_or_nothing_when_a_statement_fails(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM kpis")
+    before = await snapshot()
+
+    # Complete and well-formed, but a statement in the middle fails: nothing may be applied.
+    lines = gzip.decompress(dump.read_bytes()).decode().splitlines(keepends=True)
+    middle = len(lines) // 2
+    broken = tmp_path / "crm_broken.sql.gz"
+    broken.write_bytes(
+        gzip.compress("".join([*lines[:middle], "SELECT 1/0;\n", *lines[middle:]]).encode())
+    )
+
+    result = await run(RESTORE_SH, "--yes", str(broken), env=script_env)
+    assert result.returncode != 0
+    assert "rolled back, the database is unchanged" in result.stderr
+    await db.engine.dispose()
+    assert await snapshot() == before
+
+
+async def test_truncated_backup_is_refused_and_database_unchanged(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM contacts")
+    before = await snapshot()
+
+    cut = tmp_path / "crm_cut.sql.gz"
+    data = dump.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    result = await run(RESTORE_SH, "--yes", str(cut), env=script_env)
+    assert result.returncode != 0
+    assert "not a valid gzip file" in result.stderr
+
+    # Cut at a line boundary and recompressed: valid gzip, but the end-of-dump marker is missing.
+    text_dump = gzip.decompress(data).decode()
+    short = tmp_path / "crm_short.sql.gz"
+    short.write_bytes(gzip.compress(text_dump[: text_dump.index(END_MARKER)].encode()))
+    result = await run(RESTORE_SH, "--yes", str(short), env=script_env)
+    assert result.returncode != 0
+    assert "lacks the end-of-dump marker" in result.stderr
+
+    await db.engine.dispose()
+    assert await snapshot() == before
+
+
+async def test_checksum_mismatch_is_refused(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM interactions")
+    before = await snapshot()
+
+    checksum = Path(f"{dump}.sha256")
+    await asyncio.to_thread(checksum.write_text, "0" * 64 + f"  {dump.name}\n")
+    result = await run(RESTORE_SH, "--yes", str(dump), env=script_env)
+    assert result.returncode != 0
+    assert "does not match" in result.stderr
+    assert await snapshot() == before
+
+
+async def test_restore_asks_for_confirmation_without_yes(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM login_failures")
+    before = await snapshot()
+
+    refused = await run(RESTORE_SH, str(dump), env=script_env, stdin="no\n")
+    assert refused.returncode != 0
+    assert "Type 'yes' to continue" in refused.stdout or "REPLACES" in refused.stdout
+    assert "aborted" in refused.stderr
+    assert await snapshot() == before
+
+    accepted = await run(RESTORE_SH, str(dump), env=script_env, stdin="yes\n")
+    assert accepted.returncode == 0, accepted.stderr
+    await db.engine.dispose()
+    assert (await snapshot())["login_failures"][0] == 1
+
+
+def test_backup_file_is_verified_private_and_checksummed(
+    script_env: dict[str, str],
+) -> None:
+    dump = make_backup(script_env)
+
+    assert dump.name.startswith("crm_") and len(dump.name) == len("crm_20260101_000000.sql.gz")
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    checksum = Path(f"{dump}.sha256")
+    assert stat.S_IMODE(checksum.stat().st_mode) == 0o600
+    check = subprocess.run(
+        ["sha256sum", "--check", "--status", checksum.name],
+        cwd=dump.parent,
+        check=False,
+    )
+    assert check.returncode == 0
+    sql_text = gzip.decompress(dump.read_bytes()).decode()
+    assert END_MARKER in sql_text
+    assert "CREATE EXTENSION IF NOT EXISTS unaccent" in sql_text
+    # No temporary file is left behind.
+    assert sorted(p.name for p in dump.parent.iterdir()) == sorted(
+        [".backup.lock", dump.name, checksum.name]
+    )
+
+
+def make_old_backups(backup_dir: Path, count: int) -> list[Path]:
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    olds = []
+    for day in range(1, count + 1):
+        old = backup_dir / f"crm_202501{day:02d}_020000.sql.gz"
+        old.write_bytes(b"old")
+        Path(f"{old}.sha256").write_text("x\n")
+        olds.append(old)
+    return olds
+
+
+def test_retention_keeps_the_newest_backups(script_env: dict[str, str], backup_dir: Path) -> None:
+    olds = make_old_backups(backup_dir, 5)
+    unrelated = backup_dir / "notes.txt"
+    unrelated.write_text("keep me")
+
+    dump = make_backup({**script_env, "BACKUP_KEEP": "3"})
+
+    kept = sorted(p.name for p in backup_dir.glob("crm_*.sql.gz"))
+    assert kept == [olds[3].name, olds[4].name, dump.name]
+    assert sorted(p.name for p in backup_dir.glob("*.sha256")) == [
+        f"{name}.sha256" for name in kept
+    ]
+    assert unrelated.read_text() == "keep me"
+
+
+def test_failing_pg_dump_exits_non_zero_writes_nothing_prunes_nothing(
+    script_env: dict[str, str], backup_dir: Path
+) -> None:
+    olds = make_old_backups(backup_dir, 3)
+    before = sorted(p.name for p in backup_dir.iterdir())
+    env = {
+        **script_env,
+        # Nothing listens on port 1: pg_dump fails to connect.
+        "DATABASE_URL": "postgresql://crm:secret@127.0.0.1:1/crm",
+        "BACKUP_KEEP": "1",
+    }
+
+    result = run_script(BACKUP_SH, env=env)
+
+    assert result.returncode != 0
+    assert "pg_dump failed" in result.stderr
+    assert "secret" not in result.stderr + result.stdout
+    after = sorted(p.name for p in backup_dir.iterdir() if p.name != ".backup.lock")
+    assert after == before
+    assert all(old.read_bytes() == b"old" for old in olds)
+
+
+def test_backup_refuses_a_bad_backup_keep(script_env: dict[str, str], backup_dir: Path) -> None:
+    result = run_script(BACKUP_SH, env={**script_env, "BACKUP_KEEP": "0"})
+    assert result.returncode != 0
+    assert "BACKUP_KEEP must be a positive integer" in result.stderr
+    assert not backup_dir.exists()
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> Path:
+    """A `docker` on PATH that logs each call's arguments and stdin, and plays a tiny pg_dump."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "docker"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        f"(IFS=$'\\t'; echo \"$*\") >> {tmp_path}/calls\n"
+        f"cat >> {tmp_path}/stdin\n"
+        'case " $* " in\n'
+        f'  *" pg_dump "*) printf "SET x = 1;\\n--\\n{END_MARKER}\\n--\\n" ;;\n'
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return tmp_path
+
+
+def docker_calls(fake: Path) -> list[list[str]]:
+    return [line.split("\t") for line in (fake / "calls").read_text().splitlines()]
+
+
+COMPOSE_EXEC = ["compose", "-f", str(ROOT / "docker-compose.yml"), "exec", "-T", "postgres"]
+
+
+def test_compose_target_goes_through_docker_compose_exec(
+    script_env: dict[str, str], fake_docker: Path
+) -> None:
+    env = {**script_env, "PATH": f"{fake_docker / 'bin'}:{os.environ['PATH']}"}
+    env.pop("DATABASE_URL")
+
+    result = run_script(BACKUP_SH, "--compose", env=env)
+    assert result.returncode == 0, result.stderr
+    (dump_call,) = docker_calls(fake_docker)
+    assert dump_call[:6] == COMPOSE_EXEC
+    # The container's own credentials, over its local socket.
+    assert dump_call[6:9] == ["sh", "-c", 'exec "$0" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"']
+    assert dump_call[9:] == [
+        "pg_dump",
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "--no-privileges",
+        "--no-password",
+    ]
+    (dump,) = Path(env["BACKUP_DIR"]).glob("crm_*.sql.gz")
+    (fake_docker / "calls").unlink()
+
+    result = run_script(RESTORE_SH, "--compose", "--yes", str(dump), env=env)
+    assert result.returncode == 0, result.stderr
+    restore_call, analyze_call = docker_calls(fake_docker)
+    assert restore_call[:6] == analyze_call[:6] == COMPOSE_EXEC
+    assert restore_call[9:] == [
+        "psql",
+        "-X",
+        "-q",
+        "-w",
+        "--single-transaction",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-f",
+        "-",
+    ]
+    assert analyze_call[9:] == ["psql", "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-c", "ANALYZE"]
+    # The restore's stdin: the schema reset, then the dump, complete.
+    replayed = (fake_docker / "stdin").read_text()
+    assert replayed.index("DROP SCHEMA IF EXISTS public CASCADE;") < replayed.index("SET x = 1;")
+    assert replayed.rstrip().endswith(f"{END_MARKER}\n--")
