@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate venv backup restore
+.PHONY: help run test lint format migrate venv backup restore bench
 
 help:
 	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
@@ -18,6 +18,8 @@ help:
 	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
 	@echo "make backup   verified dump into backups/ (DATABASE_URL, else the embedded server)"
 	@echo "make restore FILE=backups/crm_....sql.gz   restore a backup (asks first)"
+	@echo "make bench    benchmark the API against a bare reference, 10k and 1M investors"
+	@echo "              (SIZE=small: 10k only, a few minutes; needs wrk)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +60,9 @@ format: $(DEV_STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# Sizes to benchmark: empty = small then large; SIZE=small or SIZE=large for one.
+SIZE ?=
+
+bench: $(DEV_STAMP)
+	$(PY) -m bench.run $(SIZE)

@@ -1,0 +1,178 @@
+"""EXPLAIN (ANALYZE, BUFFERS) of the SQL each benchmarked request path really sends.
+
+The service methods run in-process against the bench database while a SQLAlchemy event
+listener records every statement with its parameters; each one is then replayed under
+EXPLAIN on a raw asyncpg connection, in a transaction that is rolled back (writes included).
+A scan on a big table is flagged when it is a Seq Scan, or when it walks at least half of the
+table through an index (a deep OFFSET does that).
+"""
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.config import settings
+from core.db import create_engine, create_sessionmaker
+from models.interaction import InteractionType
+from models.user import User
+from schemas.interaction import InteractionCreate
+from schemas.investor import InvestorFilters
+from schemas.kpi import KpiUpsert
+from services.interactions import InteractionService
+from services.investors import InvestorService
+from services.kpis import KpiService
+
+BIG_TABLES = ("investors", "contacts", "interactions", "kpis", "investor_stage_changes")
+EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
+FULL_SCAN_SHARE = 0.5
+
+RequestPath = Callable[[AsyncSession], Awaitable[object]]
+
+
+@dataclass
+class PlanCheck:
+    path: str
+    statements: int = 0
+    slowest_ms: float = 0.0
+    buffers: int = 0
+    seq_scans: list[str] = field(default_factory=list)
+    plans: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def request_paths(investors: int) -> dict[str, RequestPath]:
+    """The service calls the benchmarked routes make, with the bench's fixed arguments."""
+    middle = investors // 2 or 1
+    kpi_investor = max(investors // 3 // 2 * 3, 3)
+    unfiltered = InvestorFilters()
+
+    def search(term: str) -> RequestPath:
+        return lambda s: InvestorService(s).search(term, skip=0, limit=50)
+
+    return {
+        "auth (every request): user by id": lambda s: s.get(User, 1),
+        "GET one investor": lambda s: InvestorService(s).get_detail(middle),
+        "list page 1": lambda s: InvestorService(s).list_investors(
+            unfiltered, sort="name", skip=0, limit=50
+        ),
+        "list deep page": lambda s: InvestorService(s).list_investors(
+            unfiltered, sort="name", skip=max(investors - 50, 0), limit=50
+        ),
+        "search rare term": search("Quintavalle"),
+        "search typo (rare)": search("Quintavale"),
+        "search common term": search("patrimoine"),
+        "search typo (common)": search("Rotchild"),
+        "stats": lambda s: InvestorService(s).stats(),
+        "month summary": lambda s: KpiService(s).monthly_summary(2025, 6),
+        "annual summary": lambda s: KpiService(s).annual_summary(kpi_investor, 2025),
+        "POST interaction": lambda s: InteractionService(s).create_for_investor(
+            middle,
+            InteractionCreate(
+                type=InteractionType.appel, date=date(2026, 1, 15), subject="Appel bench"
+            ),
+            created_by=1,
+        ),
+        "KPI upsert": lambda s: KpiService(s).upsert_month(
+            middle, KpiUpsert(year=2026, month=6, rdv_count=3, revenue=Decimal("1500.50"))
+        ),
+    }
+
+
+def _scan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes += _scan_nodes(child)
+    return nodes
+
+
+def _flag_scans(plan: dict[str, Any], sizes: dict[str, float]) -> list[str]:
+    flagged = []
+    for node in _scan_nodes(plan):
+        table = node.get("Relation Name")
+        if table not in BIG_TABLES:
+            continue
+        touched = (
+            node.get("Actual Rows", 0)
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Index Recheck", 0)
+        ) * max(node.get("Actual Loops", 1), 1)
+        kind = node["Node Type"]
+        if kind == "Seq Scan" or (
+            sizes.get(table, 0) > 1000 and touched >= FULL_SCAN_SHARE * sizes[table]
+        ):
+            flagged.append(f"{kind} on {table} ({touched:,.0f} rows)")
+    return flagged
+
+
+async def _capture(url: str, path: RequestPath) -> list[tuple[str, tuple[Any, ...]]]:
+    engine = create_engine(settings, url)
+    captured: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, params: Any, *_: object) -> None:
+        captured.append((statement, tuple(params or ())))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await path(session)
+            await session.rollback()
+    finally:
+        await engine.dispose()
+    return captured
+
+
+async def explain_request_paths(url: str, investors: int) -> list[PlanCheck]:
+    """One PlanCheck per request path, with its plans and any whole-table scan."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    checks = []
+    try:
+        sizes = {
+            row["relname"]: float(row["reltuples"])
+            for row in await conn.fetch(
+                "SELECT relname, reltuples FROM pg_class WHERE relname = ANY($1::text[])",
+                list(BIG_TABLES),
+            )
+        }
+        for name, path in request_paths(investors).items():
+            check = PlanCheck(name)
+            checks.append(check)
+            try:
+                statements = await _capture(url, path)
+            except Exception as exc:  # a route being rewritten must not stop the bench
+                check.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                continue
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                for sql, params in statements:
+                    if not sql.lstrip().upper().startswith(EXPLAINABLE):
+                        await conn.execute(sql)  # SAVEPOINT and friends
+                        continue
+                    raw = await conn.fetchval(
+                        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *params
+                    )
+                    result = json.loads(raw)[0]
+                    top = result["Plan"]
+                    check.statements += 1
+                    check.slowest_ms = max(check.slowest_ms, result["Execution Time"])
+                    check.buffers += top.get("Shared Hit Blocks", 0) + top.get(
+                        "Shared Read Blocks", 0
+                    )
+                    check.seq_scans += _flag_scans(top, sizes)
+                    text_rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *params)
+                    check.plans.append((sql, "\n".join(row[0] for row in text_rows)))
+            except asyncpg.PostgresError as exc:
+                check.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                await tx.rollback()
+    finally:
+        await conn.close()
+    return checks
