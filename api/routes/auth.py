@@ -91,7 +91,7 @@ async def _read_credentials(request: Request) -> LoginJSON:
     "/login",
     response_model=Token,
     openapi_extra=_LOGIN_BODY,
-    responses=errors(401, 429, 503),
+    responses=errors(401, 413, 422, 429, 503),
 )
 async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> Token:
     """Exchange email and password for a Bearer access token."""
