@@ -6,13 +6,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy.exc import DBAPIError
 
 from api import api_router
 from api.routes import health
 from core.config import settings
 from core.db import db
-from core.exceptions import register_exception_handlers
+from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
 from services.auth import AuthService
 
@@ -40,7 +39,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     try:
         try:
             await bootstrap_first_admin()
-        except (OSError, TimeoutError, DBAPIError) as exc:
+        except DATABASE_ERRORS as exc:
             # The API still starts (/health answers, /ready says 503); retried at next start.
             logger.warning("Database unreachable at start-up, first admin not checked: %r", exc)
         yield

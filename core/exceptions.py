@@ -3,10 +3,12 @@
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,18 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 NO_STORE = {"Cache-Control": "no-store"}
+
+# Failures to reach the database that SQLAlchemy does not wrap in DBAPIError: socket errors, and
+# what asyncpg raises while connecting (server starting up or shutting down, no free slot,
+# database not accepting connections), plus the pool's own checkout timeout.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    PoolTimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, *CONNECTION_ERRORS)
 
 
 class AppError(Exception):
@@ -209,6 +223,6 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(DBAPIError, database_error_handler)
-    app.add_exception_handler(OSError, connection_error_handler)
-    app.add_exception_handler(TimeoutError, connection_error_handler)
+    for error in CONNECTION_ERRORS:
+        app.add_exception_handler(error, connection_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
