@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 INVESTOR_COLUMNS = (
     "i.id, i.name, i.email, i.phone, i.website, i.company, i.industry, i.notes, "

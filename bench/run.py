@@ -343,8 +343,14 @@ def compare_reference(api: Client, ref: Client, investors: int, report: SizeRepo
 
 
 def measure_size(
-    cluster: Cluster, size: str, database: str, core_api: int | None, core_db: int | None
+    cluster: Cluster,
+    size: str,
+    database: str,
+    cores: tuple[int | None, int | None],
+    only: set[str] | None = None,
 ) -> SizeReport:
+    """Load, single-request latency, pgbench and plans of one size (`only`: a quick subset)."""
+    core_api, core_db = cores
     investors = SIZES[size]
     report = SizeReport(size, investors)
     cleanup_writes(cluster, database)
@@ -354,7 +360,7 @@ def measure_size(
         "DEBUG": "false",
     }
     ref_env = {"BENCH_DSN": cluster.dsn(database)}
-    all_endpoints = endpoints(investors)
+    all_endpoints = [e for e in endpoints(investors) if only is None or e.key in only]
     with (
         serve("main:app", api_env, core_api, f"api-{size}") as api_port,
         serve("bench.reference_app:app", ref_env, core_api, f"reference-{size}") as ref_port,
@@ -391,6 +397,8 @@ def measure_size(
         api.close()
         ref.close()
     cleanup_writes(cluster, database)
+    if only is not None:
+        return report
     report.pgbench = pgbench(cluster, database, investors, core_db)
     report.plans = asyncio.run(explain_request_paths(cluster.url(database), investors))
     return report
@@ -495,14 +503,21 @@ def write_latest() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sizes", nargs="*", choices=sorted(SIZES), default=list(SIZES))
+    parser.add_argument(
+        "--only",
+        metavar="KEYS",
+        help="comma-separated endpoint keys (e.g. get,ref_get): load only, results not saved; "
+        f"keys: {', '.join(e.key for e in endpoints(1))}",
+    )
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     if shutil.which("wrk") is None:
         print(WRK_MISSING, file=sys.stderr)
         raise SystemExit(2)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     cores = cpu_count()
     two_cores = cores >= 2
-    core_api, core_db = (0, 1) if two_cores else (None, None)
+    pinned_cores = (0, 1) if two_cores else (None, None)
     pinning = (
         "API on core 0, PostgreSQL + wrk on core 1" if two_cores else "single core, not pinned"
     )
@@ -516,7 +531,9 @@ def main() -> None:
             os.sched_setaffinity(0, {1})
         for size in sizes:
             print(f"== {size} ==", flush=True)
-            report = measure_size(cluster, size, databases[size], core_api, core_db)
+            report = measure_size(cluster, size, databases[size], pinned_cores, only)
+            if only is not None:
+                continue
             labels = {e.key: e for e in endpoints(report.investors)}
             (RESULTS_DIR / f"{size}.md").write_text(
                 render_size(report, labels, machine_header(pinning, cores))
@@ -524,7 +541,8 @@ def main() -> None:
             write_plans(report)
     finally:
         cluster.stop()
-    print(write_latest())
+    if only is None:
+        print(write_latest())
 
 
 def write_plans(report: SizeReport) -> None:

@@ -12,6 +12,7 @@ the requested size at the current migration head is reused.
 import argparse
 import asyncio
 import hashlib
+import shutil
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from itertools import accumulate
 from random import Random
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from alembic.script import ScriptDirectory
 
 from bench.cluster import Cluster, start_cluster
@@ -547,6 +548,11 @@ async def database_signature(cluster: Cluster, database: str) -> str | None:
 
 async def load(cluster: Cluster, database: str, investors: int) -> None:
     started = time.perf_counter()
+    # About 6 GB at 1M investors (tables and indexes), plus headroom for the index builds.
+    needed_gb = max(1.0, 15 * investors / 1_000_000)
+    free_gb = shutil.disk_usage(cluster.pgdata).free / 1e9
+    if free_gb < needed_gb:
+        raise SystemExit(f"Only {free_gb:.0f} GB free in {cluster.pgdata}, need {needed_gb:.0f}")
     plan = Plan.build(investors)
     print(
         f"Seeding {database}: {plan.investors:,} investors, {plan.contacts:,} contacts, "
