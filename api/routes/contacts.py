@@ -47,12 +47,8 @@ async def read_contact(contact_id: int, _: CurrentUser, contacts: ContactService
     return ContactRead.model_validate(await contacts.get(contact_id))
 
 
-@router.api_route(
-    "/{contact_id:id}",
-    methods=["PUT", "PATCH"],
-    response_model=ContactRead,
-    responses=errors(*AUTHENTICATED, 404),
-)
+@router.put("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
+@router.patch("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
 async def update_contact(
     contact_id: int, body: ContactUpdate, _: CurrentUser, contacts: ContactServiceDep
 ) -> ContactRead:

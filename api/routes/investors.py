@@ -88,11 +88,11 @@ async def create_investor(
     return InvestorRead.model_validate(await investors.create_investor(body, changed_by=user.id))
 
 
-@router.api_route(
-    "/{investor_id:id}",
-    methods=["PUT", "PATCH"],
-    response_model=InvestorRead,
-    responses=errors(*AUTHENTICATED, 404, 409),
+@router.put(
+    "/{investor_id:id}", response_model=InvestorRead, responses=errors(*AUTHENTICATED, 404, 409)
+)
+@router.patch(
+    "/{investor_id:id}", response_model=InvestorRead, responses=errors(*AUTHENTICATED, 404, 409)
 )
 async def update_investor(
     investor_id: int, body: InvestorUpdate, user: CurrentUser, investors: InvestorServiceDep
