@@ -1,5 +1,6 @@
 """Contacts: per-investor list and create, read, partial update, delete."""
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -262,3 +263,20 @@ async def test_contacts_appear_in_the_investor_detail(
     contact = await make_contact(client, admin_headers, investor["id"])
     detail = (await client.get(f"/api/v1/investors/{investor['id']}", headers=admin_headers)).json()
     assert detail["contacts"] == [contact]
+
+
+async def test_adding_contacts_while_the_investor_is_deleted_never_fails_with_500(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    investor = await make_investor(client, admin_headers)
+    url = f"{CONTACTS}/investor/{investor['id']}"
+    responses = await asyncio.gather(
+        *(client.post(url, json={"name": f"C{i}"}, headers=admin_headers) for i in range(5)),
+        client.delete(f"/api/v1/investors/{investor['id']}", headers=admin_headers),
+        *(client.post(url, json={"name": f"D{i}"}, headers=admin_headers) for i in range(5)),
+    )
+    assert responses[5].status_code == 204
+    creates = responses[:5] + responses[6:]
+    assert {r.status_code for r in creates} <= {201, 404}
+    # Whatever the interleaving, no contact outlives its investor.
+    assert await scalar(session, "SELECT count(*) FROM contacts") == 0
