@@ -57,15 +57,13 @@ class Settings(BaseSettings):
     login_failure_window_minutes: int = Field(default=15, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
-    @field_validator(
-        "secret_key", "first_admin_email", "first_admin_password", "database_url", mode="before"
-    )
+    @model_validator(mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `KEY=` in a .env file means "not set", not an empty secret.
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
+    def _empty_is_unset(cls, values: object) -> object:
+        # `KEY=` in a .env file (or an empty variable) means "not set": the default applies.
+        if isinstance(values, dict):
+            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
+        return values
 
     @field_validator("database_url")
     @classmethod
@@ -112,8 +110,16 @@ class Settings(BaseSettings):
 
 
 def load_or_create_secret_key(path: Path) -> str:
+    """The key kept in `path`, created (random, 256 bits, mode 600) on first use."""
     if path.exists():
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        if len(key.encode()) < MIN_SECRET_KEY_BYTES:
+            # An empty key (say, a disk filled up mid-write) would sign forgeable tokens.
+            raise SystemExit(
+                f"Invalid configuration: {path} holds a key shorter than "
+                f"{MIN_SECRET_KEY_BYTES} bytes; delete it to generate a new one"
+            )
+        return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)  # 256 bits
     # Create with mode 600 from the start so the key is never world-readable, even briefly.
