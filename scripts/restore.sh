@@ -56,6 +56,21 @@ work="$(mktemp -d)"
 trap 'rm -rf -- "$work"' EXIT
 sql="$work/restore.sql"
 
+target="$(target_description)"
+server_version="$(pg psql -X -w -At -v ON_ERROR_STOP=1 -c "SHOW server_version_num" </dev/null)" ||
+    die "cannot connect to $target: nothing was restored"
+[[ $server_version =~ ^[0-9]+$ ]] || die "unexpected server version '$server_version'"
+
+# pg_dump 17+ writes `SET transaction_timeout = 0;`, a setting servers before 17 reject: drop it
+# there (a dump of the PostgreSQL 16 production made with the embedded PostgreSQL 18 pg_dump).
+drop_unknown_settings() {
+    if ((server_version < 170000)); then
+        sed '/^SET transaction_timeout = 0;$/d'
+    else
+        cat
+    fi
+}
+
 # The exact bytes psql will read, checked once more: a file cut short must never be replayed,
 # since psql would commit whatever it had read when the input ended.
 {
@@ -66,11 +81,10 @@ sql="$work/restore.sql"
     echo "CREATE SCHEMA public;"
     echo "ALTER SCHEMA public OWNER TO pg_database_owner;"
     echo "GRANT USAGE ON SCHEMA public TO PUBLIC;"
-    gzip -dc -- "$FILE"
+    gzip -dc -- "$FILE" | drop_unknown_settings
 } >"$sql"
 has_end_marker <"$sql" || die "$FILE lacks the end-of-dump marker (truncated dump?): refused"
 
-target="$(target_description)"
 if [[ $ASSUME_YES -ne 1 ]]; then
     echo "This REPLACES every table of $target with the content of $FILE."
     read -r -p "Type 'yes' to continue: " answer || answer=""

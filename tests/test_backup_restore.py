@@ -391,7 +391,7 @@ def test_backup_refuses_a_bad_backup_keep(script_env: dict[str, str], backup_dir
 
 @pytest.fixture
 def fake_docker(tmp_path: Path) -> Path:
-    """A `docker` on PATH that logs each call's arguments and stdin, and plays a tiny pg_dump."""
+    """A `docker` on PATH that logs each call's arguments and stdin, and plays PostgreSQL 16."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "docker"
@@ -400,7 +400,9 @@ def fake_docker(tmp_path: Path) -> Path:
         f"(IFS=$'\\t'; echo \"$*\") >> {tmp_path}/calls\n"
         f"cat >> {tmp_path}/stdin\n"
         'case " $* " in\n'
-        f'  *" pg_dump "*) printf "SET x = 1;\\n--\\n{END_MARKER}\\n--\\n" ;;\n'
+        '  *" pg_dump "*) printf \'SET transaction_timeout = 0;\\nSET x = 1;\\n'
+        f"--\\n{END_MARKER}\\n--\\n' ;;\n"
+        '  *"server_version_num"*) echo 160004 ;;\n'
         "esac\n"
     )
     script.chmod(0o755)
@@ -439,8 +441,9 @@ def test_compose_target_goes_through_docker_compose_exec(
 
     result = run_script(RESTORE_SH, "--compose", "--yes", str(dump), env=env)
     assert result.returncode == 0, result.stderr
-    restore_call, analyze_call = docker_calls(fake_docker)
-    assert restore_call[:6] == analyze_call[:6] == COMPOSE_EXEC
+    version_call, restore_call, analyze_call = docker_calls(fake_docker)
+    assert version_call[:6] == restore_call[:6] == analyze_call[:6] == COMPOSE_EXEC
+    assert version_call[-2:] == ["-c", "SHOW server_version_num"]
     assert restore_call[9:] == [
         "psql",
         "-X",
@@ -456,6 +459,8 @@ def test_compose_target_goes_through_docker_compose_exec(
     # The restore's stdin: the schema reset, then the dump, complete.
     replayed = (fake_docker / "stdin").read_text()
     assert replayed.index("DROP SCHEMA IF EXISTS public CASCADE;") < replayed.index("SET x = 1;")
+    # The server says 16: the PostgreSQL 17+ setting pg_dump wrote is left out.
+    assert "transaction_timeout" not in replayed
     assert replayed.rstrip().endswith(f"{END_MARKER}\n--")
 
 
