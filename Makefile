@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 help:
 	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test     lint, type-check and run every test against real PostgreSQL"
-	@echo "make lint     ruff, mypy and hadolint only"
+	@echo "make lint     ruff, mypy, hadolint and shellcheck only"
 	@echo "make format   rewrite the code with ruff format"
 	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
 	@echo "make backup   verified dump into backups/ (DATABASE_URL, else the embedded server)"
@@ -53,6 +53,7 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 	@if [ -f Dockerfile ]; then $(VENV)/bin/hadolint Dockerfile; fi
+	$(VENV)/bin/shellcheck -x scripts/*.sh
 
 format: $(DEV_STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by backup.sh and restore.sh (sourced, not run): target selection and PostgreSQL tools.
 #
 # Three targets, like the API:
@@ -59,6 +60,10 @@ has_end_marker() {
 
 checksum_of() {
     local sum
-    sum="$(sha256sum <"$1")"
+    if command -v sha256sum >/dev/null; then
+        sum="$(sha256sum <"$1")"
+    else
+        sum="$(shasum -a 256 <"$1")" # macOS
+    fi
     echo "${sum%% *}"
 }

@@ -28,19 +28,21 @@ done
 BACKUP_KEEP="${BACKUP_KEEP:-14}"
 [[ $BACKUP_KEEP =~ ^[1-9][0-9]*$ ]] || die "BACKUP_KEEP must be a positive integer, got '$BACKUP_KEEP'"
 
-enter_target "${ORIGINAL_ARGS[@]}"
+enter_target ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
 
 umask 077
 mkdir -p -- "$BACKUP_DIR"
 
-# One backup at a time (cron and a manual run could overlap).
-exec 9>"$BACKUP_DIR/.backup.lock"
-flock -n 9 || die "another backup is running in $BACKUP_DIR"
+# One backup at a time (cron and a manual run could overlap); flock is util-linux, Linux only.
+if command -v flock >/dev/null; then
+    exec 9>"$BACKUP_DIR/.backup.lock"
+    flock -n 9 || die "another backup is running in $BACKUP_DIR"
+fi
 
 stamp="$(date -u +%Y%m%d_%H%M%S)"
 final="$BACKUP_DIR/crm_$stamp.sql.gz"
 [[ ! -e $final ]] || die "$final already exists"
-tmp="$(mktemp "$BACKUP_DIR/.crm_$stamp.XXXXXX.tmp")"
+tmp="$(mktemp "$BACKUP_DIR/.crm_$stamp.tmp.XXXXXX")"
 tmp_sum="$tmp.sha256"
 trap 'rm -f -- "$tmp" "$tmp_sum"' EXIT
 
@@ -64,7 +66,10 @@ trap - EXIT
 echo "Backup written: $final ($(du -h -- "$final" | cut -f1))"
 
 # Retention: names sort chronologically; keep the newest BACKUP_KEEP, with their checksums.
-mapfile -t backups < <(find "$BACKUP_DIR" -maxdepth 1 -type f \
+backups=()
+while IFS= read -r path; do
+    backups+=("$path")
+done < <(find "$BACKUP_DIR" -maxdepth 1 -type f \
     -name 'crm_[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9][0-9][0-9][0-9][0-9].sql.gz' |
     sort)
 excess=$((${#backups[@]} - BACKUP_KEEP))

@@ -49,7 +49,7 @@ if [[ -z ${CRM_DBENV:-} ]]; then
     gzip -t -- "$FILE" 2>/dev/null || die "$FILE is not a valid gzip file (truncated?): refused"
 fi
 
-enter_target "${ORIGINAL_ARGS[@]}"
+enter_target ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
 
 umask 077
 work="$(mktemp -d)"
