@@ -7,6 +7,7 @@ from httpx import AsyncClient
 
 from core.config import settings
 from core.db import create_engine, create_sessionmaker, db
+from services.users import UserService
 
 # Port 1 on the loopback: nothing listens there, so connecting fails at once.
 UNREACHABLE_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/crm"
@@ -220,3 +221,24 @@ async def test_login_token_response_is_not_cached(client: AsyncClient) -> None:
 async def test_health_carries_nosniff(client: AsyncClient) -> None:
     response = await client.get("/health")
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_error_responses_outside_the_routes_carry_security_headers(
+    client: AsyncClient, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    too_large = await client.post(
+        "/api/v1/users",
+        content=b"x" * (2 * 1024 * 1024),
+        headers={**admin_headers, "Content-Type": "application/json"},
+    )
+    assert too_large.status_code == 413
+
+    async def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(UserService, "list", boom)
+    crashed = await client.get("/api/v1/users", headers=admin_headers)
+    assert crashed.status_code == 500
+    for response in (too_large, crashed):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"
