@@ -8,11 +8,12 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate venv backup restore bench
+.PHONY: help run test lint format migrate venv backup restore bench fuzz
 
 help:
 	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make test     lint, type-check and run every test against real PostgreSQL"
+	@echo "make fuzz     deeper schemathesis pass over every operation (FUZZ_EXAMPLES=200)"
 	@echo "make lint     ruff, mypy, hadolint and shellcheck only"
 	@echo "make format   rewrite the code with ruff format"
 	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
@@ -67,3 +68,8 @@ SIZE ?=
 
 bench: $(DEV_STAMP)
 	$(PY) -m bench.run $(SIZE)
+
+# The same fuzz test `make test` runs, with many more generated cases per operation.
+fuzz: $(DEV_STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} FUZZ_STATEFUL_EXAMPLES=$${FUZZ_STATEFUL_EXAMPLES:-30} \
+		$(PY) -m pytest -q tests/test_fuzz.py

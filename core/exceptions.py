@@ -158,8 +158,15 @@ async def app_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return _render(exc)
 
 
-async def http_exception_handler(_: Request, exc: Exception) -> JSONResponse:
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers malformed JSON with 422 json_invalid, but a body that is not even UTF-8
+        # with a bare 400 no operation declares: both are the same client error.
+        invalid = RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}]
+        )
+        return await validation_error_handler(request, invalid)
     code = _HTTP_STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else "Error"
     return JSONResponse(error_body(detail, code), status_code=exc.status_code, headers=exc.headers)

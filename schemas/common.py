@@ -11,11 +11,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainSerializer,
     Strict,
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # PostgreSQL INTEGER bounds: ids beyond them cannot exist.
 PG_INT_MAX = 2**31 - 1
@@ -30,6 +33,30 @@ def _reject_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL bytes")
     return value
+
+
+# What str.strip() removes, spelled for a JSON Schema (ECMA) pattern: `\s` there differs.
+_SPACE_CLASS = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+
+
+class _NulFreeJsonSchema:
+    """Publishes in the JSON schema what the validators refuse: NUL bytes and, for a required
+    text, a value that is blank once trimmed, so the schema is as strict as the code."""
+
+    def __init__(self, *, non_blank: bool = False) -> None:
+        text = f"[^\\u0000{_SPACE_CLASS}]" if non_blank else ""
+        self.pattern = f"^[^\\u0000]*{text}[^\\u0000]*$" if non_blank else "^[^\\u0000]*$"
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema["pattern"] = self.pattern
+        return schema
+
+
+_NUL_FREE = _NulFreeJsonSchema()
+_NON_BLANK = _NulFreeJsonSchema(non_blank=True)
 
 
 def _check_email(value: str) -> str:
@@ -66,6 +93,7 @@ def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(_reject_nul),
+        _NUL_FREE,
     ]
 
 
@@ -74,6 +102,7 @@ Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
     AfterValidator(_reject_nul),
+    _NON_BLANK,
 ]
 ShortText = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_reject_nul)
@@ -93,12 +122,25 @@ Email = Annotated[
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
 ]
 # An optional email where an empty string means "none".
-OptionalEmail = Annotated[Email | None, BeforeValidator(_blank_to_none)]
+OptionalEmail = Annotated[
+    Email | None,
+    BeforeValidator(_blank_to_none),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "email", "maxLength": 254},
+                {"type": "string", "pattern": f"^[{_SPACE_CLASS}]*$"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 
 Password = Annotated[
     str,
     StringConstraints(min_length=8, max_length=128),
     AfterValidator(_reject_nul),
+    _NUL_FREE,
 ]
 
 

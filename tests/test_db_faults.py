@@ -334,12 +334,13 @@ async def test_sigterm_lets_the_request_in_flight_complete(running: Cluster) -> 
             )
             await _wait_for_lock_waiter(lock_conn)
             api.process.send_signal(signal.SIGTERM)
-            # Shutdown has begun once the listening socket refuses new connections.
+            # Shutdown has begun once a new connection is refused, or accepted by the kernel
+            # and then closed unanswered because the server stopped listening.
             for _ in range(400):
                 try:
                     async with api.client() as fresh:
                         await fresh.get("/health")
-                except httpx.ConnectError:
+                except httpx.TransportError:
                     break
                 await asyncio.sleep(0.05)
             else:
