@@ -105,13 +105,22 @@ Name = Annotated[
     _NON_BLANK,
 ]
 ShortText = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_reject_nul)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=255),
+    AfterValidator(_reject_nul),
+    _NUL_FREE,
 ]
 Phone = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=50), AfterValidator(_reject_nul)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=50),
+    AfterValidator(_reject_nul),
+    _NUL_FREE,
 ]
 LongText = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=10_000), AfterValidator(_reject_nul)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=10_000),
+    AfterValidator(_reject_nul),
+    _NUL_FREE,
 ]
 
 Email = Annotated[
