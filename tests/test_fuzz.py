@@ -221,19 +221,22 @@ def test_stateful_sequences(
     )
 
 
-def test_figures(request: pytest.FixtureRequest, app: Any) -> None:
+def test_figures(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], app: Any
+) -> None:
     """Every documented operation was fuzzed, and none answered a server error."""
     documented = {
         f"{method.upper()} {path}"
         for path, item in app.openapi()["paths"].items()
         for method in item
     }
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = (
         f"fuzz: {len(FIGURES.operations)}/{len(documented)} operations, {FIGURES.cases} cases, "
         f"{FIGURES.server_errors} server errors, statuses {dict(sorted(FIGURES.statuses.items()))}"
     )
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line("\n" + line)
+        with capsys.disabled():  # shown on success too, not only in a failure report
+            reporter.write_line("\n" + line)
     assert FIGURES.operations == documented
     assert FIGURES.server_errors == 0
