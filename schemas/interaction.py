@@ -1,7 +1,7 @@
 from datetime import date, datetime
-from typing import Annotated, Self
+from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from models.interaction import InteractionType
 from schemas.common import (
@@ -56,11 +56,6 @@ class InteractionFilters(BaseModel):
 
     type: InteractionType | None = None
     investor_id: int | None = Field(default=None, ge=1, le=PG_INT_MAX)
-    date_from: date | None = None
-    date_to: date | None = None
-
-    @model_validator(mode="after")
-    def _check_range(self) -> Self:
-        if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ValueError("date_from must not be after date_to")
-        return self
+    # YYYY-MM-DD only (a bare number is not a date). An inverted range simply matches nothing.
+    date_from: StrictDate | None = None
+    date_to: StrictDate | None = None
