@@ -67,7 +67,7 @@ def request_paths(investors: int) -> dict[str, RequestPath]:
         ),
         "search rare term": search("Quintavalle"),
         "search typo (rare)": search("Quintavale"),
-        "search common term": search("patrimoine"),
+        "search common term": search("banque"),
         "search typo (common)": search("Rotchild"),
         "stats": lambda s: InvestorService(s).stats(),
         "month summary": lambda s: KpiService(s).monthly_summary(2025, 6),

@@ -74,7 +74,10 @@ class ReferenceApp:
             if message["type"] == "lifespan.startup":
                 # The API's pool: 10 connections plus 10 overflow.
                 self.pool = await asyncpg.create_pool(
-                    os.environ["BENCH_DSN"], min_size=10, max_size=20
+                    os.environ["BENCH_DSN"],
+                    min_size=10,
+                    max_size=20,
+                    server_settings={"application_name": "crm-bench-reference"},
                 )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
