@@ -45,6 +45,8 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             "server_settings": {
                 "statement_timeout": str(settings.database_statement_timeout_ms),
                 "application_name": "tpm-finance-crm",
+                # Timestamps built in SQL (e.g. JSON aggregates) come out in UTC like the rest.
+                "timezone": "UTC",
             },
         },
     )
