@@ -51,11 +51,11 @@ async def get_admin_user(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(get_admin_user)]
 
 
-def _user_service(session: SessionDep) -> UserService:
+async def _user_service(session: SessionDep) -> UserService:
     return UserService(session)
 
 
-def _auth_service(session: SessionDep) -> AuthService:
+async def _auth_service(session: SessionDep) -> AuthService:
     return AuthService(session)
 
 
@@ -63,11 +63,11 @@ UserServiceDep = Annotated[UserService, Depends(_user_service)]
 AuthServiceDep = Annotated[AuthService, Depends(_auth_service)]
 
 
-def _investor_service(session: SessionDep) -> InvestorService:
+async def _investor_service(session: SessionDep) -> InvestorService:
     return InvestorService(session)
 
 
-def _contact_service(session: SessionDep) -> ContactService:
+async def _contact_service(session: SessionDep) -> ContactService:
     return ContactService(session)
 
 
@@ -75,11 +75,11 @@ InvestorServiceDep = Annotated[InvestorService, Depends(_investor_service)]
 ContactServiceDep = Annotated[ContactService, Depends(_contact_service)]
 
 
-def _interaction_service(session: SessionDep) -> InteractionService:
+async def _interaction_service(session: SessionDep) -> InteractionService:
     return InteractionService(session)
 
 
-def _kpi_service(session: SessionDep) -> KpiService:
+async def _kpi_service(session: SessionDep) -> KpiService:
     return KpiService(session)
 
 
