@@ -1,14 +1,27 @@
-from datetime import date, datetime
-from typing import Literal
+import base64
+import binascii
+import json
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    TypeAdapter,
+    WithJsonSchema,
+)
 
 from models.investor import ClientType, PipelineStage
 from schemas.common import (
+    PG_INT_MAX,
     InputModel,
     LongText,
     Name,
     OptionalEmail,
+    Page,
     Phone,
     ReadModel,
     ShortText,
@@ -85,6 +98,72 @@ InvestorSort = Literal[
     "pipeline_stage",
     "-pipeline_stage",
 ]
+INVESTOR_SORTS: tuple[str, ...] = get_args(InvestorSort)
+
+
+# A cursor is base64url (no padding) JSON; this bound fits a 255-character name even when every
+# character is JSON-escaped.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+CURSOR_MAX_LENGTH = 2400
+
+# What the last row's sort value must be, per sort key (NUL-free: Postgres text cannot hold it).
+_CURSOR_KEYS: dict[str, TypeAdapter[Any]] = {
+    "name": TypeAdapter(Annotated[StrictStr, Field(max_length=255, pattern="^[^\\x00]*$")]),
+    "created_at": TypeAdapter(AwareDatetime),
+    "updated_at": TypeAdapter(AwareDatetime),
+    "pipeline_stage": TypeAdapter(
+        Annotated[int, Field(strict=True, ge=0, le=len(PipelineStage) - 1)]
+    ),
+}
+_INVALID_CURSOR = "is not a cursor this list returned"
+
+
+class InvestorCursor(BaseModel):
+    """Where a keyset page resumes: the sort it belongs to, the last row's sort value and id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sort: InvestorSort
+    key: str | int | datetime
+    id: int
+
+    def encode(self) -> str:
+        key = self.key.astimezone(UTC).isoformat() if isinstance(self.key, datetime) else self.key
+        raw = json.dumps({"sort": self.sort, "key": key, "id": self.id}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Self:
+        """The cursor in `token`; ValueError unless `encode` gives back exactly this token."""
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            if not isinstance(data, dict) or set(data) != {"sort", "key", "id"}:
+                raise ValueError(_INVALID_CURSOR)
+            sort, key, id_ = data["sort"], data["key"], data["id"]
+            if sort not in INVESTOR_SORTS or type(id_) is not int or not 1 <= id_ <= PG_INT_MAX:
+                raise ValueError(_INVALID_CURSOR)
+            key = _CURSOR_KEYS[sort.lstrip("-")].validate_python(key)
+            if isinstance(key, datetime):
+                # Fails for offsets that would push year 1 or 9999 out of range in UTC.
+                key = key.astimezone(UTC)
+            cursor = cls(sort=sort, key=key, id=id_)
+        except (binascii.Error, ValueError, OverflowError):
+            raise ValueError(_INVALID_CURSOR) from None
+        # Only the canonical form is accepted: no re-padded, re-ordered or retyped variant.
+        if cursor.encode() != token:
+            raise ValueError(_INVALID_CURSOR)
+        return cursor
+
+
+class InvestorPage(Page[InvestorRead]):
+    """A page of the investor list, with the cursor that resumes after its last row."""
+
+    # Left out on the last page, so a page read with skip/limit keeps its former shape there.
+    next_cursor: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        default=None,
+        exclude_if=lambda cursor: cursor is None,
+        description="Pass as `cursor` for the next page (keyset paging); absent on the last page",
+    )
 
 
 class InvestorFilters(BaseModel):

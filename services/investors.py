@@ -7,6 +7,7 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     Integer,
+    Select,
     Text,
     bindparam,
     cast,
@@ -14,12 +15,12 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    tuple_,
     type_coerce,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.elements import Label
 
 from core.exceptions import ConflictError
 from models.contact import Contact
@@ -36,6 +37,7 @@ from schemas.common import PG_INT_MAX
 from schemas.contact import ContactRead
 from schemas.investor import (
     InvestorCreate,
+    InvestorCursor,
     InvestorDetail,
     InvestorFilters,
     InvestorRead,
@@ -51,6 +53,9 @@ DUPLICATE_EMAIL = ConflictError(
 # pg_trgm's default (0.6) misses common misspellings such as "Rotchild" for "Rothschild".
 WORD_SIMILARITY_THRESHOLD = "0.5"
 MIN_FUZZY_LETTERS = 3
+# Search ranks at most this many investors: a common term ("banque") matches hundreds of
+# thousands, and scoring them all took seconds at 1M investors. `total` counts the ranked ones.
+SEARCH_CANDIDATES = 1000
 NO_CLIENT_TYPE = "non_renseigne"
 
 
@@ -76,9 +81,15 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     not_found_message = "Investor not found"
 
     async def list_investors(
-        self, filters: InvestorFilters, *, sort: str, skip: int, limit: int
-    ) -> tuple[list[Investor], int]:
-        """A page of investors matching the optional filters, in a stable order."""
+        self,
+        filters: InvestorFilters,
+        *,
+        sort: str,
+        skip: int,
+        limit: int,
+        after: InvestorCursor | None = None,
+    ) -> tuple[list[Investor], int, str | None]:
+        """A page of investors matching the filters, their total and the next page's cursor."""
         where: list[ColumnElement[bool]] = []
         if filters.pipeline_stage is not None:
             where.append(Investor.pipeline_stage == filters.pipeline_stage)
@@ -86,7 +97,34 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             where.append(Investor.client_type == filters.client_type)
         if filters.is_active is not None:
             where.append(Investor.is_active.is_(filters.is_active))
-        return await self.list(where=where, sort=sort, skip=skip, limit=limit)
+        count = select(func.count()).select_from(Investor).where(*where)
+        total: int = (await self.session.execute(count)).scalar_one()
+        if total == 0 or skip >= total:
+            return [], total, None
+        if after is not None:
+            where.append(self._past(after))
+        # One row more than asked tells whether there is a next page.
+        stmt = (
+            select(Investor)
+            .where(*where)
+            .order_by(*self.order_by(sort))
+            .offset(skip)
+            .limit(limit + 1)
+        )
+        rows = list((await self.session.execute(stmt)).scalars().all())
+        if len(rows) <= limit:
+            return rows, total, None
+        last = rows[limit - 1]
+        key = getattr(last, self.sort_fields[sort.lstrip("-")].key)
+        return rows[:limit], total, InvestorCursor(sort=sort, key=key, id=last.id).encode()
+
+    def _past(self, cursor: InvestorCursor) -> ColumnElement[bool]:
+        # A row comparison on (sort column, id): the composite index seeks straight to the
+        # cursor instead of walking the skipped rows as OFFSET does. Every sort column is NOT NULL.
+        column = self.sort_fields[cursor.sort.lstrip("-")]
+        row = tuple_(column, Investor.id)
+        resume = tuple_(literal(cursor.key, column.type), literal(cursor.id, Integer))
+        return row < resume if cursor.sort.startswith("-") else row > resume
 
     async def search(self, q: str, *, skip: int, limit: int) -> tuple[list[Investor], int]:
         """Accent- and case-insensitive, typo-tolerant search; best matches first."""
@@ -123,7 +161,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         return [], (await self.session.execute(select(total))).scalar_one()
 
     def _search_hits(self, q: str) -> CTE:
-        """(investor_id, score) of every investor matching `q` itself or through a contact."""
+        """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` itself or
+        through a contact."""
         needle = _normalised(bindparam("q", q, type_=Text))
         pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
         # Fuzzy matching needs a few letters: one or two would match every word starting with
@@ -133,32 +172,30 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         def contains(column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
             return column.like(pattern, escape="\\")
 
-        def matches(
-            text: InstrumentedAttribute[str], fuzzy_text: InstrumentedAttribute[str]
-        ) -> ColumnElement[bool]:
-            # Each form is served by a GIN trigram index: substring and word similarity.
-            return contains(text) | needle.op("<%")(fuzzy_text) if fuzzy else contains(text)
-
-        def score(
-            text: InstrumentedAttribute[str], fuzzy_text: InstrumentedAttribute[str]
-        ) -> Label[float]:
+        def candidates(
+            investor_id: InstrumentedAttribute[int],
+            text: InstrumentedAttribute[str],
+            fuzzy_text: InstrumentedAttribute[str],
+        ) -> list[Select[tuple[int, float]]]:
             # A literal substring match ranks above any approximate one.
-            similarity = func.word_similarity(needle, fuzzy_text)
-            return (similarity + cast(contains(text), Integer)).label("score")
+            score = func.word_similarity(needle, fuzzy_text) + cast(contains(text), Integer)
+            hits = select(investor_id.label("investor_id"), score.label("score"))
+            # Each form is served by a GIN trigram index (substring, word similarity). A common
+            # term matches most rows: each form stops at the cap instead of scoring them all,
+            # and literal matches get a cap of their own so fuzzy ones cannot crowd them out.
+            forms = [contains(text), needle.op("<%")(fuzzy_text)] if fuzzy else [contains(text)]
+            return [hits.where(form).limit(SEARCH_CANDIDATES) for form in forms]
 
         hits = union_all(
-            select(
-                Investor.id.label("investor_id"),
-                score(Investor.search_text, Investor.fuzzy_text),
-            ).where(matches(Investor.search_text, Investor.fuzzy_text)),
-            select(
-                Contact.investor_id,
-                score(Contact.search_text, Contact.search_text),
-            ).where(matches(Contact.search_text, Contact.search_text)),
+            *candidates(Investor.id, Investor.search_text, Investor.fuzzy_text),
+            *candidates(Contact.investor_id, Contact.search_text, Contact.search_text),
         ).subquery("hits")
+        best_score = func.max(hits.c.score)
         return (
-            select(hits.c.investor_id, func.max(hits.c.score).label("score"))
+            select(hits.c.investor_id, best_score.label("score"))
             .group_by(hits.c.investor_id)
+            .order_by(best_score.desc(), hits.c.investor_id)
+            .limit(SEARCH_CANDIDATES)
             .cte("best")
         )
 

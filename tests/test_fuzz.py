@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from core.config import settings
 from core.db import db
 from core.security import create_access_token
 from models import Base
+from schemas.investor import InvestorCursor
 from tests.conftest import ADMIN_EMAIL
 
 BASE_URL = "http://fuzz.test"
@@ -67,6 +69,30 @@ def send_integers_as_integers(case: Any) -> None:
     (`Count`), so the generated 3.0 are sent as 3. The refusal itself is tested in test_kpis."""
     if isinstance(case.body, dict | list):
         case.body = _whole_floats_as_ints(case.body)
+
+
+# Sort value to resume after, per sort key, for the cursors minted below.
+_CURSOR_KEYS: dict[str, str | int | datetime] = {
+    "name": "M",
+    "created_at": datetime(2000, 1, 1, tzinfo=UTC),
+    "updated_at": datetime(2000, 1, 1, tzinfo=UTC),
+    "pipeline_stage": 2,
+}
+
+
+def send_cursors_the_server_mints(case: Any) -> None:
+    """A list cursor is an opaque token only the server mints: no schema can tell the valid
+    ones, so a positive case sends a real one for its sort, with skip 0 as a cursor requires.
+    Forged cursors are refused with 422, tested in test_investor_cursor."""
+    query = case.query
+    meta = case.meta
+    if not isinstance(query, dict) or "cursor" not in query or meta is None:
+        return
+    if meta.generation.mode.is_positive:
+        sort = str(query.get("sort", "name"))
+        key = _CURSOR_KEYS[sort.lstrip("-")]
+        query["cursor"] = InvestorCursor(sort=sort, key=key, id=1).encode()
+        query["skip"] = 0
 
 
 class AppAdapter(BaseAdapter):
@@ -187,6 +213,7 @@ def test_every_operation(
 ) -> None:
     FIGURES.operations.add(f"{case.operation.method.upper()} {case.operation.path}")
     send_integers_as_integers(case)
+    send_cursors_the_server_mints(case)
     case.call_and_validate(session=http_session, headers=admin_auth)
 
 
@@ -205,6 +232,7 @@ def test_stateful_sequences(
 
         def before_call(self, case: Any) -> None:
             send_integers_as_integers(case)
+            send_cursors_the_server_mints(case)
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"session": http_session, "headers": admin_auth}

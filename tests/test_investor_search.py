@@ -6,6 +6,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import services.investors as investors_service
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor
 
 SEARCH = f"{INVESTORS}/search"
@@ -213,3 +214,72 @@ async def test_the_longest_query_is_accepted(
     await make_investor(client, admin_headers, name="Amundi")
     body = await search(client, admin_headers, "é" * 200)
     assert body["total"] == 0
+
+
+async def test_a_common_term_ranks_only_the_capped_best_candidates(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    session: AsyncSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
+    # Literal matches are fewer than the cap and inserted last, behind more approximate ones.
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Durant Capital ' || g FROM generate_series(1, 10) g",
+    )
+    await execute(
+        session, "INSERT INTO investors (name) SELECT 'Banque Durand' FROM generate_series(1, 2)"
+    )
+    body = await search(client, admin_headers, "durand", limit=3)
+    assert body["total"] == 5
+    names = [item["name"] for item in body["items"]]
+    assert names[:2] == ["Banque Durand", "Banque Durand"]
+    assert names[2].startswith("Durant Capital ")
+    rest = await search(client, admin_headers, "durand", skip=3, limit=3)
+    assert rest["total"] == 5
+    assert [item["name"][:15] for item in rest["items"]] == ["Durant Capital "] * 2
+    assert await search(client, admin_headers, "durand", skip=5) == {
+        "items": [],
+        "total": 5,
+        "skip": 5,
+        "limit": 50,
+    }
+
+
+async def test_the_cap_keeps_literal_matches_when_they_alone_exceed_it(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    session: AsyncSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
+    # cap + 5 literal matches (investors and contacts), and close ones that must not get in.
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Durant ' || g FROM generate_series(1, 10) g",
+    )
+    await execute(
+        session, "INSERT INTO investors (name) SELECT 'Durand ' || g FROM generate_series(1, 8) g"
+    )
+    await execute(
+        session,
+        "INSERT INTO contacts (investor_id, name) SELECT id, 'Marc Durand' FROM investors "
+        "WHERE name IN ('Durant 1', 'Durant 2')",
+    )
+    body = await search(client, admin_headers, "durand")
+    assert body["total"] == 5
+    assert len({item["id"] for item in body["items"]}) == 5
+    # Literal matches all rank above the approximate ones, found through a contact or not.
+    assert all(
+        item["name"].startswith("Durand ") or item["name"] in ("Durant 1", "Durant 2")
+        for item in body["items"]
+    )
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 1000)
+    assert (await search(client, admin_headers, "durand"))["total"] == 18
+
+
+async def test_the_search_description_tells_the_cap(client: AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    description = schema["paths"][SEARCH]["get"]["description"]
+    assert f"Only the {investors_service.SEARCH_CANDIDATES} best matches" in description

@@ -3,15 +3,20 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from fastapi.exceptions import RequestValidationError
 
 from api.deps import CurrentUser, InvestorServiceDep, PageParams
 from api.responses import AUTHENTICATED, errors
 from models.investor import Investor
 from schemas.common import Page
 from schemas.investor import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
     InvestorCreate,
+    InvestorCursor,
     InvestorDetail,
     InvestorFilters,
+    InvestorPage,
     InvestorRead,
     InvestorSort,
     InvestorStats,
@@ -19,6 +24,7 @@ from schemas.investor import (
     SearchText,
     StageChangeRead,
 )
+from services.investors import SEARCH_CANDIDATES
 
 router = APIRouter(prefix="/investors", tags=["investors"])
 
@@ -32,22 +38,67 @@ def _page(items: list[Investor], total: int, page: PageParams) -> Page[InvestorR
     )
 
 
-@router.get("", response_model=Page[InvestorRead], responses=errors(*AUTHENTICATED))
+def _resume_after(cursor: str | None, *, sort: str, skip: int) -> InvestorCursor | None:
+    """The decoded `cursor`; a 422 like any other invalid parameter when it cannot be used."""
+    if cursor is None:
+        return None
+    try:
+        after = InvestorCursor.decode(cursor)
+    except ValueError as exc:
+        raise _invalid("cursor", str(exc)) from None
+    if after.sort != sort:
+        raise _invalid("cursor", f"belongs to sort '{after.sort}', not '{sort}'")
+    if skip:
+        raise _invalid("skip", "must be 0 with a cursor, which already says where the page starts")
+    return after
+
+
+def _invalid(parameter: str, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", parameter), "msg": f"Value error, {message}"}]
+    )
+
+
+@router.get("", response_model=InvestorPage, responses=errors(*AUTHENTICATED))
 async def list_investors(
     _: CurrentUser,
     investors: InvestorServiceDep,
     page: PageParams,
     filters: Annotated[InvestorFilters, Query()],
     sort: Annotated[InvestorSort, Query(description="Sort key, `-` for descending")] = "name",
-) -> Page[InvestorRead]:
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the previous page, with the same sort and filters "
+            "(skip must then be 0): deep pages stay fast, unlike a large skip",
+        ),
+    ] = None,
+) -> InvestorPage:
     """List investors, optionally filtered by stage, client type and activity."""
-    items, total = await investors.list_investors(
-        filters, sort=sort, skip=page.skip, limit=page.limit
+    after = _resume_after(cursor, sort=sort, skip=page.skip)
+    items, total, next_cursor = await investors.list_investors(
+        filters, sort=sort, skip=page.skip, limit=page.limit, after=after
     )
-    return _page(items, total, page)
+    return InvestorPage(
+        items=[InvestorRead.model_validate(investor) for investor in items],
+        total=total,
+        skip=page.skip,
+        limit=page.limit,
+        next_cursor=next_cursor,
+    )
 
 
-@router.get("/search", response_model=Page[InvestorRead], responses=errors(*AUTHENTICATED))
+@router.get(
+    "/search",
+    response_model=Page[InvestorRead],
+    responses=errors(*AUTHENTICATED),
+    description="Search investors and their contacts, ignoring case and accents, tolerating "
+    f"typos. Only the {SEARCH_CANDIDATES} best matches are ranked and paged: `total` counts "
+    "them (so it stops there), and literal matches come before approximate ones.",
+)
 async def search_investors(
     _: CurrentUser,
     investors: InvestorServiceDep,
