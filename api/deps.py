@@ -1,9 +1,11 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings
@@ -11,7 +13,7 @@ from core.db import get_session
 from core.exceptions import AuthError, PermissionDeniedError
 from core.security import decode_access_token
 from models.user import User
-from schemas.common import PG_INT_MAX
+from schemas.common import PG_INT_MAX, Page
 from services.auth import AuthService
 from services.contacts import ContactService
 from services.interactions import InteractionService
@@ -87,6 +89,9 @@ InteractionServiceDep = Annotated[InteractionService, Depends(_interaction_servi
 KpiServiceDep = Annotated[KpiService, Depends(_kpi_service)]
 
 
+ItemT = TypeVar("ItemT", bound=BaseModel)
+
+
 class Pagination:
     """`skip` / `limit` query parameters shared by every list."""
 
@@ -97,6 +102,15 @@ class Pagination:
     ) -> None:
         self.skip = skip
         self.limit = limit
+
+    def of(self, item_schema: type[ItemT], items: Sequence[object], total: int) -> Page[ItemT]:
+        """The list response for these rows, each read through the item schema."""
+        return Page(
+            items=[item_schema.model_validate(item) for item in items],
+            total=total,
+            skip=self.skip,
+            limit=self.limit,
+        )
 
 
 PageParams = Annotated[Pagination, Depends()]

@@ -20,12 +20,7 @@ async def list_investor_contacts(
 ) -> Page[ContactRead]:
     """List an investor's contacts, by name."""
     items, total = await contacts.list_for_investor(investor_id, skip=page.skip, limit=page.limit)
-    return Page(
-        items=[ContactRead.model_validate(contact) for contact in items],
-        total=total,
-        skip=page.skip,
-        limit=page.limit,
-    )
+    return page.of(ContactRead, items, total)
 
 
 @router.post(

@@ -1,6 +1,5 @@
 """Interactions: the activity history logged against each investor."""
 
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -18,15 +17,6 @@ from schemas.interaction import (
 router = APIRouter(prefix="/interactions", tags=["interactions"])
 
 
-def _page(items: Sequence[object], total: int, page: PageParams) -> Page[InteractionRead]:
-    return Page(
-        items=[InteractionRead.model_validate(i) for i in items],
-        total=total,
-        skip=page.skip,
-        limit=page.limit,
-    )
-
-
 @router.get("", response_model=Page[InteractionRead], responses=errors(*AUTHENTICATED))
 async def list_interactions(
     _: CurrentUser,
@@ -36,7 +26,7 @@ async def list_interactions(
 ) -> Page[InteractionRead]:
     """List interactions, newest first, filtered by type, investor and date range (inclusive)."""
     items, total = await interactions.list_interactions(filters, skip=page.skip, limit=page.limit)
-    return _page(items, total, page)
+    return page.of(InteractionRead, items, total)
 
 
 @router.get(
@@ -51,7 +41,7 @@ async def list_investor_interactions(
     items, total = await interactions.list_for_investor(
         investor_id, skip=page.skip, limit=page.limit
     )
-    return _page(items, total, page)
+    return page.of(InteractionRead, items, total)
 
 
 @router.post(

@@ -7,7 +7,6 @@ from fastapi.exceptions import RequestValidationError
 
 from api.deps import CurrentUser, InvestorServiceDep, PageParams
 from api.responses import AUTHENTICATED, errors
-from models.investor import Investor
 from schemas.common import Page
 from schemas.investor import (
     CURSOR_MAX_LENGTH,
@@ -27,15 +26,6 @@ from schemas.investor import (
 from services.investors import SEARCH_CANDIDATES
 
 router = APIRouter(prefix="/investors", tags=["investors"])
-
-
-def _page(items: list[Investor], total: int, page: PageParams) -> Page[InvestorRead]:
-    return Page(
-        items=[InvestorRead.model_validate(investor) for investor in items],
-        total=total,
-        skip=page.skip,
-        limit=page.limit,
-    )
 
 
 def _resume_after(cursor: str | None, *, sort: str, skip: int) -> InvestorCursor | None:
@@ -107,7 +97,7 @@ async def search_investors(
 ) -> Page[InvestorRead]:
     """Search investors and their contacts, ignoring case and accents, tolerating typos."""
     items, total = await investors.search(q, skip=page.skip, limit=page.limit)
-    return _page(items, total, page)
+    return page.of(InvestorRead, items, total)
 
 
 @router.get("/stats", response_model=InvestorStats, responses=errors(*AUTHENTICATED))

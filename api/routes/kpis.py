@@ -1,6 +1,5 @@
 """Monthly KPIs per investor and the summaries management reads."""
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -31,15 +30,6 @@ UPSERT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _page(items: Sequence[object], total: int, page: PageParams) -> Page[KpiRead]:
-    return Page(
-        items=[KpiRead.model_validate(k) for k in items],
-        total=total,
-        skip=page.skip,
-        limit=page.limit,
-    )
-
-
 @router.get("", response_model=Page[KpiRead], responses=errors(*AUTHENTICATED))
 async def list_kpis(
     _: CurrentUser,
@@ -49,7 +39,7 @@ async def list_kpis(
 ) -> Page[KpiRead]:
     """List KPI rows by year, month and investor, filtered by investor, year and month."""
     items, total = await kpis.list_kpis(filters, skip=page.skip, limit=page.limit)
-    return _page(items, total, page)
+    return page.of(KpiRead, items, total)
 
 
 @router.get(
@@ -90,7 +80,7 @@ async def list_investor_kpis(
 ) -> Page[KpiRead]:
     """List one investor's KPI rows (all years, or one), by year and month."""
     items, total = await kpis.list_for_investor(investor_id, year, skip=page.skip, limit=page.limit)
-    return _page(items, total, page)
+    return page.of(KpiRead, items, total)
 
 
 @router.post(

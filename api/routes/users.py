@@ -23,12 +23,7 @@ async def list_users(
 ) -> Page[UserRead]:
     """List users."""
     items, total = await users.list(sort=sort, skip=page.skip, limit=page.limit)
-    return Page(
-        items=[UserRead.model_validate(u) for u in items],
-        total=total,
-        skip=page.skip,
-        limit=page.limit,
-    )
+    return page.of(UserRead, items, total)
 
 
 @router.post(
