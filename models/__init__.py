@@ -1,5 +1,6 @@
 """Every model, imported here so Alembic's metadata sees all tables."""
 
+from models.aggregates import InvestorCount, KpiMonthTotal
 from models.base import Base
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
@@ -21,8 +22,10 @@ __all__ = [
     "Interaction",
     "InteractionType",
     "Investor",
+    "InvestorCount",
     "InvestorStageChange",
     "Kpi",
+    "KpiMonthTotal",
     "LoginFailure",
     "PipelineStage",
     "User",

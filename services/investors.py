@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     CTE,
     JSON,
+    BigInteger,
     ColumnElement,
     Integer,
     Select,
@@ -23,6 +24,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import InstrumentedAttribute
 
 from core.exceptions import ConflictError
+from models.aggregates import NO_CLIENT_TYPE_KEY, InvestorCount
 from models.contact import Contact
 from models.interaction import Interaction
 from models.investor import (
@@ -97,8 +99,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             where.append(Investor.client_type == filters.client_type)
         if filters.is_active is not None:
             where.append(Investor.is_active.is_(filters.is_active))
-        count = select(func.count()).select_from(Investor).where(*where)
-        total: int = (await self.session.execute(count)).scalar_one()
+        total = await self.count_investors(filters)
         if total == 0 or skip >= total:
             return [], total, None
         if after is not None:
@@ -199,27 +200,41 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             .cte("best")
         )
 
+    async def count_investors(self, filters: InvestorFilters) -> int:
+        """How many investors match the filters, summed from the trigger-kept counters."""
+        where: list[ColumnElement[bool]] = []
+        if filters.pipeline_stage is not None:
+            where.append(InvestorCount.pipeline_stage == filters.pipeline_stage)
+        if filters.client_type is not None:
+            where.append(InvestorCount.client_type == filters.client_type)
+        if filters.is_active is not None:
+            where.append(InvestorCount.is_active.is_(filters.is_active))
+        stmt = select(func.coalesce(func.sum(InvestorCount.n), 0)).where(*where)
+        return int((await self.session.execute(stmt)).scalar_one())
+
     async def stats(self) -> InvestorStats:
-        """Counts by stage and client type, in one statement (FILTER aggregates)."""
-        stage_counts = [
-            func.count().filter(Investor.pipeline_stage == stage) for stage in PipelineStage
-        ]
-        type_counts = [func.count().filter(Investor.client_type == kind) for kind in ClientType]
+        """Counts by stage and client type, from the trigger-kept counters (a few dozen rows)."""
+
+        def total(*where: ColumnElement[bool]) -> ColumnElement[Any]:
+            return cast(func.coalesce(func.sum(InvestorCount.n).filter(*where), 0), BigInteger)
+
+        stage_counts = [total(InvestorCount.pipeline_stage == stage) for stage in PipelineStage]
+        type_counts = [total(InvestorCount.client_type == kind) for kind in ClientType]
         stmt = select(
-            func.count(),
-            func.count().filter(Investor.is_active.is_(True)),
-            func.count().filter(Investor.client_type.is_(None)),
+            total(),
+            total(InvestorCount.is_active.is_(True)),
+            total(InvestorCount.client_type == NO_CLIENT_TYPE_KEY),
             *stage_counts,
             *type_counts,
-        ).select_from(Investor)
-        total, active, untyped, *counts = (await self.session.execute(stmt)).one()
+        )
+        total_count, active, untyped, *counts = (await self.session.execute(stmt)).one()
         stages = dict(zip(PipelineStage, counts[: len(stage_counts)], strict=True))
         by_type: dict[ClientType | str, int] = dict(
             zip(ClientType, counts[len(stage_counts) :], strict=True)
         )
         by_type[NO_CLIENT_TYPE] = untyped
         return InvestorStats(
-            total_count=total,
+            total_count=total_count,
             active_count=active,
             by_pipeline_stage=stages,
             by_client_type=by_type,

@@ -6,6 +6,7 @@ from sqlalchemy import Boolean, ColumnElement, Select, and_, distinct, func, lit
 from sqlalchemy.dialects.postgresql import insert
 
 from core.exceptions import ConflictError
+from models.aggregates import KpiMonthTotal
 from models.kpi import Kpi
 from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
 from services.base import BaseService
@@ -96,8 +97,27 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             return await self.update(kpi, data)
 
     async def monthly_summary(self, year: int, month: int) -> MonthlySummary:
-        """Totals of one month across all investors."""
-        row = (await self.session.execute(_totals(Kpi.year == year, Kpi.month == month))).one()
+        """Totals of one month across all investors, from the trigger-kept month totals."""
+        # Same expressions as _totals over the month's single totals row; a month whose rows
+        # were all deleted is left out so that it reads exactly like a month never recorded.
+        revenue = func.sum(KpiMonthTotal.total_revenue)
+        weighted = func.sum(KpiMonthTotal.weighted_commission)
+        stmt = select(
+            # UNIQUE (investor_id, year, month): one row per investor in a month.
+            func.coalesce(func.sum(KpiMonthTotal.row_count), 0).label("investor_count"),
+            func.coalesce(func.sum(KpiMonthTotal.total_rdv), 0).label("total_rdv"),
+            func.coalesce(func.sum(KpiMonthTotal.total_pitchs), 0).label("total_pitchs"),
+            func.coalesce(func.sum(KpiMonthTotal.total_due_diligences), 0).label(
+                "total_due_diligences"
+            ),
+            func.coalesce(func.sum(KpiMonthTotal.total_closings), 0).label("total_closings"),
+            func.coalesce(revenue, 0).label("total_revenue"),
+            func.round(weighted / func.nullif(revenue, 0), 2).label("average_commission_rate"),
+            func.round(func.coalesce(weighted, 0) / 100, 2).label("total_commission"),
+        ).where(
+            KpiMonthTotal.year == year, KpiMonthTotal.month == month, KpiMonthTotal.row_count > 0
+        )
+        row = (await self.session.execute(stmt)).one()
         return MonthlySummary.model_validate({**row._mapping, "year": year, "month": month})
 
     async def annual_summary(self, investor_id: int, year: int) -> AnnualSummary:

@@ -27,6 +27,7 @@ RESTORE_SH = ROOT / "scripts" / "restore.sh"
 API = "/api/v1"
 END_MARKER = "-- PostgreSQL database dump complete"
 TABLES = [table.name for table in Base.metadata.sorted_tables]
+ID_TABLES = {table.name for table in Base.metadata.sorted_tables if "id" in table.c}
 Snapshot = dict[str, Any]
 
 
@@ -85,7 +86,8 @@ async def snapshot() -> Snapshot:
     state: Snapshot = {}
     async with db.engine.connect() as conn:
         for table in [*TABLES, "alembic_version"]:
-            order = "t::text" if table == "alembic_version" else "id"
+            # alembic_version and the counter tables have no id column.
+            order = "id" if table in ID_TABLES else "t::text"
             row = (
                 await conn.execute(
                     text(

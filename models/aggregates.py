@@ -1,0 +1,39 @@
+"""Counters kept exact by triggers (migration 0003): statistics read a few rows, not a table."""
+
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Boolean, Numeric, SmallInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+# client_type is part of the key, and a key column cannot be null: '' stands for "not set".
+NO_CLIENT_TYPE_KEY = ""
+
+
+class InvestorCount(Base):
+    """How many investors share one (stage, client type, active) combination."""
+
+    __tablename__ = "investor_counts"
+
+    pipeline_stage: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class KpiMonthTotal(Base):
+    """Sums of one month's KPI rows across all investors."""
+
+    __tablename__ = "kpi_month_totals"
+
+    year: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    month: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    row_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_rdv: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_pitchs: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_due_diligences: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_closings: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    total_revenue: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+    # Sum of revenue * commission_rate, unrounded: the exact base of the weighted average rate.
+    weighted_commission: Mapped[Decimal] = mapped_column(Numeric, nullable=False)

@@ -1,0 +1,301 @@
+"""investor_counts and kpi_month_totals: the trigger-kept counters always equal a fresh GROUP BY.
+
+Writes go through the API (creates, updates, stage moves, deletes with their cascades, KPI
+upserts, months moved by PUT), through multi-row SQL statements, and concurrently; after each
+batch the counters, /investors/stats, the list totals and the month summaries are compared with
+live computations over the base tables.
+"""
+
+import asyncio
+import random
+from decimal import Decimal
+from typing import Any
+
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import ClientType, PipelineStage
+from tests.investor_factories import INVESTORS, make_investor
+
+KPIS = "/api/v1/kpis"
+Headers = dict[str, str]
+MONTHS = [(2025, 12), (2026, 1), (2026, 2)]
+
+INVESTOR_COUNTERS = (
+    "SELECT pipeline_stage, client_type, is_active, n FROM investor_counts WHERE n <> 0"
+)
+INVESTOR_LIVE = (
+    "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) FROM investors "
+    "GROUP BY 1, 2, 3"
+)
+KPI_COLUMNS = (
+    "row_count, total_rdv, total_pitchs, total_due_diligences, total_closings, "
+    "total_revenue, weighted_commission"
+)
+KPI_COUNTERS = f"SELECT year, month, {KPI_COLUMNS} FROM kpi_month_totals WHERE row_count <> 0"
+KPI_EMPTIED = f"SELECT {KPI_COLUMNS} FROM kpi_month_totals WHERE row_count = 0"
+KPI_LIVE = (
+    "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
+    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month"
+)
+MONTH_LIVE = (
+    "SELECT count(DISTINCT investor_id), coalesce(sum(rdv_count), 0), coalesce(sum(pitchs), 0), "
+    "coalesce(sum(due_diligences), 0), coalesce(sum(closings), 0), coalesce(sum(revenue), 0), "
+    "round(sum(revenue * commission_rate) / nullif(sum(revenue), 0), 2), "
+    "round(coalesce(sum(revenue * commission_rate), 0) / 100, 2) "
+    "FROM kpis WHERE year = :year AND month = :month"
+)
+
+
+async def fetch(session: AsyncSession, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    rows = [tuple(row) for row in (await session.execute(text(sql), params)).all()]
+    await session.rollback()
+    return rows
+
+
+def as_number(value: Decimal | None) -> float | int | None:
+    # The API writes Decimals as JSON numbers.
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+async def assert_counters_exact(
+    client: AsyncClient, headers: Headers, session: AsyncSession
+) -> None:
+    assert sorted(await fetch(session, INVESTOR_COUNTERS)) == sorted(
+        await fetch(session, INVESTOR_LIVE)
+    )
+    assert sorted(await fetch(session, KPI_COUNTERS)) == sorted(await fetch(session, KPI_LIVE))
+    assert all(not any(row) for row in await fetch(session, KPI_EMPTIED))
+
+    investors = await fetch(session, "SELECT pipeline_stage, client_type, is_active FROM investors")
+    response = await client.get(f"{INVESTORS}/stats", headers=headers)
+    assert response.status_code == 200, response.text
+    by_type: dict[str, int] = {kind.value: 0 for kind in ClientType}
+    by_type["non_renseigne"] = 0
+    for _, kind, _ in investors:
+        by_type[kind or "non_renseigne"] += 1
+    assert response.json() == {
+        "total_count": len(investors),
+        "active_count": sum(1 for *_, active in investors if active),
+        "by_pipeline_stage": {
+            stage.value: sum(1 for row in investors if row[0] == stage.value)
+            for stage in PipelineStage
+        },
+        "by_client_type": by_type,
+    }
+
+    for stage, kind, active in [
+        (PipelineStage.prospect_froid, None, None),
+        (None, ClientType.wholesale, None),
+        (None, None, False),
+        (PipelineStage.client, ClientType.institutionnel, True),
+    ]:
+        params = {"pipeline_stage": stage, "client_type": kind, "is_active": active}
+        query = {name: str(value).lower() for name, value in params.items() if value is not None}
+        listed = await client.get(INVESTORS, params=query, headers=headers)
+        assert listed.status_code == 200, listed.text
+        expected = sum(
+            1
+            for row in investors
+            if (stage is None or row[0] == stage)
+            and (kind is None or row[1] == kind)
+            and (active is None or row[2] is active)
+        )
+        assert listed.json()["total"] == expected
+
+    for year, month in MONTHS:
+        (live,) = await fetch(session, MONTH_LIVE, year=year, month=month)
+        summary = await client.get(f"{KPIS}/summary/month/{year}/{month}", headers=headers)
+        assert summary.status_code == 200, summary.text
+        assert summary.json() == {
+            "year": year,
+            "month": month,
+            "investor_count": live[0],
+            "total_rdv": live[1],
+            "total_pitchs": live[2],
+            "total_due_diligences": live[3],
+            "total_closings": live[4],
+            "total_revenue": as_number(live[5]),
+            "average_commission_rate": as_number(live[6]),
+            "total_commission": as_number(live[7]),
+        }
+
+
+def random_metrics(rng: random.Random) -> dict[str, Any]:
+    metrics = {
+        "rdv_count": rng.randint(0, 9),
+        "pitchs": rng.randint(0, 5),
+        "due_diligences": rng.randint(0, 3),
+        "closings": rng.randint(0, 2),
+        "revenue": rng.choice([0, 1250.5, 99999.99, 305.25]),
+        "commission_rate": rng.choice([0, 1.25, 2.5, 7.63, 100]),
+    }
+    # The upsert only changes the metrics sent.
+    return {name: value for name, value in metrics.items() if rng.random() < 0.8}
+
+
+async def random_write(
+    client: AsyncClient, headers: Headers, rng: random.Random, investors: list[int]
+) -> None:
+    action = rng.choice(["create", "update", "move", "kpi", "kpi_put", "kpi_delete", "delete"])
+    if action == "create" or not investors:
+        body = await make_investor(
+            client,
+            headers,
+            name=f"Investor {rng.randint(0, 10**6)}",
+            pipeline_stage=rng.choice(list(PipelineStage)).value,
+            client_type=rng.choice([None, *ClientType]),
+            is_active=rng.random() < 0.7,
+        )
+        investors.append(body["id"])
+        return
+    investor_id = rng.choice(investors)
+    if action == "update":
+        changes: dict[str, Any] = {}
+        if rng.random() < 0.6:
+            changes["pipeline_stage"] = rng.choice(list(PipelineStage)).value
+        if rng.random() < 0.6:
+            changes["client_type"] = rng.choice([None, *ClientType])
+        if rng.random() < 0.6:
+            changes["is_active"] = rng.random() < 0.5
+        if rng.random() < 0.3:
+            changes["name"] = "Renamed"
+        response = await client.patch(f"{INVESTORS}/{investor_id}", json=changes, headers=headers)
+        assert response.status_code == 200, response.text
+    elif action == "move":
+        response = await client.put(
+            f"{INVESTORS}/{investor_id}/move-to-next-stage", headers=headers
+        )
+        assert response.status_code in (200, 409), response.text
+    elif action == "kpi":
+        year, month = rng.choice(MONTHS)
+        body = {"year": year, "month": month, **random_metrics(rng)}
+        response = await client.post(f"{KPIS}/investor/{investor_id}", json=body, headers=headers)
+        assert response.status_code in (200, 201), response.text
+    elif action in ("kpi_put", "kpi_delete"):
+        page = await client.get(KPIS, params={"investor_id": investor_id}, headers=headers)
+        assert page.status_code == 200, page.text
+        if not page.json()["items"]:
+            return
+        kpi_id = rng.choice(page.json()["items"])["id"]
+        if action == "kpi_delete":
+            response = await client.delete(f"{KPIS}/{kpi_id}", headers=headers)
+            assert response.status_code == 204, response.text
+            return
+        year, month = rng.choice(MONTHS)
+        body = {"year": year, "month": month, **random_metrics(rng)}
+        response = await client.put(f"{KPIS}/{kpi_id}", json=body, headers=headers)
+        # 409 when the investor already has the target month.
+        assert response.status_code in (200, 409), response.text
+    else:
+        # Its KPI rows go by cascade: the month totals must follow.
+        response = await client.delete(f"{INVESTORS}/{investor_id}", headers=headers)
+        assert response.status_code == 204, response.text
+        investors.remove(investor_id)
+
+
+async def test_counters_follow_random_api_writes(
+    client: AsyncClient, admin_headers: Headers, session: AsyncSession
+) -> None:
+    await assert_counters_exact(client, admin_headers, session)
+    rng = random.Random(6)
+    investors: list[int] = []
+    for _ in range(8):
+        for _ in range(25):
+            await random_write(client, admin_headers, rng, investors)
+        await assert_counters_exact(client, admin_headers, session)
+    assert investors
+
+
+async def test_a_kpi_moved_to_another_month_moves_its_totals(
+    client: AsyncClient, admin_headers: Headers, session: AsyncSession
+) -> None:
+    investor = await make_investor(client, admin_headers)
+    body = {"year": 2025, "month": 12, "rdv_count": 3, "revenue": 1000, "commission_rate": 2.5}
+    created = await client.post(
+        f"{KPIS}/investor/{investor['id']}", json=body, headers=admin_headers
+    )
+    assert created.status_code == 201, created.text
+    moved = await client.put(
+        f"{KPIS}/{created.json()['id']}", json={"year": 2026, "month": 1}, headers=admin_headers
+    )
+    assert moved.status_code == 200, moved.text
+    old = await client.get(f"{KPIS}/summary/month/2025/12", headers=admin_headers)
+    new = await client.get(f"{KPIS}/summary/month/2026/1", headers=admin_headers)
+    assert old.json()["investor_count"] == 0
+    assert old.json()["total_revenue"] == 0
+    assert new.json()["investor_count"] == 1
+    assert new.json()["total_rdv"] == 3
+    assert new.json()["total_commission"] == 25
+    assert new.json()["average_commission_rate"] == 2.5
+    await assert_counters_exact(client, admin_headers, session)
+
+
+async def test_multi_row_statements_update_counters_once_per_key(
+    client: AsyncClient, admin_headers: Headers, session: AsyncSession
+) -> None:
+    await session.execute(
+        text(
+            "INSERT INTO investors (name, pipeline_stage, client_type, is_active) "
+            "SELECT 'Bulk ' || i, (ARRAY['prospect_froid', 'client', 'perdu'])[i % 3 + 1], "
+            "CASE WHEN i % 4 = 0 THEN NULL ELSE 'cgpi' END, i % 5 <> 0 "
+            "FROM generate_series(1, 300) AS i"
+        )
+    )
+    await session.execute(
+        text(
+            "INSERT INTO kpis (investor_id, year, month, rdv_count, revenue, commission_rate) "
+            "SELECT id, 2026, 1 + id % 2, id % 7, id * 10.25, id % 100 FROM investors"
+        )
+    )
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    await session.execute(text("UPDATE investors SET is_active = NOT is_active WHERE id % 3 = 0"))
+    await session.execute(text("UPDATE investors SET name = name || '!'"))
+    await session.execute(
+        text(
+            "UPDATE kpis SET month = 2, pitchs = 4 WHERE month = 1 AND id % 5 = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM kpis AS k "
+            "WHERE k.investor_id = kpis.investor_id AND k.month = 2)"
+        )
+    )
+    await session.execute(text("DELETE FROM investors WHERE id % 7 = 0"))
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    assert await fetch(session, "SELECT count(*) FROM investor_counts WHERE n < 0") == [(0,)]
+
+
+async def test_concurrent_writers_lose_no_count(
+    client: AsyncClient, admin_headers: Headers, session: AsyncSession
+) -> None:
+    investors = [
+        (await make_investor(client, admin_headers, name=f"KPI {i}"))["id"] for i in range(20)
+    ]
+
+    async def create(i: int) -> int:
+        body = {"name": f"Concurrent {i}", "pipeline_stage": "prospect_chaud"}
+        response = await client.post(INVESTORS, json=body, headers=admin_headers)
+        return response.status_code
+
+    async def upsert(investor_id: int) -> int:
+        body = {"year": 2026, "month": 1, "rdv_count": 2, "revenue": 100.5, "commission_rate": 3}
+        response = await client.post(
+            f"{KPIS}/investor/{investor_id}", json=body, headers=admin_headers
+        )
+        return response.status_code
+
+    statuses = await asyncio.gather(
+        *(create(i) for i in range(20)), *(upsert(investor_id) for investor_id in investors)
+    )
+    assert statuses == [201] * 40
+    await assert_counters_exact(client, admin_headers, session)
+    stats = await client.get(f"{INVESTORS}/stats", headers=admin_headers)
+    assert stats.json()["by_pipeline_stage"]["prospect_chaud"] == 20
+    assert stats.json()["total_count"] == 40
+    summary = await client.get(f"{KPIS}/summary/month/2026/1", headers=admin_headers)
+    assert summary.json()["investor_count"] == 20
+    assert summary.json()["total_rdv"] == 40
+    assert summary.json()["total_revenue"] == 2010
