@@ -30,6 +30,7 @@ from bench.cluster import Cluster, start_cluster
 from core.config import PROJECT_ROOT
 from core.migrations import alembic_config, upgrade_to_head
 from core.security import hash_password
+from models.aggregates import REBUILD_COUNTERS_SQL
 
 SIZES = {"small": 10_000, "large": 1_000_000}
 SEED = 20_240_601
@@ -597,6 +598,9 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
             ]
             for table, columns, rows in copies:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)
+            # Replica mode also skipped the counter triggers: recompute the counters once.
+            for statement in REBUILD_COUNTERS_SQL:
+                await conn.execute(statement)
         print(f"  rows loaded in {time.perf_counter() - started:.0f} s; rebuilding indexes")
         await conn.execute("SET maintenance_work_mem = '1GB'")
         await conn.execute("SET max_parallel_maintenance_workers = 2")

@@ -37,3 +37,18 @@ class KpiMonthTotal(Base):
     total_revenue: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
     # Sum of revenue * commission_rate, unrounded: the exact base of the weighted average rate.
     weighted_commission: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
+
+
+# Recomputes both counter tables from the base tables. Needed only after a bulk load that
+# bypassed triggers (the benchmark seed loads with session_replication_role = replica);
+# migration 0003 keeps its own frozen copy of the same backfill.
+REBUILD_COUNTERS_SQL = (
+    "TRUNCATE investor_counts, kpi_month_totals",
+    "INSERT INTO investor_counts (pipeline_stage, client_type, is_active, n) "
+    "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) "
+    "FROM investors GROUP BY 1, 2, 3",
+    "INSERT INTO kpi_month_totals (year, month, row_count, total_rdv, total_pitchs, "
+    "total_due_diligences, total_closings, total_revenue, weighted_commission) "
+    "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
+    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month",
+)
