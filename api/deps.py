@@ -1,7 +1,7 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
-from collections.abc import Sequence
-from typing import Annotated, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from fastapi.security import OAuth2PasswordBearer
@@ -53,40 +53,24 @@ async def get_admin_user(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(get_admin_user)]
 
 
-async def _user_service(session: SessionDep) -> UserService:
-    return UserService(session)
+ServiceT = TypeVar("ServiceT")
 
 
-async def _auth_service(session: SessionDep) -> AuthService:
-    return AuthService(session)
+def _service(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
+    """A dependency building `service_class` on the request's session."""
+
+    async def build(session: SessionDep) -> ServiceT:
+        return service_class(session)
+
+    return build
 
 
-UserServiceDep = Annotated[UserService, Depends(_user_service)]
-AuthServiceDep = Annotated[AuthService, Depends(_auth_service)]
-
-
-async def _investor_service(session: SessionDep) -> InvestorService:
-    return InvestorService(session)
-
-
-async def _contact_service(session: SessionDep) -> ContactService:
-    return ContactService(session)
-
-
-InvestorServiceDep = Annotated[InvestorService, Depends(_investor_service)]
-ContactServiceDep = Annotated[ContactService, Depends(_contact_service)]
-
-
-async def _interaction_service(session: SessionDep) -> InteractionService:
-    return InteractionService(session)
-
-
-async def _kpi_service(session: SessionDep) -> KpiService:
-    return KpiService(session)
-
-
-InteractionServiceDep = Annotated[InteractionService, Depends(_interaction_service)]
-KpiServiceDep = Annotated[KpiService, Depends(_kpi_service)]
+UserServiceDep = Annotated[UserService, Depends(_service(UserService))]
+AuthServiceDep = Annotated[AuthService, Depends(_service(AuthService))]
+InvestorServiceDep = Annotated[InvestorService, Depends(_service(InvestorService))]
+ContactServiceDep = Annotated[ContactService, Depends(_service(ContactService))]
+InteractionServiceDep = Annotated[InteractionService, Depends(_service(InteractionService))]
+KpiServiceDep = Annotated[KpiService, Depends(_service(KpiService))]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)
