@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event
@@ -23,7 +23,7 @@ from core.db import create_engine, create_sessionmaker
 from models.interaction import InteractionType
 from models.user import User
 from schemas.interaction import InteractionCreate
-from schemas.investor import InvestorFilters
+from schemas.investor import InvestorCursor, InvestorFilters
 from schemas.kpi import KpiUpsert
 from services.interactions import InteractionService
 from services.investors import InvestorService
@@ -34,6 +34,7 @@ EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
 FULL_SCAN_SHARE = 0.5
 
 RequestPath = Callable[[AsyncSession], Awaitable[object]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,11 +48,18 @@ class PlanCheck:
     error: str | None = None
 
 
-def request_paths(investors: int) -> dict[str, RequestPath]:
+def request_paths(investors: int, deep_cursor: InvestorCursor | None) -> dict[str, RequestPath]:
     """The service calls the benchmarked routes make, with the bench's fixed arguments."""
     middle = investors // 2 or 1
     kpi_investor = max(investors // 3 // 2 * 3, 3)
     unfiltered = InvestorFilters()
+
+    async def list_deep_cursor(s: AsyncSession) -> object:
+        if deep_cursor is None:
+            raise LookupError("the page before the last gave no next_cursor to resume at")
+        return await InvestorService(s).list_investors(
+            unfiltered, sort="name", skip=0, limit=50, after=deep_cursor
+        )
 
     def search(term: str) -> RequestPath:
         return lambda s: InvestorService(s).search(term, skip=0, limit=50)
@@ -65,6 +73,7 @@ def request_paths(investors: int) -> dict[str, RequestPath]:
         "list deep page": lambda s: InvestorService(s).list_investors(
             unfiltered, sort="name", skip=max(investors - 50, 0), limit=50
         ),
+        "list deep page (cursor)": list_deep_cursor,
         "search rare term": search("Quintavalle"),
         "search typo (rare)": search("Quintavale"),
         "search common term": search("banque"),
@@ -111,7 +120,10 @@ def _flag_scans(plan: dict[str, Any], sizes: dict[str, float]) -> list[str]:
     return flagged
 
 
-async def _capture(url: str, path: RequestPath) -> list[tuple[str, tuple[Any, ...]]]:
+async def _capture(
+    url: str, path: Callable[[AsyncSession], Awaitable[T]]
+) -> tuple[T, list[tuple[str, tuple[Any, ...]]]]:
+    """What `path` returns, and the statements it sent with their parameters."""
     engine = create_engine(settings, url)
     captured: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -121,11 +133,23 @@ async def _capture(url: str, path: RequestPath) -> list[tuple[str, tuple[Any, ..
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         async with create_sessionmaker(engine)() as session:
-            await path(session)
+            result = await path(session)
             await session.rollback()
     finally:
         await engine.dispose()
-    return captured
+    return result, captured
+
+
+async def _deep_cursor(url: str, investors: int) -> InvestorCursor | None:
+    """Where the last page of the default sort resumes: the next_cursor of the page before it,
+    decoded as the route decodes it (the cursor the load benchmark sends)."""
+    (_, _, token), _ = await _capture(
+        url,
+        lambda s: InvestorService(s).list_investors(
+            InvestorFilters(), sort="name", skip=max(investors - 100, 0), limit=50
+        ),
+    )
+    return InvestorCursor.decode(token) if token else None
 
 
 async def explain_request_paths(url: str, investors: int) -> list[PlanCheck]:
@@ -141,11 +165,15 @@ async def explain_request_paths(url: str, investors: int) -> list[PlanCheck]:
                 list(BIG_TABLES),
             )
         }
-        for name, path in request_paths(investors).items():
+        try:
+            deep_cursor = await _deep_cursor(url, investors)
+        except Exception:  # the cursor path then says it was not checked
+            deep_cursor = None
+        for name, path in request_paths(investors, deep_cursor).items():
             check = PlanCheck(name)
             checks.append(check)
             try:
-                statements = await _capture(url, path)
+                _, statements = await _capture(url, path)
             except Exception as exc:  # a route being rewritten must not stop the bench
                 check.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 continue

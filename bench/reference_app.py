@@ -4,10 +4,14 @@ Served by the same uvicorn settings as the API, it is the ceiling for "serve thi
 PostgreSQL in Python": same statements as the API's services, same JSON body, nothing else
 (no auth, no validation, no ORM). BENCH_DSN names the database.
 
-    GET /investors/{id}            = GET /api/v1/investors/{id}  (detail with contacts, counts)
-    GET /investors?skip=&limit=    = GET /api/v1/investors        (page sorted by name, id)
+    GET /investors/{id}                  = GET /api/v1/investors/{id}  (detail, contacts, counts)
+    GET /investors?skip=&limit=&cursor=  = GET /api/v1/investors       (default sort: name, id)
+
+The list's `next_cursor` is encoded as schemas.investor.InvestorCursor does, and a `cursor` is
+decoded without the API's checks: the bench only sends cursors the API handed out.
 """
 
+import base64
 import json
 import os
 from datetime import date, datetime
@@ -34,8 +38,16 @@ CONTACTS_SQL = """
 SELECT id, investor_id, name, email, phone, title, notes, created_at, updated_at
 FROM contacts WHERE investor_id = $1 ORDER BY name, id
 """
-COUNT_SQL = "SELECT count(*) FROM investors"
+# The API's list total: summed from the trigger-kept counters, not a count(*) of investors.
+COUNT_SQL = "SELECT coalesce(sum(n), 0) FROM investor_counts"
 PAGE_SQL = f"SELECT {INVESTOR_COLUMNS} FROM investors AS i ORDER BY i.name, i.id LIMIT $1 OFFSET $2"
+# The API's keyset page: a row comparison the (name, id) index seeks to.
+PAGE_AFTER_SQL = f"""
+SELECT {INVESTOR_COLUMNS} FROM investors AS i
+WHERE (i.name, i.id) > ($3::varchar, $4::integer)
+ORDER BY i.name, i.id LIMIT $1 OFFSET $2
+"""
+DEFAULT_SORT = "name"
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 Scope = dict[str, Any]
@@ -50,6 +62,17 @@ def _default(value: object) -> object:
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError(type(value).__name__)
+
+
+def _encode_cursor(key: str, investor_id: int) -> str:
+    # InvestorCursor.encode for the default sort: compact ASCII JSON, base64url without padding.
+    raw = json.dumps({"sort": DEFAULT_SORT, "key": key, "id": investor_id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[str, int]:
+    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    return data["key"], data["id"]
 
 
 def _dumps(body: object) -> bytes:
@@ -98,7 +121,9 @@ class ReferenceApp:
                 query = parse_qs(scope["query_string"].decode())
                 skip = int(query.get("skip", ["0"])[0])
                 limit = int(query.get("limit", ["50"])[0])
-                return await self._page(conn, skip, limit)
+                cursor = query.get("cursor", [None])[0]
+                after = _decode_cursor(cursor) if cursor else None
+                return await self._page(conn, skip, limit, after)
         return 404, {"detail": "Not found", "code": "not_found"}
 
     async def _detail(self, conn: asyncpg.Connection, investor_id: int) -> tuple[int, object]:
@@ -110,15 +135,24 @@ class ReferenceApp:
         body["contacts"] = [dict(contact) for contact in contacts]
         return 200, body
 
-    async def _page(self, conn: asyncpg.Connection, skip: int, limit: int) -> tuple[int, object]:
+    async def _page(
+        self, conn: asyncpg.Connection, skip: int, limit: int, after: tuple[str, int] | None
+    ) -> tuple[int, object]:
         total = await conn.fetchval(COUNT_SQL)
-        rows = await conn.fetch(PAGE_SQL, limit, skip) if skip < total else []
-        return 200, {
-            "items": [dict(row) for row in rows],
-            "total": total,
-            "skip": skip,
-            "limit": limit,
-        }
+        body: dict[str, object] = {"items": [], "total": total, "skip": skip, "limit": limit}
+        if total == 0 or skip >= total:
+            return 200, body
+        # One row more than the page tells whether there is a next one, as in the API.
+        if after is None:
+            rows = await conn.fetch(PAGE_SQL, limit + 1, skip)
+        else:
+            rows = await conn.fetch(PAGE_AFTER_SQL, limit + 1, skip, *after)
+        body["items"] = [dict(row) for row in rows[:limit]]
+        # Like the API's InvestorPage: no next_cursor key at all on the last page.
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            body["next_cursor"] = _encode_cursor(last["name"], last["id"])
+        return 200, body
 
 
 app = ReferenceApp()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -58,6 +58,9 @@ SINGLE_BUDGET_MS = 20_000
 BENCH_SECRET = "bench-secret-key-not-used-anywhere-else-0123456789"  # noqa: S105
 # Rows written by the write benchmarks live outside the seeded calendar and are removed after.
 WRITE_YEAR, WRITE_DATE = 2026, "2026-01-15"
+PAGE_SIZE = 50
+# Stands for the API's own next_cursor of the last page, fetched once the API is up.
+DEEP_CURSOR = "{deep_cursor}"
 
 WRK_MISSING = """wrk is not installed: the benchmark needs it as its load generator.
 Install it with:   sudo apt-get update && sudo apt-get install -y wrk
@@ -68,7 +71,9 @@ Install it with:   sudo apt-get update && sudo apt-get install -y wrk
 class Endpoint:
     key: str
     label: str
-    path: str  # {id}: a random investor id; {kpi_id}: one with KPIs; {month}: 1-12
+    # {id}: a random investor id; {kpi_id}: one with KPIs; {month}: 1-12 (all three drawn per
+    # request by the Lua script); {deep_cursor}: fixed for the run, see with_deep_cursor.
+    path: str
     method: str = "GET"
     body: str = ""
     reference: str | None = None  # key of the reference endpoint serving the same SQL
@@ -80,7 +85,8 @@ class Endpoint:
 
 
 def endpoints(investors: int) -> list[Endpoint]:
-    deep = max(investors - 50, 0)
+    deep = max(investors - PAGE_SIZE, 0)
+    page = f"limit={PAGE_SIZE}"
     interaction = json.dumps(
         {"type": "appel", "date": WRITE_DATE, "duration_minutes": 15, "subject": "Appel bench"}
     )
@@ -94,19 +100,32 @@ def endpoints(investors: int) -> list[Endpoint]:
 
     return [
         Endpoint("ref_get", "reference: GET one investor", "/investors/{id}"),
-        Endpoint("ref_list", "reference: list page 1", "/investors?limit=50"),
-        Endpoint("ref_deep", "reference: list deep page", f"/investors?limit=50&skip={deep}"),
+        Endpoint("ref_list", "reference: list page 1", f"/investors?{page}"),
+        Endpoint("ref_deep", "reference: list deep page", f"/investors?{page}&skip={deep}"),
+        Endpoint(
+            "ref_deep_cursor",
+            "reference: list deep page (cursor)",
+            f"/investors?{page}&cursor={DEEP_CURSOR}",
+        ),
         Endpoint(
             "get", "GET one investor", "/api/v1/investors/{id}", reference="ref_get", single=True
         ),
         Endpoint(
-            "list", "list page 1", "/api/v1/investors?limit=50", reference="ref_list", single=True
+            "list", "list page 1", f"/api/v1/investors?{page}", reference="ref_list", single=True
         ),
         Endpoint(
             "deep",
             f"list deep page (skip={deep:,})",
-            f"/api/v1/investors?limit=50&skip={deep}",
+            f"/api/v1/investors?{page}&skip={deep}",
             reference="ref_deep",
+            single=True,
+        ),
+        # The same rows as the skip page above, reached with the keyset cursor instead.
+        Endpoint(
+            "deep_cursor",
+            "list deep page (cursor)",
+            f"/api/v1/investors?{page}&cursor={DEEP_CURSOR}",
+            reference="ref_deep_cursor",
             single=True,
         ),
         Endpoint("search_rare", "search rare term", search("Quintavalle"), single=True),
@@ -350,16 +369,40 @@ def login(port: int) -> str:
     return token
 
 
-def compare_reference(api: Client, ref: Client, investors: int, report: SizeReport) -> None:
+def fetch_deep_cursor(api: Client, investors: int) -> str | None:
+    """The API's next_cursor of the page just before the last: it resumes at the last page
+    (the rows of the skip-based deep page), encoded exactly as clients get it."""
+    skip = max(investors - 2 * PAGE_SIZE, 0)
+    status, body = api.request("GET", f"/api/v1/investors?limit={PAGE_SIZE}&skip={skip}")
+    cursor = json.loads(body).get("next_cursor") if status == 200 else None
+    return cursor if isinstance(cursor, str) else None
+
+
+def with_deep_cursor(endpoint: Endpoint, cursor: str) -> Endpoint:
+    return replace(endpoint, path=endpoint.path.replace(DEEP_CURSOR, quote(cursor, safe="")))
+
+
+def compare_reference(
+    api: Client, ref: Client, investors: int, deep_cursor: str | None, report: SizeReport
+) -> None:
     """The reference must return the API's JSON, or the ratio means nothing."""
-    pairs = [
-        (f"/api/v1/investors/{investors // 2}", f"/investors/{investors // 2}"),
-        ("/api/v1/investors?limit=50", "/investors?limit=50"),
-    ]
-    for api_path, ref_path in pairs:
+    by_key = {e.key: e for e in endpoints(investors)}
+    for endpoint in by_key.values():
+        reference = by_key.get(endpoint.reference or "")
+        if reference is None:
+            continue
+        if DEEP_CURSOR in endpoint.path:
+            if deep_cursor is None:
+                continue
+            endpoint = with_deep_cursor(endpoint, deep_cursor)
+            reference = with_deep_cursor(reference, deep_cursor)
+        api_path = concrete(endpoint.path, investors)
+        ref_path = concrete(reference.path, investors)
         api_status, api_body = api.request("GET", api_path)
-        _, ref_body = ref.request("GET", ref_path)
-        if api_status == 200 and json.loads(api_body) != json.loads(ref_body):
+        ref_status, ref_body = ref.request("GET", ref_path)
+        if api_status != 200:
+            continue  # reported as n/a with the load figures
+        if ref_status != 200 or json.loads(api_body) != json.loads(ref_body):
             report.notes.append(
                 f"WARNING: the reference body differs from the API's for {api_path}"
             )
@@ -383,14 +426,27 @@ def measure_size(
         "DEBUG": "false",
     }
     ref_env = {"BENCH_DSN": cluster.dsn(database)}
-    all_endpoints = [e for e in endpoints(investors) if only is None or e.key in only]
     with (
         serve("main:app", api_env, core_api, f"api-{size}") as api_port,
         serve("bench.reference_app:app", ref_env, core_api, f"reference-{size}") as ref_port,
     ):
         token = login(api_port)
         api, ref = Client(api_port, token), Client(ref_port)
-        compare_reference(api, ref, investors, report)
+        deep_cursor = fetch_deep_cursor(api, investors)
+        all_endpoints = []
+        for endpoint in endpoints(investors):
+            if only is not None and endpoint.key not in only:
+                continue
+            if DEEP_CURSOR not in endpoint.path:
+                all_endpoints.append(endpoint)
+            elif deep_cursor is not None:
+                all_endpoints.append(with_deep_cursor(endpoint, deep_cursor))
+            else:
+                print(f"  {endpoint.label:<34} n/a (the API gave no next_cursor)", flush=True)
+                report.load[endpoint.key] = None
+        if deep_cursor is None:
+            report.notes.append("cursor deep pages: n/a, the API gave no next_cursor to resume at")
+        compare_reference(api, ref, investors, deep_cursor, report)
         for endpoint in all_endpoints:
             is_ref = endpoint.key.startswith("ref_")
             port, client = (ref_port, ref) if is_ref else (api_port, api)
