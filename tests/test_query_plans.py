@@ -1,22 +1,65 @@
-"""/investors/stats and the month summary read only the counter tables, never investors or kpis.
+"""No request path reads a whole table: the SQL of every API operation, planned on a small set.
 
-The SQL each request runs is captured on the engine and EXPLAINed with its own parameters; the
-plan must not touch the base tables at all (on tables this small PostgreSQL would pick a
-sequential scan anyway, so "no Seq Scan on them" means "not read").
+Each request runs through the real app while the engine records its statements. Each statement
+is then planned again with its own parameters under `enable_seqscan = off`: on tables this small
+PostgreSQL would scan sequentially whatever the indexes, with the penalty it takes an index
+whenever one can serve the filter or the order, so what is left is what no index serves, i.e. a
+whole-table read at 1M investors and 10M interactions. Writes are only EXPLAINed, never run a
+second time; reads are EXPLAIN ANALYZEd, in a transaction that is rolled back. A whole-table read
+is any of:
+
+- a Seq Scan;
+- an index scan whose condition leaves out the index's leading column: PostgreSQL 16, the
+  production version, has no skip scan and walks the whole index;
+- an index scan with no condition, unless it feeds a LIMIT through nodes that pass rows on one by
+  one and discards none: that is a page read in index order, which stops after skip + limit rows.
+  The skip-based deep page is such a read, proportional to skip (the cursor avoids it);
+- a bitmap index scan that returned every row of its table only for the recheck to discard some:
+  its condition narrowed nothing (a trigram pattern too short to hold a trigram does that).
+
+Tables: the counter tables are exempt (their key space bounds them to 60 and 1,212 rows, and the
+statistics read them whole by design). Users stay checked: every request looks its user up, and
+anyone can grow login_failures; only the admin's user list reads the staff table whole.
+Foreign-key cascades and triggers run outside the statements EXPLAIN sees: that every foreign key
+has an index leading with its columns is checked apart.
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import db
-from tests.investor_factories import INVESTORS, make_investor
+from main import app as fastapi_app
+from models import Base
+from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, create_user
+from tests.investor_factories import CONTACTS, INVESTORS, make_contact, make_investor
 
 Statement = tuple[str, Any]
+PlanNode = dict[str, Any]
+
+COUNTER_TABLES = {"investor_counts", "kpi_month_totals"}
+CHECKED_TABLES = sorted({table.name for table in Base.metadata.sorted_tables} - COUNTER_TABLES)
+# Nodes that pass rows up one at a time (from the child so related), so a LIMIT above them
+# stops the scan below.
+STREAMING = {
+    "Nested Loop": "Outer",
+    "Subquery Scan": "Outer",
+    "Result": "Outer",
+    "Incremental Sort": "Outer",
+    "LockRows": "Outer",
+    "Append": "Member",
+    "Merge Append": "Member",
+}
+WRITES = ("INSERT", "UPDATE", "DELETE")
+READS = ("SELECT", "WITH")
 
 
 @contextmanager
@@ -34,24 +77,431 @@ def captured_statements() -> Iterator[list[Statement]]:
         event.remove(engine, "before_cursor_execute", capture)
 
 
-def relations(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(node type, relation) of every plan node reading a relation."""
-    if "Relation Name" in plan:
-        yield plan["Node Type"], plan["Relation Name"]
-    for child in plan.get("Plans", []):
-        yield from relations(child)
-
-
-async def planned_relations(statements: list[Statement]) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
+async def plans(statements: list[Statement]) -> list[tuple[str, PlanNode]]:
+    """(sql, plan) of each statement, with its own parameters and sequential scans penalised."""
+    planned = []
     async with db.engine.connect() as conn:
+        # Never committed: the setting and whatever the reads did end with the connection.
+        await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         for sql, params in statements:
-            if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
-                continue
-            result = await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            kind = sql.lstrip()[:6].upper()
+            if kind.startswith(READS):
+                explain = "EXPLAIN (ANALYZE, FORMAT JSON)"
+            elif kind.startswith(WRITES):
+                explain = "EXPLAIN (FORMAT JSON)"
+            else:
+                continue  # SAVEPOINT and RELEASE
+            result = await conn.exec_driver_sql(f"{explain} {sql}", params)
             (plan,) = result.scalar_one()
-            found |= set(relations(plan["Plan"]))
-    return found
+            planned.append((sql, plan["Plan"]))
+    return planned
+
+
+def nodes(plan: PlanNode, ancestors: tuple[PlanNode, ...] = ()) -> Iterator[tuple[PlanNode, ...]]:
+    """Every node of the plan, as its path from the root."""
+    path = (*ancestors, plan)
+    yield path
+    for child in plan.get("Plans", []):
+        yield from nodes(child, path)
+
+
+def relations(plan: PlanNode) -> Iterator[tuple[str, str]]:
+    """(node type, relation) of every plan node reading a relation."""
+    for *_, node in nodes(plan):
+        if "Relation Name" in node:
+            yield node["Node Type"], node["Relation Name"]
+
+
+@dataclass(frozen=True)
+class Database:
+    """What judging a plan needs from the catalog: each index's table and leading column
+    (None for an expression), and how many rows each checked table holds."""
+
+    index_tables: dict[str, str]
+    leading_columns: dict[str, str | None]
+    rows: dict[str, int]
+
+    @classmethod
+    async def read(cls, conn: AsyncConnection) -> "Database":
+        indexes = await conn.execute(
+            text(
+                "SELECT ic.relname AS name, tc.relname AS table_name, a.attname AS leading "
+                "FROM pg_index i "
+                "JOIN pg_class ic ON ic.oid = i.indexrelid "
+                "JOIN pg_class tc ON tc.oid = i.indrelid "
+                "LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE tc.relnamespace = 'public'::regnamespace"
+            )
+        )
+        index_rows = indexes.all()
+        counts = ", ".join(f"(SELECT count(*) FROM {table})" for table in CHECKED_TABLES)
+        sizes = (await conn.execute(text(f"SELECT {counts}"))).one()
+        return cls(
+            index_tables={row.name: row.table_name for row in index_rows},
+            leading_columns={row.name: row.leading for row in index_rows},
+            rows=dict(zip(CHECKED_TABLES, sizes, strict=True)),
+        )
+
+
+def _feeds_a_limit(path: tuple[PlanNode, ...]) -> bool:
+    child = path[-1]
+    for parent in reversed(path[:-1]):
+        if parent["Node Type"] == "Limit":
+            return True
+        if STREAMING.get(parent["Node Type"]) != child.get("Parent Relationship"):
+            return False
+        child = parent
+    return False
+
+
+def _mentions(condition: str, column: str) -> bool:
+    # Not after a letter or "::", so that "date" is not found in "'2026-01-01'::date".
+    return re.search(rf"(?<![\w:]){re.escape(column)}\b", condition) is not None
+
+
+def whole_table_reads(plan: PlanNode, database: Database) -> Iterator[tuple[str, str]]:
+    """(table, how) for each node of the plan that reads a whole checked table or index."""
+    for path in nodes(plan):
+        node = path[-1]
+        kind, index = node["Node Type"], node.get("Index Name")
+        table = node.get("Relation Name") or database.index_tables.get(index or "")
+        if table not in CHECKED_TABLES:
+            continue
+        where = f"{kind} on {table}" + (f" using {index}" if index else "")
+        condition = node.get("Index Cond")
+        leading = database.leading_columns.get(index or "")
+        if kind == "Seq Scan":
+            yield table, f"{where}: no index serves it"
+        elif kind == "Bitmap Heap Scan":
+            (child,) = node["Plans"]
+            discarded = node.get("Rows Removed by Index Recheck", 0)
+            if discarded and child.get("Actual Rows", 0) >= database.rows[table] > 0:
+                yield table, f"{where}: its index returned every row, {discarded:.0f} thrown away"
+        elif index is None:
+            continue
+        elif condition is not None:
+            if leading is not None and not _mentions(condition, leading):
+                yield table, f"{where}: {condition} leaves out the leading column {leading}"
+        elif "Filter" in node:
+            # Even under a LIMIT: a selective filter leaves the walk going to the end.
+            yield table, f"{where}: walks the index discarding rows ({node['Filter']})"
+        elif not _feeds_a_limit(path):
+            yield table, f"{where}: reads the whole index, with no condition and no LIMIT"
+
+
+def render(plan: PlanNode, depth: int = 0) -> str:
+    """A short text form of the plan, for failure messages."""
+    keys = ("Relation Name", "Index Name", "Index Cond", "Recheck Cond", "Filter")
+    details = ", ".join(f"{key}: {plan[key]}" for key in keys if key in plan)
+    lines = ["  " * depth + plan["Node Type"] + (f" ({details})" if details else "")]
+    lines += [render(child, depth + 1) for child in plan.get("Plans", [])]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Ids of the small data set the request paths run against."""
+
+    investor: int
+    contact: int
+    interaction: int
+    kpi: int
+    user: int
+
+
+async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
+    response = await client.post(url, json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture
+async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
+    """Three investors with contacts, interactions and KPIs, where every filter value and search
+    term below matches: a list that finds rows runs its page statement too."""
+    quintavalle = await make_investor(
+        client,
+        admin_headers,
+        name="Quintavalle Gestion",
+        email="contact@quintavalle.fr",
+        pipeline_stage="prospect_chaud",
+        client_type="cgpi",
+    )
+    rothschild = await make_investor(
+        client,
+        admin_headers,
+        name="Banque Rothschild",
+        pipeline_stage="client",
+        client_type="wholesale",
+        is_active=False,
+    )
+    await make_investor(client, admin_headers, name="Banque Populaire", client_type="cgpi")
+    contact = await make_contact(client, admin_headers, quintavalle["id"])
+    await make_contact(client, admin_headers, quintavalle["id"], name="Élodie Lefèvre")
+    await make_contact(client, admin_headers, rothschild["id"], name="Marc Banque")
+    logged = [
+        (quintavalle, {"type": "appel", "date": "2026-01-12", "contact_id": contact["id"]}),
+        (quintavalle, {"type": "email", "date": "2026-02-03"}),
+        (quintavalle, {"type": "reunion", "date": "2025-11-20"}),
+        (rothschild, {"type": "appel", "date": "2026-01-15"}),
+    ]
+    interactions = [
+        await post(client, admin_headers, f"{INTERACTIONS}/investor/{investor['id']}", body)
+        for investor, body in logged
+    ]
+    recorded = [
+        (quintavalle, {"year": 2026, "month": 1, "revenue": 1000, "commission_rate": 1.5}),
+        (quintavalle, {"year": 2026, "month": 2, "rdv_count": 2}),
+        (rothschild, {"year": 2026, "month": 1}),
+    ]
+    kpis = [
+        await post(client, admin_headers, f"{KPIS}/investor/{investor['id']}", body)
+        for investor, body in recorded
+    ]
+    return Sample(
+        investor=quintavalle["id"],
+        contact=contact["id"],
+        interaction=interactions[0]["id"],
+        kpi=kpis[0]["id"],
+        user=await create_user("planner@crm.test"),
+    )
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: its operation (method and route as the app declares them) and arguments."""
+
+    name: str
+    method: str
+    route: str
+    query: str = ""
+    body: dict[str, Any] | None = None
+    status: int = 200
+    # A list page that must hold rows, or its page statement would not run.
+    rows: bool = False
+    # Requested with the `next_cursor` of the same query's first one-row page.
+    after_first_page: bool = False
+    # Tables this path reads whole by design.
+    whole_tables: frozenset[str] = frozenset()
+
+    def url(self, sample: Sample, *more: str) -> str:
+        values = {
+            "investor_id:id": sample.investor,
+            "contact_id:id": sample.contact,
+            "interaction_id:id": sample.interaction,
+            "kpi_id:id": sample.kpi,
+            "user_id:id": sample.user,
+            "year": 2026,
+            "month": 1,
+        }
+        path = re.sub(r"\{([^}]+)\}", lambda match: str(values[match.group(1)]), self.route)
+        query = "&".join(part for part in (self.query, *more) if part)
+        return f"{path}?{query.format(investor=sample.investor)}" if query else path
+
+
+def page(name: str, route: str, query: str = "", **arguments: Any) -> Call:
+    return Call(name, "GET", route, query, rows=True, **arguments)
+
+
+ONE_INVESTOR = f"{INVESTORS}/{{investor_id:id}}"
+ONE_CONTACT = f"{CONTACTS}/{{contact_id:id}}"
+INTERACTIONS = "/api/v1/interactions"
+ONE_INTERACTION = f"{INTERACTIONS}/{{interaction_id:id}}"
+KPIS = "/api/v1/kpis"
+ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
+USERS = "/api/v1/users"
+SEARCH = f"{INVESTORS}/search"
+SORTS = [
+    "name",
+    "-name",
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+    "pipeline_stage",
+    "-pipeline_stage",
+]
+
+CALLS = [
+    Call("current user", "GET", "/api/v1/auth/me"),
+    Call(
+        "login",
+        "POST",
+        "/api/v1/auth/login",
+        body={"email": "planner@crm.test", "password": USER_PASSWORD},
+    ),
+    Call(
+        "change password",
+        "PUT",
+        "/api/v1/auth/me/password",
+        body={"current_password": ADMIN_PASSWORD, "new_password": "another-password-456"},
+        status=204,
+    ),
+    Call("investor detail", "GET", ONE_INVESTOR),
+    *(page(f"investors by {sort}", INVESTORS, f"sort={sort}") for sort in SORTS),
+    page("investors of a stage", INVESTORS, "pipeline_stage=prospect_chaud"),
+    page("investors of a client type", INVESTORS, "client_type=cgpi"),
+    page("inactive investors", INVESTORS, "is_active=false"),
+    page(
+        "investors by every filter",
+        INVESTORS,
+        "pipeline_stage=prospect_froid&client_type=cgpi&is_active=true&sort=-updated_at",
+    ),
+    # OFFSET walks the skipped rows in index order: proportional to skip, not a table scan.
+    page("investors, skip-based page", INVESTORS, "skip=1&limit=1"),
+    *(
+        page(
+            f"investors after a cursor, by {sort}", INVESTORS, f"sort={sort}", after_first_page=True
+        )
+        for sort in SORTS
+    ),
+    page(
+        "investors of a client type after a cursor",
+        INVESTORS,
+        "client_type=cgpi&sort=-created_at",
+        after_first_page=True,
+    ),
+    page("search, rare term", SEARCH, "q=Quintavalle"),
+    page("search, typo", SEARCH, "q=Quintavale"),
+    page("search, common term", SEARCH, "q=banque"),
+    page("search, contact name", SEARCH, "q=lefevre"),
+    page("search, two letters", SEARCH, "q=ro"),
+    Call("search, past the last page", "GET", SEARCH, "q=banque&skip=50"),
+    Call("investor stats", "GET", f"{INVESTORS}/stats"),
+    Call("stage history", "GET", f"{ONE_INVESTOR}/stage-history"),
+    Call("create investor", "POST", INVESTORS, body={"name": "Nouvel Investisseur"}, status=201),
+    Call("patch investor", "PATCH", ONE_INVESTOR, body={"pipeline_stage": "en_negociation"}),
+    Call("put investor", "PUT", ONE_INVESTOR, body={"email": "new@quintavalle.fr"}),
+    Call("move to next stage", "PUT", f"{ONE_INVESTOR}/move-to-next-stage"),
+    Call("delete investor", "DELETE", ONE_INVESTOR, status=204),
+    page("investor contacts", f"{CONTACTS}/investor/{{investor_id:id}}"),
+    Call(
+        "create contact",
+        "POST",
+        f"{CONTACTS}/investor/{{investor_id:id}}",
+        body={"name": "Nouveau Contact"},
+        status=201,
+    ),
+    Call("read contact", "GET", ONE_CONTACT),
+    Call("patch contact", "PATCH", ONE_CONTACT, body={"title": "CFO"}),
+    Call("put contact", "PUT", ONE_CONTACT, body={"name": "Jeanne Durand"}),
+    Call("delete contact", "DELETE", ONE_CONTACT, status=204),
+    page("interactions", INTERACTIONS),
+    page("interactions of a type", INTERACTIONS, "type=appel"),
+    page("interactions of an investor", INTERACTIONS, "investor_id={investor}"),
+    page("interactions since a date", INTERACTIONS, "date_from=2026-01-01"),
+    page("interactions until a date", INTERACTIONS, "date_to=2026-01-31"),
+    page("interactions in a date range", INTERACTIONS, "date_from=2026-01-01&date_to=2026-01-31"),
+    page(
+        "interactions of a type in a date range",
+        INTERACTIONS,
+        "type=appel&date_from=2026-01-01&date_to=2026-01-31",
+    ),
+    page(
+        "interactions of an investor in a date range",
+        INTERACTIONS,
+        "investor_id={investor}&date_from=2026-01-01&date_to=2026-02-28",
+    ),
+    page("investor interactions", f"{INTERACTIONS}/investor/{{investor_id:id}}"),
+    page(
+        "investor interactions, second page",
+        f"{INTERACTIONS}/investor/{{investor_id:id}}",
+        "skip=1&limit=1",
+    ),
+    Call(
+        "create interaction",
+        "POST",
+        f"{INTERACTIONS}/investor/{{investor_id:id}}",
+        body={"type": "appel", "date": "2026-03-02", "contact_id": None},
+        status=201,
+    ),
+    Call("read interaction", "GET", ONE_INTERACTION),
+    Call("put interaction", "PUT", ONE_INTERACTION, body={"subject": "Suivi"}),
+    Call("delete interaction", "DELETE", ONE_INTERACTION, status=204),
+    page("KPIs", KPIS),
+    page("KPIs of an investor", KPIS, "investor_id={investor}"),
+    page("KPIs of a year", KPIS, "year=2026"),
+    page("KPIs of a month", KPIS, "year=2026&month=1"),
+    page("KPIs of a calendar month, every year", KPIS, "month=1"),
+    page("investor KPIs", f"{KPIS}/investor/{{investor_id:id}}"),
+    page("investor KPIs of a year", f"{KPIS}/investor/{{investor_id:id}}", "year=2026"),
+    Call(
+        "KPI upsert",
+        "POST",
+        f"{KPIS}/investor/{{investor_id:id}}",
+        body={"year": 2026, "month": 6, "rdv_count": 3, "revenue": 1500.5},
+        status=201,
+    ),
+    Call("read KPI", "GET", ONE_KPI),
+    Call("put KPI", "PUT", ONE_KPI, body={"month": 3}),
+    Call("delete KPI", "DELETE", ONE_KPI, status=204),
+    Call("month summary", "GET", f"{KPIS}/summary/month/{{year}}/{{month}}"),
+    Call("annual summary", "GET", f"{KPIS}/summary/annual/{{investor_id:id}}/{{year}}"),
+    # The firm's staff, a few dozen rows, listed whole on an admin screen.
+    page("users", USERS, whole_tables=frozenset({"users"})),
+    Call(
+        "create user",
+        "POST",
+        USERS,
+        body={"email": "new@crm.test", "full_name": "New User", "password": "new-password-789"},
+        status=201,
+    ),
+    Call("read user", "GET", f"{USERS}/{{user_id:id}}"),
+    Call("put user", "PUT", f"{USERS}/{{user_id:id}}", body={"full_name": "Renamed"}),
+    Call("delete user", "DELETE", f"{USERS}/{{user_id:id}}", status=204),
+]
+
+
+@pytest.mark.parametrize("call", CALLS, ids=lambda call: call.name)
+async def test_no_request_path_reads_a_whole_table(
+    client: AsyncClient, admin_headers: dict[str, str], sample: Sample, call: Call
+) -> None:
+    url = call.url(sample)
+    if call.after_first_page:
+        first = await client.get(call.url(sample, "limit=1"), headers=admin_headers)
+        assert first.status_code == 200, first.text
+        url = call.url(sample, "limit=1", f"cursor={first.json()['next_cursor']}")
+    with captured_statements() as statements:
+        response = await client.request(call.method, url, json=call.body, headers=admin_headers)
+    assert response.status_code == call.status, response.text
+    if call.rows:
+        assert response.json()["items"], response.text
+    planned = await plans(statements)
+    assert planned, "the request sent no SQL"
+    async with db.engine.connect() as conn:
+        database = await Database.read(conn)
+    found = [
+        f"{reason}\n{sql}\n{render(plan)}"
+        for sql, plan in planned
+        for table, reason in whole_table_reads(plan, database)
+        if table not in call.whole_tables
+    ]
+    assert not found, "\n\n".join(found)
+
+
+def test_every_api_operation_has_its_plans_checked() -> None:
+    declared = {
+        (method, route.path)
+        for route in iter_route_contexts(fastapi_app.routes)
+        if isinstance(route.original_route, APIRoute) and (route.path or "").startswith("/api/")
+        for method in route.methods or ()
+    }
+    assert {(call.method, call.route) for call in CALLS} == declared
+
+
+async def test_every_foreign_key_has_an_index_leading_with_its_columns() -> None:
+    # Deleting a parent finds the rows to cascade to (or to set null) by the referencing columns.
+    async with db.engine.connect() as conn:
+        unindexed = await conn.execute(
+            text(
+                "SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c "
+                "WHERE c.contype = 'f' AND NOT EXISTS ("
+                " SELECT FROM pg_index i WHERE i.indrelid = c.conrelid"
+                " AND (string_to_array(i.indkey::text, ' ')::int2[])[1:cardinality(c.conkey)]"
+                " @> c.conkey)"
+            )
+        )
+        assert unindexed.all() == []
 
 
 @pytest.mark.parametrize(
@@ -73,7 +523,6 @@ async def test_statistics_never_read_the_base_tables(
     with captured_statements() as statements:
         response = await client.get(path, headers=admin_headers)
     assert response.status_code == 200, response.text
-    read = await planned_relations(statements)
-    tables = {table for _, table in read}
+    tables = {table for _, plan in await plans(statements) for _, table in relations(plan)}
     assert counter_table in tables
     assert not tables & {"investors", "kpis"}
