@@ -2,13 +2,17 @@
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from starlette.requests import Request
 
 from core.config import Settings
 
@@ -31,12 +35,14 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     if database_url is None:
         raise RuntimeError("DATABASE_URL is not set and no embedded server was started")
     logging.getLogger("sqlalchemy.engine.Engine").addFilter(_ROW_FILTER)  # once: same object
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         echo=settings.database_echo,
         # SQL logs and error messages never show bound values (hashes, personal data).
         hide_parameters=True,
-        pool_pre_ping=True,
+        # No pool_pre_ping: with asyncpg it costs three round trips (BEGIN, ping, ROLLBACK) on
+        # every request. Connections the server closed are dropped at checkout instead (below),
+        # and any other dead connection fails its request with a 503 and is replaced.
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=10,
@@ -50,6 +56,18 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
+    return engine
+
+
+def _discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout hook: a connection the server closed (restart, idle kill) is replaced.
+
+    asyncpg notices the server's end of the socket as soon as the event loop reads it, so this
+    check needs no round trip; DisconnectionError makes the pool retry with a new connection.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("connection closed by the server")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -62,10 +80,17 @@ class Database:
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
     def configure(self, settings: Settings, url: str | None = None) -> None:
         self._engine = create_engine(settings, url)
         self._sessionmaker = create_sessionmaker(self._engine)
+        # Same pool, no BEGIN/COMMIT: under READ COMMITTED every statement takes its own
+        # snapshot even inside a transaction, so a read-only request loses nothing by running
+        # its statements outside one, and saves two round trips.
+        self._read_sessionmaker = create_sessionmaker(
+            self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -79,19 +104,33 @@ class Database:
             raise RuntimeError("Database is not configured")
         return self._sessionmaker
 
+    @property
+    def read_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for read-only requests: each statement runs in autocommit."""
+        if self._read_sessionmaker is None:
+            raise RuntimeError("Database is not configured")
+        return self._read_sessionmaker
+
     async def dispose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = None
         self._sessionmaker = None
+        self._read_sessionmaker = None
 
 
 db = Database()
 
+# HTTP's safe methods: their routes only read, so their statements need no transaction.
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-async def get_session() -> AsyncIterator[AsyncSession]:
-    """One session and one transaction per request, committed before the response is sent."""
-    async with db.sessionmaker() as session:
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request; a writing request runs in one transaction, committed before
+    the response is sent, and rolled back on any error."""
+    read_only = request.method in READ_ONLY_METHODS
+    maker = db.read_sessionmaker if read_only else db.sessionmaker
+    async with maker() as session:
         try:
             yield session
             await session.commit()
