@@ -1,4 +1,4 @@
-"""Counters kept exact by triggers (migration 0003): statistics read a few rows, not a table."""
+"""Counters kept exact by triggers (migrations 0003, 0004): totals read a few rows, not a table."""
 
 from decimal import Decimal
 
@@ -39,11 +39,26 @@ class KpiMonthTotal(Base):
     weighted_commission: Mapped[Decimal] = mapped_column(Numeric, nullable=False)
 
 
-# Recomputes both counter tables from the base tables. Needed only after a bulk load that
+class InteractionTypeCount(Base):
+    """How many interactions of one type one slot has counted.
+
+    Writers spread over slots so that concurrent ones rarely wait for the same row lock
+    (migration 0004); only the sum over a type's slots means anything, and a single slot can
+    be negative (an interaction counted in one slot and deleted through another).
+    """
+
+    __tablename__ = "interaction_type_counts"
+
+    type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+# Recomputes every counter table from the base tables. Needed only after a bulk load that
 # bypassed triggers (the benchmark seed loads with session_replication_role = replica);
-# migration 0003 keeps its own frozen copy of the same backfill.
+# migrations 0003 and 0004 keep their own frozen copies of the same backfills.
 REBUILD_COUNTERS_SQL = (
-    "TRUNCATE investor_counts, kpi_month_totals",
+    "TRUNCATE investor_counts, kpi_month_totals, interaction_type_counts",
     "INSERT INTO investor_counts (pipeline_stage, client_type, is_active, n) "
     "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) "
     "FROM investors GROUP BY 1, 2, 3",
@@ -51,4 +66,6 @@ REBUILD_COUNTERS_SQL = (
     "total_due_diligences, total_closings, total_revenue, weighted_commission) "
     "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
     "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month",
+    "INSERT INTO interaction_type_counts (type, slot, n) "
+    "SELECT type, 0, count(*) FROM interactions GROUP BY type",
 )

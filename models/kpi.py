@@ -30,6 +30,8 @@ class Kpi(TimestampMixin, Base):
         CheckConstraint("revenue >= 0", name="revenue_not_negative"),
         CheckConstraint("commission_rate BETWEEN 0 AND 100", name="commission_rate_range"),
         Index("ix_kpis_year_month_investor_id", "year", "month", "investor_id"),
+        # A calendar month of every year, in the list order: no skip scan in PostgreSQL 16.
+        Index("ix_kpis_month_year_investor_id_id", "month", "year", "investor_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
