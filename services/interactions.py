@@ -2,11 +2,12 @@
 
 from typing import ClassVar
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 
 from core.exceptions import ConflictError, NotFoundError
+from models.aggregates import InteractionTypeCount
 from models.contact import Contact
-from models.interaction import Interaction
+from models.interaction import Interaction, InteractionType
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
 from services.base import BaseService
 from services.investors import InvestorService
@@ -32,7 +33,32 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
             where.append(Interaction.date >= filters.date_from)
         if filters.date_to is not None:
             where.append(Interaction.date <= filters.date_to)
-        return await self.list(where=where, skip=skip, limit=limit)
+        # Asked of the filters set rather than of each field, so that a filter added later
+        # falls back to counting rows instead of getting a wrong total from the counters.
+        if filters.model_dump(exclude_none=True).keys() <= {"type"}:
+            total = await self.count_by_type(filters.type)
+        else:
+            # The other filters narrow the count through an index of their own.
+            count = select(func.count()).select_from(Interaction).where(*where)
+            total = (await self.session.execute(count)).scalar_one()
+        if total == 0 or skip >= total:
+            return [], total
+        stmt = (
+            select(Interaction)
+            .where(*where)
+            .order_by(*self.order_by(None))
+            .offset(skip)
+            .limit(limit)
+        )
+        return list((await self.session.execute(stmt)).scalars().all()), total
+
+    async def count_by_type(self, type_: InteractionType | None) -> int:
+        """How many interactions (of one type, or all), summed from the trigger-kept counters."""
+        # Counting the rows themselves read 10M index entries at 1M investors.
+        stmt = select(func.coalesce(func.sum(InteractionTypeCount.n), 0))
+        if type_ is not None:
+            stmt = stmt.where(InteractionTypeCount.type == type_)
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def list_for_investor(
         self, investor_id: int, *, skip: int, limit: int

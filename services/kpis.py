@@ -72,8 +72,29 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             where.append(Kpi.year == filters.year)
         if filters.month is not None:
             where.append(Kpi.month == filters.month)
+        # Asked of the filters set rather than of each field, so that a filter added later
+        # falls back to counting rows instead of getting a wrong total from the counters.
+        if filters.model_dump(exclude_none=True).keys() <= {"year", "month"}:
+            total = await self.count_by_month(filters.year, filters.month)
+        else:
+            # An investor's rows are counted through its (investor_id, year, month) key.
+            count = select(func.count()).select_from(Kpi).where(*where)
+            total = (await self.session.execute(count)).scalar_one()
+        if total == 0 or skip >= total:
+            return [], total
         order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
-        return await self.paginate(select(Kpi), where=where, order_by=order, skip=skip, limit=limit)
+        stmt = select(Kpi).where(*where).order_by(*order).offset(skip).limit(limit)
+        return list((await self.session.execute(stmt)).scalars().all()), total
+
+    async def count_by_month(self, year: int | None, month: int | None) -> int:
+        """How many KPI rows (of a year, a calendar month, both or all), from the month totals."""
+        # A month whose rows were all deleted keeps a totals row of zeros: it adds nothing.
+        stmt = select(func.coalesce(func.sum(KpiMonthTotal.row_count), 0))
+        if year is not None:
+            stmt = stmt.where(KpiMonthTotal.year == year)
+        if month is not None:
+            stmt = stmt.where(KpiMonthTotal.month == month)
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def list_for_investor(
         self, investor_id: int, year: int | None, *, skip: int, limit: int
