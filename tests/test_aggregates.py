@@ -1,9 +1,10 @@
-"""investor_counts and kpi_month_totals: the trigger-kept counters always equal a fresh GROUP BY.
+"""investor_counts, kpi_month_totals and interaction_type_counts: the trigger-kept counters always
+equal a fresh GROUP BY.
 
 Writes go through the API (creates, updates, stage moves, deletes with their cascades, KPI
-upserts, months moved by PUT), through multi-row SQL statements, and concurrently; after each
-batch the counters, /investors/stats, the list totals and the month summaries are compared with
-live computations over the base tables.
+upserts, months moved by PUT, interactions logged, retyped and deleted), through multi-row SQL
+statements, and concurrently; after each batch the counters, /investors/stats, the list totals
+and the month summaries are compared with live computations over the base tables.
 """
 
 import asyncio
@@ -15,10 +16,11 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import ClientType, PipelineStage
+from models import ClientType, InteractionType, PipelineStage
 from tests.investor_factories import INVESTORS, make_investor
 
 KPIS = "/api/v1/kpis"
+INTERACTIONS = "/api/v1/interactions"
 Headers = dict[str, str]
 MONTHS = [(2025, 12), (2026, 1), (2026, 2)]
 
@@ -39,6 +41,11 @@ KPI_LIVE = (
     "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
     "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month"
 )
+# Only a type's sum over its slots means anything (see InteractionTypeCount).
+INTERACTION_COUNTERS = (
+    "SELECT type, sum(n) FROM interaction_type_counts GROUP BY type HAVING sum(n) <> 0"
+)
+INTERACTION_LIVE = "SELECT type, count(*) FROM interactions GROUP BY type"
 MONTH_LIVE = (
     "SELECT count(DISTINCT investor_id), coalesce(sum(rdv_count), 0), coalesce(sum(pitchs), 0), "
     "coalesce(sum(due_diligences), 0), coalesce(sum(closings), 0), coalesce(sum(revenue), 0), "
@@ -69,6 +76,9 @@ async def assert_counters_exact(
     )
     assert sorted(await fetch(session, KPI_COUNTERS)) == sorted(await fetch(session, KPI_LIVE))
     assert all(not any(row) for row in await fetch(session, KPI_EMPTIED))
+    assert sorted(await fetch(session, INTERACTION_COUNTERS)) == sorted(
+        await fetch(session, INTERACTION_LIVE)
+    )
 
     investors = await fetch(session, "SELECT pipeline_stage, client_type, is_active FROM investors")
     response = await client.get(f"{INVESTORS}/stats", headers=headers)
@@ -123,6 +133,35 @@ async def assert_counters_exact(
             "total_commission": as_number(live[7]),
         }
 
+    interactions = await fetch(session, "SELECT type FROM interactions")
+    for kind in [None, *InteractionType]:
+        query = {} if kind is None else {"type": kind.value}
+        listed = await client.get(INTERACTIONS, params=query, headers=headers)
+        assert listed.status_code == 200, listed.text
+        expected = sum(1 for (row_type,) in interactions if kind is None or row_type == kind)
+        assert listed.json()["total"] == expected
+        assert len(listed.json()["items"]) == min(expected, 50)
+
+    kpis = await fetch(session, "SELECT year, month FROM kpis")
+    periods: list[dict[str, int]] = [
+        {},
+        {"year": 2026},
+        {"month": 12},
+        {"year": 2026, "month": 1},
+        {"year": 2024},
+    ]
+    for period in periods:
+        listed = await client.get(KPIS, params=period, headers=headers)
+        assert listed.status_code == 200, listed.text
+        expected = sum(
+            1
+            for row_year, row_month in kpis
+            if period.get("year", row_year) == row_year
+            and period.get("month", row_month) == row_month
+        )
+        assert listed.json()["total"] == expected
+        assert len(listed.json()["items"]) == min(expected, 50)
+
 
 def random_metrics(rng: random.Random) -> dict[str, Any]:
     metrics = {
@@ -140,7 +179,21 @@ def random_metrics(rng: random.Random) -> dict[str, Any]:
 async def random_write(
     client: AsyncClient, headers: Headers, rng: random.Random, investors: list[int]
 ) -> None:
-    action = rng.choice(["create", "update", "move", "kpi", "kpi_put", "kpi_delete", "delete"])
+    action = rng.choice(
+        [
+            "create",
+            "update",
+            "move",
+            "kpi",
+            "kpi_put",
+            "kpi_delete",
+            "interaction",
+            "interaction",
+            "interaction_put",
+            "interaction_delete",
+            "delete",
+        ]
+    )
     if action == "create" or not investors:
         body = await make_investor(
             client,
@@ -190,8 +243,39 @@ async def random_write(
         response = await client.put(f"{KPIS}/{kpi_id}", json=body, headers=headers)
         # 409 when the investor already has the target month.
         assert response.status_code in (200, 409), response.text
+    elif action == "interaction":
+        body = {
+            "type": rng.choice(list(InteractionType)).value,
+            "date": f"2026-0{rng.randint(1, 3)}-1{rng.randint(0, 9)}",
+        }
+        response = await client.post(
+            f"{INTERACTIONS}/investor/{investor_id}", json=body, headers=headers
+        )
+        assert response.status_code == 201, response.text
+    elif action in ("interaction_put", "interaction_delete"):
+        page = await client.get(
+            f"{INTERACTIONS}/investor/{investor_id}", params={"limit": 200}, headers=headers
+        )
+        assert page.status_code == 200, page.text
+        if not page.json()["items"]:
+            return
+        interaction_id = rng.choice(page.json()["items"])["id"]
+        if action == "interaction_delete":
+            response = await client.delete(f"{INTERACTIONS}/{interaction_id}", headers=headers)
+            assert response.status_code == 204, response.text
+            return
+        # Half the time only an unrelated field changes: its deltas must cancel out.
+        changes = (
+            {"type": rng.choice(list(InteractionType)).value}
+            if rng.random() < 0.5
+            else {"subject": "Relance"}
+        )
+        response = await client.put(
+            f"{INTERACTIONS}/{interaction_id}", json=changes, headers=headers
+        )
+        assert response.status_code == 200, response.text
     else:
-        # Its KPI rows go by cascade: the month totals must follow.
+        # Its KPI rows and interactions go by cascade: the counters must follow.
         response = await client.delete(f"{INVESTORS}/{investor_id}", headers=headers)
         assert response.status_code == 204, response.text
         investors.remove(investor_id)
@@ -251,6 +335,13 @@ async def test_multi_row_statements_update_counters_once_per_key(
             "SELECT id, 2026, 1 + id % 2, id % 7, id * 10.25, id % 100 FROM investors"
         )
     )
+    await session.execute(
+        text(
+            "INSERT INTO interactions (investor_id, type, date) "
+            "SELECT id, (ARRAY['appel', 'email', 'reunion', 'webinaire', 'autre'])[i % 5 + 1], "
+            "DATE '2026-01-01' + i FROM investors, generate_series(0, 3) AS i"
+        )
+    )
     await session.commit()
     await assert_counters_exact(client, admin_headers, session)
     await session.execute(text("UPDATE investors SET is_active = NOT is_active WHERE id % 3 = 0"))
@@ -262,6 +353,9 @@ async def test_multi_row_statements_update_counters_once_per_key(
             "WHERE k.investor_id = kpis.investor_id AND k.month = 2)"
         )
     )
+    await session.execute(text("UPDATE interactions SET type = 'reunion' WHERE id % 4 = 0"))
+    await session.execute(text("UPDATE interactions SET subject = 'Relance'"))
+    await session.execute(text("DELETE FROM interactions WHERE type = 'webinaire' AND id % 2 = 0"))
     await session.execute(text("DELETE FROM investors WHERE id % 7 = 0"))
     await session.commit()
     await assert_counters_exact(client, admin_headers, session)
@@ -287,10 +381,20 @@ async def test_concurrent_writers_lose_no_count(
         )
         return response.status_code
 
+    async def log_call(investor_id: int) -> int:
+        # Every writer logs the same type: they all land on the one type's counters.
+        body = {"type": "appel", "date": "2026-01-15"}
+        response = await client.post(
+            f"{INTERACTIONS}/investor/{investor_id}", json=body, headers=admin_headers
+        )
+        return response.status_code
+
     statuses = await asyncio.gather(
-        *(create(i) for i in range(20)), *(upsert(investor_id) for investor_id in investors)
+        *(create(i) for i in range(20)),
+        *(upsert(investor_id) for investor_id in investors),
+        *(log_call(investor_id) for investor_id in investors * 2),
     )
-    assert statuses == [201] * 40
+    assert statuses == [201] * 80
     await assert_counters_exact(client, admin_headers, session)
     stats = await client.get(f"{INVESTORS}/stats", headers=admin_headers)
     assert stats.json()["by_pipeline_stage"]["prospect_chaud"] == 20
@@ -299,3 +403,17 @@ async def test_concurrent_writers_lose_no_count(
     assert summary.json()["investor_count"] == 20
     assert summary.json()["total_rdv"] == 40
     assert summary.json()["total_revenue"] == 2010
+    calls = await client.get(INTERACTIONS, params={"type": "appel"}, headers=admin_headers)
+    assert calls.json()["total"] == 40
+
+    async def delete(interaction_id: int) -> int:
+        response = await client.delete(f"{INTERACTIONS}/{interaction_id}", headers=admin_headers)
+        return response.status_code
+
+    page = await client.get(INTERACTIONS, params={"limit": 200}, headers=admin_headers)
+    # Deletes count down through whichever slot each transaction writes.
+    deleted = await asyncio.gather(*(delete(item["id"]) for item in page.json()["items"][::2]))
+    assert deleted == [204] * 20
+    await assert_counters_exact(client, admin_headers, session)
+    remaining = await client.get(INTERACTIONS, headers=admin_headers)
+    assert remaining.json()["total"] == 20
