@@ -12,7 +12,7 @@ from core.config import settings
 from core.db import get_session
 from core.exceptions import AuthError, PermissionDeniedError
 from core.security import decode_access_token
-from models.user import User
+from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
 from services.auth import AuthService
 from services.contacts import ContactService
@@ -30,27 +30,27 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=F
 
 async def get_current_user(
     session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> User:
+) -> AuthenticatedUser:
     """The active user behind the Bearer token; 401 otherwise, checked on every request."""
     if not token:
         raise AuthError()
     user_id = decode_access_token(token, settings)
-    user = await session.get(User, user_id) if user_id <= PG_INT_MAX else None
-    if user is None or not user.is_active:
+    user = await UserService(session).get_caller(user_id) if user_id <= PG_INT_MAX else None
+    if user is None:
         raise AuthError("Invalid or expired token", code="invalid_token")
     return user
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[AuthenticatedUser, Depends(get_current_user)]
 
 
-async def get_admin_user(user: CurrentUser) -> User:
+async def get_admin_user(user: CurrentUser) -> AuthenticatedUser:
     if not user.is_admin:
         raise PermissionDeniedError("Administrator role required")
     return user
 
 
-AdminUser = Annotated[User, Depends(get_admin_user)]
+AdminUser = Annotated[AuthenticatedUser, Depends(get_admin_user)]
 
 
 ServiceT = TypeVar("ServiceT")

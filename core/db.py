@@ -1,7 +1,7 @@
 """The async engine, the session factory and the per-request transaction."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -111,6 +111,25 @@ class Database:
             raise RuntimeError("Database is not configured")
         return self._read_sessionmaker
 
+    async def read_row(self, sql: str, *args: object) -> Mapping[str, Any] | None:
+        """One row of hand-written SQL, run by asyncpg itself on a pooled connection.
+
+        For the reads behind nearly every request (the caller's account, an investor's page):
+        no session, no statement compilation, no ORM result processing, which were most of
+        their cost. The statement runs on its own, outside the request's transaction, so it
+        must never be the read a write depends on. asyncpg prepares it once per connection.
+        """
+        pooled = await self.engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        try:
+            row: Mapping[str, Any] | None = await driver.fetchrow(sql, *args)
+        except BaseException:
+            # Failed or cancelled mid-statement: its state is unknown, never reuse it.
+            pooled.invalidate()
+            raise
+        pooled.close()
+        return row
+
     async def dispose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
@@ -128,9 +147,18 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; a writing request runs in one transaction, committed before
     the response is sent, and rolled back on any error."""
-    read_only = request.method in READ_ONLY_METHODS
-    maker = db.read_sessionmaker if read_only else db.sessionmaker
-    async with maker() as session:
+    if request.method in READ_ONLY_METHODS:
+        session = db.read_sessionmaker()
+        try:
+            yield session
+        finally:
+            # Only a session that ran a statement holds a connection to hand back, and the
+            # hottest reads never touch theirs (Database.read_row). __aexit__ is the close
+            # that completes even if the request is cancelled meanwhile.
+            if session.in_transaction():
+                await session.__aexit__(None, None, None)
+        return
+    async with db.sessionmaker() as session:
         try:
             yield session
             await session.commit()

@@ -1,4 +1,5 @@
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Boolean, DateTime, Index, Integer, String, func, text
@@ -32,6 +33,25 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default="true"
     )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == UserRole.admin
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedUser:
+    """The caller of a request: the account behind its token, read once per request.
+
+    A plain value rather than a `User` entity: building and tracking an ORM instance on every
+    request costs more than the lookup itself. Changes to the account load the entity.
+    """
+
+    id: int
+    email: str
+    full_name: str
+    role: UserRole
+    is_active: bool
 
     @property
     def is_admin(self) -> bool:

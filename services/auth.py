@@ -60,8 +60,10 @@ class AuthService:
     def issue_token(self, user: User, settings: Settings) -> tuple[str, int]:
         return create_access_token(user.id, settings)
 
-    async def change_password(self, user: User, current: str, new: str) -> None:
+    async def change_password(self, user_id: int, current: str, new: str) -> None:
         """Replace the password after checking the current one (400 invalid_password)."""
+        # Locked: two concurrent changes cannot both pass the check against the old password.
+        user = await self.users.get(user_id, for_update=True)
         if not verify_password(current, user.hashed_password):
             raise BadRequestError("The current password is incorrect", code="invalid_password")
         user.hashed_password = hash_password(new)

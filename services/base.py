@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.base import ExecutableOption
 
+from core.db import db
 from core.exceptions import (
     FOREIGN_KEY_VIOLATION,
     UNIQUE_VIOLATION,
@@ -47,6 +48,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
 
     def not_found(self) -> NotFoundError:
         return NotFoundError(self.not_found_message)
+
+    async def read_row(self, sql: str, *args: object) -> Mapping[str, Any] | None:
+        """One row of hand-written SQL outside the session: see Database.read_row."""
+        return await db.read_row(sql, *args)
 
     async def get(
         self,

@@ -4,7 +4,6 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     CTE,
-    JSON,
     BigInteger,
     ColumnElement,
     Integer,
@@ -14,19 +13,15 @@ from sqlalchemy import (
     cast,
     func,
     literal,
-    literal_column,
     select,
     tuple_,
-    type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import InstrumentedAttribute
 
 from core.exceptions import ConflictError
 from models.aggregates import NO_CLIENT_TYPE_KEY, InvestorCount
 from models.contact import Contact
-from models.interaction import Interaction
 from models.investor import (
     PIPELINE_ORDER,
     ClientType,
@@ -34,7 +29,6 @@ from models.investor import (
     InvestorStageChange,
     PipelineStage,
 )
-from models.kpi import Kpi
 from schemas.common import PG_INT_MAX
 from schemas.contact import ContactRead
 from schemas.investor import (
@@ -244,8 +238,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         """The investor, its contacts and activity counts, in one SQL statement (no N+1)."""
         if not 1 <= investor_id <= PG_INT_MAX:
             raise self.not_found()
-        result = await self.session.execute(_DETAIL, {"investor_id": investor_id})
-        row = result.mappings().one_or_none()
+        row = await self.read_row(_DETAIL_SQL, investor_id)
         if row is None:
             raise self.not_found()
         return InvestorDetail.model_validate(dict(row))
@@ -313,47 +306,26 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         )
 
 
-def _detail_statement() -> Select[Any]:
-    """The investor's columns, activity counts and contacts (a JSON array): one round trip.
-
-    Built once: SQLAlchemy memoises a statement's cache key on the object, so the hottest
-    read of the SPA skips statement construction and cache-key generation on every request.
-    """
-    contact_fields = [
-        part
-        for name in ContactRead.model_fields
-        for part in (literal(name), getattr(Contact, name))
-    ]
-    contacts = (
-        select(
-            func.coalesce(
-                func.json_agg(
-                    aggregate_order_by(
-                        func.json_build_object(*contact_fields), Contact.name, Contact.id
-                    )
-                ),
-                literal_column("'[]'::json"),
-            )
-        )
-        .where(Contact.investor_id == Investor.id)
-        .scalar_subquery()
-    )
-    return select(
-        *(getattr(Investor, name) for name in InvestorRead.model_fields),
-        select(func.count())
-        .where(Interaction.investor_id == Investor.id)
-        .scalar_subquery()
-        .label("interaction_count"),
-        select(func.max(Interaction.date))
-        .where(Interaction.investor_id == Investor.id)
-        .scalar_subquery()
-        .label("last_interaction_date"),
-        select(func.count())
-        .where(Kpi.investor_id == Investor.id)
-        .scalar_subquery()
-        .label("kpi_count"),
-        type_coerce(contacts, JSON).label("contacts"),
-    ).where(Investor.id == bindparam("investor_id"))
+def _detail_sql() -> str:
+    """The investor's columns, activity counts and contacts (a JSON array): one round trip."""
+    investor_columns = ", ".join(f"i.{name}" for name in InvestorRead.model_fields)
+    contact_columns = ", ".join(ContactRead.model_fields)
+    # Field names come from the schemas, never from a request.
+    return f"""
+        SELECT {investor_columns},
+            (SELECT count(*) FROM interactions WHERE investor_id = i.id) AS interaction_count,
+            (SELECT max(date) FROM interactions WHERE investor_id = i.id)
+                AS last_interaction_date,
+            (SELECT count(*) FROM kpis WHERE investor_id = i.id) AS kpi_count,
+            coalesce(
+                (SELECT json_agg(c ORDER BY c.name, c.id)
+                 FROM (SELECT {contact_columns} FROM contacts WHERE investor_id = i.id) AS c),
+                '[]'
+            ) AS contacts
+        FROM investors AS i
+        WHERE i.id = $1
+    """  # noqa: S608
 
 
-_DETAIL = _detail_statement()
+# The SPA's hottest read (see BaseService.read_row).
+_DETAIL_SQL = _detail_sql()

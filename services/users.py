@@ -7,7 +7,7 @@ from sqlalchemy import func, select, text
 
 from core.exceptions import ConflictError
 from core.security import hash_password
-from models.user import User, UserRole
+from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService
 
@@ -45,6 +45,19 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         async with self.integrity_guard(unique=DUPLICATE_EMAIL):
             return await super().create(data, **extra)
 
+    async def get_caller(self, user_id: int) -> AuthenticatedUser | None:
+        """The active account behind a token, or None (unknown, deleted or deactivated)."""
+        row = await self.read_row(_CALLER_SQL, user_id)
+        if row is None or not row["is_active"]:
+            return None
+        return AuthenticatedUser(
+            id=row["id"],
+            email=row["email"],
+            full_name=row["full_name"],
+            role=UserRole(row["role"]),
+            is_active=True,
+        )
+
     async def get_for_change(self, user_id: int) -> User:
         """The user, locked for an update or a deletion (one such change at a time)."""
         await self.session.execute(
@@ -52,7 +65,9 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         return await self.get(user_id, for_update=True)
 
-    async def update_user(self, user: User, data: UserUpdate, *, acting_user: User) -> User:
+    async def update_user(
+        self, user: User, data: UserUpdate, *, acting_user: AuthenticatedUser
+    ) -> User:
         """Partial update that never leaves the system without an active admin."""
         values = data.model_dump(exclude_unset=True)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
@@ -63,7 +78,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         async with self.integrity_guard(unique=DUPLICATE_EMAIL):
             return await super().update(user, data)
 
-    async def delete_user(self, user: User, *, acting_user: User) -> None:
+    async def delete_user(self, user: User, *, acting_user: AuthenticatedUser) -> None:
         """Delete a user, except oneself or the last active admin."""
         if user.id == acting_user.id:
             raise ConflictError("You cannot delete your own account")
@@ -86,3 +101,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def count(self) -> int:
         return (await self.session.execute(select(func.count(User.id)))).scalar_one()
+
+
+# Read on every authenticated request (see BaseService.read_row).
+_CALLER_SQL = "SELECT id, email, full_name, role, is_active FROM users WHERE id = $1"

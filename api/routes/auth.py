@@ -118,4 +118,4 @@ async def read_me(user: CurrentUser) -> Me:
 )
 async def change_my_password(body: PasswordChange, user: CurrentUser, auth: AuthServiceDep) -> None:
     """Change the authenticated user's password."""
-    await auth.change_password(user, body.current_password, body.new_password)
+    await auth.change_password(user.id, body.current_password, body.new_password)
