@@ -1,5 +1,7 @@
 """Password hashing (argon2 only) and JWT access tokens with pinned algorithm and claims."""
 
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,9 +48,43 @@ def create_access_token(user_id: int, settings: Settings) -> tuple[str, int]:
     return token, int(lifetime.total_seconds())
 
 
+class _VerifiedTokens:
+    """Tokens already verified, with their user id and expiry: a client's next requests skip
+    parsing and the signature check (a fifth of a cached read's cost) but not the expiry.
+
+    Keyed by the key and algorithm too, so tokens signed under a replaced key are verified
+    again (and refused). Bounded; the least recently used entries go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str, str], tuple[int, int]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> tuple[int, int] | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple[str, str, str], user_id: int, expires_at: int) -> None:
+        self._entries[key] = (user_id, expires_at)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+_verified_tokens = _VerifiedTokens(size=4096)
+
+
 def decode_access_token(token: str, settings: Settings) -> int:
     """Verify signature, algorithm, expiry, issuer, audience and type; return the user id."""
     invalid = AuthError("Invalid or expired token", code="invalid_token")
+    cache_key = (token, settings.signing_key(), settings.jwt_algorithm)
+    cached = _verified_tokens.get(cache_key)
+    if cached is not None:
+        user_id, expires_at = cached
+        if time.time() >= expires_at:
+            raise invalid
+        return user_id
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") != settings.jwt_algorithm:
@@ -79,4 +115,5 @@ def decode_access_token(token: str, settings: Settings) -> int:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.isdigit():
         raise invalid
+    _verified_tokens.put(cache_key, int(subject), int(claims["exp"]))
     return int(subject)
