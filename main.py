@@ -1,5 +1,6 @@
 """The FastAPI application, and `python main.py`: migrate, then serve with uvicorn."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,10 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         except DATABASE_ERRORS as exc:
             # The API still starts (/health answers, /ready says 503); retried at next start.
             logger.warning("Database unreachable at start-up, first admin not checked: %r", exc)
+        # Everything built so far (routes, schemas, mappers) lives as long as the process:
+        # frozen out of the collector, it is no longer walked by every full collection, which
+        # otherwise stalls a busy worker for tens of milliseconds at a time.
+        gc.freeze()
         yield
     finally:
         await db.dispose()
