@@ -32,8 +32,8 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     database_echo: bool = False
-    database_pool_size: int = Field(default=10, ge=1, le=100)
-    database_max_overflow: int = Field(default=10, ge=0, le=100)
+    database_pool_size: int = Field(default=20, ge=1, le=100)
+    database_max_overflow: int = Field(default=0, ge=0, le=100)
     # Server-side cap on any single statement, so one slow query cannot hold a connection.
     database_statement_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     database_ready_timeout_s: float = Field(default=2.0, gt=0, le=30)
