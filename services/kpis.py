@@ -2,7 +2,17 @@
 
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, distinct, func, literal_column, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    distinct,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from core.exceptions import ConflictError
@@ -119,57 +129,14 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
 
     async def monthly_summary(self, year: int, month: int) -> MonthlySummary:
         """Totals of one month across all investors, from the trigger-kept month totals."""
-        # Same expressions as _totals over the month's single totals row; a month whose rows
-        # were all deleted is left out so that it reads exactly like a month never recorded.
-        revenue = func.sum(KpiMonthTotal.total_revenue)
-        weighted = func.sum(KpiMonthTotal.weighted_commission)
-        stmt = select(
-            # UNIQUE (investor_id, year, month): one row per investor in a month.
-            func.coalesce(func.sum(KpiMonthTotal.row_count), 0).label("investor_count"),
-            func.coalesce(func.sum(KpiMonthTotal.total_rdv), 0).label("total_rdv"),
-            func.coalesce(func.sum(KpiMonthTotal.total_pitchs), 0).label("total_pitchs"),
-            func.coalesce(func.sum(KpiMonthTotal.total_due_diligences), 0).label(
-                "total_due_diligences"
-            ),
-            func.coalesce(func.sum(KpiMonthTotal.total_closings), 0).label("total_closings"),
-            func.coalesce(revenue, 0).label("total_revenue"),
-            func.round(weighted / func.nullif(revenue, 0), 2).label("average_commission_rate"),
-            func.round(func.coalesce(weighted, 0) / 100, 2).label("total_commission"),
-        ).where(
-            KpiMonthTotal.year == year, KpiMonthTotal.month == month, KpiMonthTotal.row_count > 0
-        )
-        row = (await self.session.execute(stmt)).one()
+        row = (await self.session.execute(_MONTH_SUMMARY, {"year": year, "month": month})).one()
         return MonthlySummary.model_validate({**row._mapping, "year": year, "month": month})
 
     async def annual_summary(self, investor_id: int, year: int) -> AnnualSummary:
         """One investor's year: totals and all 12 months (zeros where nothing was recorded)."""
         await InvestorService(self.session).ensure_exists(investor_id)
-        totals = _totals(Kpi.investor_id == investor_id, Kpi.year == year).cte("totals")
-        months = func.generate_series(1, 12).table_valued("month").render_derived(name="months")
-        stmt = (
-            select(
-                months.c.month,
-                func.coalesce(Kpi.rdv_count, 0).label("rdv_count"),
-                func.coalesce(Kpi.pitchs, 0).label("pitchs"),
-                func.coalesce(Kpi.due_diligences, 0).label("due_diligences"),
-                func.coalesce(Kpi.closings, 0).label("closings"),
-                func.coalesce(Kpi.revenue, 0).label("revenue"),
-                func.coalesce(Kpi.commission_rate, 0).label("commission_rate"),
-                totals,
-            )
-            .select_from(months)
-            .outerjoin(
-                Kpi,
-                and_(
-                    Kpi.month == months.c.month,
-                    Kpi.investor_id == investor_id,
-                    Kpi.year == year,
-                ),
-            )
-            .join(totals, literal_column("true"))
-            .order_by(months.c.month)
-        )
-        rows = (await self.session.execute(stmt)).all()
+        params = {"investor_id": investor_id, "year": year}
+        rows = (await self.session.execute(_ANNUAL_SUMMARY, params)).all()
         return AnnualSummary.model_validate(
             {
                 **rows[0]._mapping,
@@ -178,3 +145,66 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
                 "monthly_data": [row._mapping for row in rows],
             }
         )
+
+
+# Built once (see services.investors._STATS): only their parameters change per request.
+
+
+def _month_summary_statement() -> Select[Any]:
+    # Same expressions as _totals over the month's single totals row; a month whose rows
+    # were all deleted is left out so that it reads exactly like a month never recorded.
+    revenue = func.sum(KpiMonthTotal.total_revenue)
+    weighted = func.sum(KpiMonthTotal.weighted_commission)
+    return select(
+        # UNIQUE (investor_id, year, month): one row per investor in a month.
+        func.coalesce(func.sum(KpiMonthTotal.row_count), 0).label("investor_count"),
+        func.coalesce(func.sum(KpiMonthTotal.total_rdv), 0).label("total_rdv"),
+        func.coalesce(func.sum(KpiMonthTotal.total_pitchs), 0).label("total_pitchs"),
+        func.coalesce(func.sum(KpiMonthTotal.total_due_diligences), 0).label(
+            "total_due_diligences"
+        ),
+        func.coalesce(func.sum(KpiMonthTotal.total_closings), 0).label("total_closings"),
+        func.coalesce(revenue, 0).label("total_revenue"),
+        func.round(weighted / func.nullif(revenue, 0), 2).label("average_commission_rate"),
+        func.round(func.coalesce(weighted, 0) / 100, 2).label("total_commission"),
+    ).where(
+        KpiMonthTotal.year == bindparam("year"),
+        KpiMonthTotal.month == bindparam("month"),
+        KpiMonthTotal.row_count > 0,
+    )
+
+
+_MONTH_SUMMARY = _month_summary_statement()
+
+
+def _annual_summary_statement() -> Select[Any]:
+    totals = _totals(
+        Kpi.investor_id == bindparam("investor_id"), Kpi.year == bindparam("year")
+    ).cte("totals")
+    months = func.generate_series(1, 12).table_valued("month").render_derived(name="months")
+    return (
+        select(
+            months.c.month,
+            func.coalesce(Kpi.rdv_count, 0).label("rdv_count"),
+            func.coalesce(Kpi.pitchs, 0).label("pitchs"),
+            func.coalesce(Kpi.due_diligences, 0).label("due_diligences"),
+            func.coalesce(Kpi.closings, 0).label("closings"),
+            func.coalesce(Kpi.revenue, 0).label("revenue"),
+            func.coalesce(Kpi.commission_rate, 0).label("commission_rate"),
+            totals,
+        )
+        .select_from(months)
+        .outerjoin(
+            Kpi,
+            and_(
+                Kpi.month == months.c.month,
+                Kpi.investor_id == bindparam("investor_id"),
+                Kpi.year == bindparam("year"),
+            ),
+        )
+        .join(totals, literal_column("true"))
+        .order_by(months.c.month)
+    )
+
+
+_ANNUAL_SUMMARY = _annual_summary_statement()
