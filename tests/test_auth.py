@@ -1,19 +1,29 @@
 """Authentication: login (form and JSON), throttling, JWT validation, /auth/me, password change."""
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
 from jose import jwt
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import core.security
-from core.config import JWT_AUDIENCE, JWT_ISSUER, settings
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, create_user
+from core.config import JWT_AUDIENCE, JWT_ISSUER, MIN_SECRET_KEY_BYTES, settings
+from core.db import db
+from tests.conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    USER_PASSWORD,
+    create_user,
+    password_hash,
+)
 
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/auth/me"
@@ -477,3 +487,77 @@ async def test_change_password_requires_a_token(client: AsyncClient) -> None:
     )
     assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
+
+
+# --- verified-token cache -------------------------------------------------------------------
+
+
+async def test_a_cached_token_is_refused_once_it_expires(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
+    assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
+    after_expiry = int(jwt.get_unverified_claims(token)["exp"]) + 1
+    # Both clocks: the cache's, and the one python-jose verifies an uncached token against.
+    monkeypatch.setattr(core.security, "time", SimpleNamespace(time=lambda: float(after_expiry)))
+    monkeypatch.setattr(jwt, "timegm", lambda _: after_expiry)
+    response = await client.get(ME, headers=bearer_header(token))
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid or expired token", "code": "invalid_token"}
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_cached_token_is_refused_once_the_signing_key_changes(
+    client: AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
+    assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
+    new_key = "a-replacement-signing-key-" + "k" * MIN_SECRET_KEY_BYTES
+    monkeypatch.setattr(settings, "secret_key", SecretStr(new_key))
+    response = await client.get(ME, headers=bearer_header(token))
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid or expired token", "code": "invalid_token"}
+    # Only the old key's tokens are refused: one signed with the new key is accepted.
+    fresh = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
+    assert jwt.get_unverified_claims(fresh)["sub"] == str(await admin_id(session))
+    assert (await client.get(ME, headers=bearer_header(fresh))).status_code == 200
+
+
+async def test_change_password_locks_the_account_against_a_concurrent_change(
+    client: AsyncClient, user_id: int, user_headers: dict[str, str], session: AsyncSession
+) -> None:
+    async with db.sessionmaker() as other, other.begin():
+        await other.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": user_id})
+        change = asyncio.create_task(
+            client.put(
+                PASSWORD,
+                json={"current_password": USER_PASSWORD, "new_password": "brand-new-password"},
+                headers=user_headers,
+            )
+        )
+        for _ in range(400):
+            waiting = await session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'tpm-finance-crm' AND wait_event_type = 'Lock'"
+                )
+            )
+            await session.rollback()
+            if waiting.scalar_one():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            change.cancel()
+            raise AssertionError("the password change did not wait for the account's row lock")
+        # Another change lands first: the waiting one must check against it, not the old hash.
+        await other.execute(
+            text("UPDATE users SET hashed_password = :hash WHERE id = :id"),
+            {"hash": password_hash("changed-meanwhile"), "id": user_id},
+        )
+    response = await change
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "detail": "The current password is incorrect",
+        "code": "invalid_password",
+    }
+    assert_token(await login_json(client, "user@crm.test", "changed-meanwhile"))
