@@ -28,17 +28,20 @@ SECURITY_HEADERS = {
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
-# Failures to reach the database that SQLAlchemy does not wrap in DBAPIError: socket errors, and
-# what asyncpg raises while connecting (server starting up or shutting down, no free slot,
-# database not accepting connections), plus the pool's own checkout timeout.
+# Failures to reach the database that SQLAlchemy does not wrap in DBAPIError: socket errors,
+# asyncpg's client-side errors and the pool's own checkout timeout. Server errors that asyncpg
+# raises itself (while connecting, or in Database.read_row) go by their SQLSTATE instead.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     PoolTimeoutError,
-    asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
-DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, *CONNECTION_ERRORS)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    asyncpg.PostgresError,
+    *CONNECTION_ERRORS,
+)
 
 
 class AppError(Exception):
@@ -201,13 +204,29 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
             "Transaction rolled back (%s) on %s %s", state, request.method, request.url.path
         )
         return _render(ConflictError("The request conflicted with a concurrent change, retry it"))
+    if exc.connection_invalidated or state is None:
+        logger.warning("Database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _render(ServiceUnavailableError())
+    return await _server_state_error(request, exc, state)
+
+
+async def postgres_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A server error raised by asyncpg itself (Database.read_row, or while connecting)."""
+    assert isinstance(exc, asyncpg.PostgresError)
+    return await _server_state_error(request, exc, exc.sqlstate)
+
+
+async def _server_state_error(request: Request, exc: Exception, state: str) -> JSONResponse:
     if state == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
         return _render(ServiceUnavailableError("The request took too long and was cancelled"))
-    # Class 08 is a connection failure, 57P0x an administrator or crash shutdown.
-    if exc.connection_invalidated or state is None or state[:2] == "08" or state[:3] == "57P":
+    # Class 08 is a connection failure, 28 a refused login, 3D a missing database, 53 a lack
+    # of resources (too many connections), 55 a database not accepting connections, 57P0x a
+    # shutdown or a server still starting up.
+    if state[:2] in ("08", "28", "3D", "53", "55") or state[:3] == "57P":
         logger.warning("Database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return _render(ServiceUnavailableError())
+    # Anything else is a bug (say, a column a migration renamed): a 500 with its traceback.
     return await unexpected_error_handler(request, exc)
 
 
@@ -232,4 +251,5 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_error_handler)
     for error in CONNECTION_ERRORS:
         app.add_exception_handler(error, connection_error_handler)
+    app.add_exception_handler(asyncpg.PostgresError, postgres_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
