@@ -1,6 +1,16 @@
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, Computed, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    CheckConstraint,
+    Computed,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, TimestampMixin
@@ -24,6 +34,13 @@ class Contact(TimestampMixin, Base):
             "search_text",
             postgresql_using="gin",
             postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
+        # Short search terms match the start of a word of the name alone (migration 0005).
+        Index(
+            "ix_contacts_name_trgm",
+            func.lower(func.crm_unaccent(text("name"))).label("name_normalised"),
+            postgresql_using="gin",
+            postgresql_ops={"name_normalised": "gin_trgm_ops"},
         ),
     )
 
