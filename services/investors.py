@@ -42,6 +42,9 @@ from schemas.investor import (
 )
 from services.base import BaseService
 
+# A searched text: a generated column, or an expression an index is built on.
+SearchedText = InstrumentedAttribute[str] | ColumnElement[str]
+
 DUPLICATE_EMAIL = ConflictError(
     "An investor with this email already exists", code="duplicate_email"
 )
@@ -49,6 +52,14 @@ DUPLICATE_EMAIL = ConflictError(
 # pg_trgm's default (0.6) misses common misspellings such as "Rotchild" for "Rothschild".
 WORD_SIMILARITY_THRESHOLD = "0.5"
 MIN_FUZZY_LETTERS = 3
+# A substring pattern shorter than a trigram holds none: the trigram indexes would return every
+# row for the recheck to sift. Shorter terms match the start of a word instead.
+MIN_SUBSTRING_LENGTH = 3
+# Where a word starts: at the start of the text or after an ASCII space, punctuation mark or
+# control (crm_unaccent turns typographic apostrophes, quotes, dashes and no-break spaces into
+# ASCII). Spelt out: pg_trgm draws trigrams, and so uses its index, only from a bracket
+# expression of few characters, not from [^[:alnum:]].
+WORD_START = r"(^|[\x01-/:-@[-`{-\x7f])"
 # Search ranks at most this many investors: a common term ("banque") matches hundreds of
 # thousands, and scoring them all took seconds at 1M investors. `total` counts the ranked ones.
 SEARCH_CANDIDATES = 1000
@@ -59,7 +70,12 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _normalised(value: ColumnElement[Any]) -> ColumnElement[str]:
+def _escape_regex(text: str) -> str:
+    # In a PostgreSQL regular expression a backslash makes any non-alphanumeric character literal.
+    return "".join(char if char.isalnum() else f"\\{char}" for char in text)
+
+
+def _normalised(value: ColumnElement[Any] | InstrumentedAttribute[Any]) -> ColumnElement[str]:
     # Same normalisation as the generated search_text columns (migration 0002).
     return func.lower(func.crm_unaccent(value))
 
@@ -123,15 +139,19 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
 
     async def search(self, q: str, *, skip: int, limit: int) -> tuple[list[Investor], int]:
         """Accent- and case-insensitive, typo-tolerant search; best matches first."""
-        # SET LOCAL: the threshold only lasts for this request's transaction.
-        await self.session.execute(
-            select(
-                func.set_config(
-                    "pg_trgm.word_similarity_threshold", WORD_SIMILARITY_THRESHOLD, True
-                )
-            )
+        # For the connection, not the transaction: a read request runs each statement in
+        # autocommit (core/db.py), where a local setting would end with this one. Only search
+        # reads the threshold, and it always sets it first. The same round trip normalises the
+        # term as the search columns are, to choose how to match it.
+        threshold = func.set_config(
+            "pg_trgm.word_similarity_threshold", WORD_SIMILARITY_THRESHOLD, False
         )
-        best = self._search_hits(q)
+        normalised = _normalised(bindparam("q", q, type_=Text))
+        term = (await self.session.execute(select(threshold, normalised))).one()[1]
+        if len(term) < MIN_SUBSTRING_LENGTH and not term[:1].isalnum():
+            # A short term matches the start of a word, and words start with a letter or digit.
+            return [], 0
+        best = self._search_hits(q, term)
         # One statement: the hits are computed (and scored) once, in a materialised CTE that
         # gives both the total and the page.
         total = select(func.count()).select_from(best).scalar_subquery()
@@ -155,36 +175,54 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         # Past the last page: the total still has to be told.
         return [], (await self.session.execute(select(total))).scalar_one()
 
-    def _search_hits(self, q: str) -> CTE:
-        """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` itself or
-        through a contact."""
+    def _search_hits(self, q: str, term: str) -> CTE:
+        """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` (`term` once
+        normalised) itself or through a contact."""
         needle = _normalised(bindparam("q", q, type_=Text))
-        pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
-        # Fuzzy matching needs a few letters: one or two would match every word starting with
-        # them, and numbers (phones) close to each other are not typos of one another.
-        fuzzy = sum(char.isalpha() for char in q) >= MIN_FUZZY_LETTERS
+        sources: list[tuple[InstrumentedAttribute[int], SearchedText, SearchedText]]
+        if len(term) < MIN_SUBSTRING_LENGTH:
+            # The start of a word is a trigram ("  r", " ro" for "ro") the indexes serve. Names
+            # only: the domain words of emails and websites ("fr", "com") would match nearly
+            # every row.
+            word_start = bindparam("word_start", WORD_START + _escape_regex(term), type_=Text)
+            contact_name = _normalised(Contact.name)
+            sources = [
+                (Investor.id, Investor.fuzzy_text, Investor.fuzzy_text),
+                (Contact.investor_id, contact_name, contact_name),
+            ]
+            fuzzy = False
 
-        def contains(column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
-            return column.like(pattern, escape="\\")
+            def matches(column: SearchedText) -> ColumnElement[bool]:
+                return column.regexp_match(word_start)
+
+        else:
+            pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
+            sources = [
+                (Investor.id, Investor.search_text, Investor.fuzzy_text),
+                (Contact.investor_id, Contact.search_text, Contact.search_text),
+            ]
+            # Fuzzy matching needs a few letters: one or two would match every word starting
+            # with them, and numbers (phones) close to each other are not typos of one another.
+            fuzzy = sum(char.isalpha() for char in q) >= MIN_FUZZY_LETTERS
+
+            def matches(column: SearchedText) -> ColumnElement[bool]:
+                return column.like(pattern, escape="\\")
 
         def candidates(
-            investor_id: InstrumentedAttribute[int],
-            text: InstrumentedAttribute[str],
-            fuzzy_text: InstrumentedAttribute[str],
+            investor_id: InstrumentedAttribute[int], text: SearchedText, fuzzy_text: SearchedText
         ) -> list[Select[tuple[int, float]]]:
-            # A literal substring match ranks above any approximate one.
-            score = func.word_similarity(needle, fuzzy_text) + cast(contains(text), Integer)
+            # A literal match ranks above any approximate one.
+            score = func.word_similarity(needle, fuzzy_text) + cast(matches(text), Integer)
             hits = select(investor_id.label("investor_id"), score.label("score"))
-            # Each form is served by a GIN trigram index (substring, word similarity). A common
+            # Each form is served by a GIN trigram index (literal, word similarity). A common
             # term matches most rows: each form stops at the cap instead of scoring them all,
             # and literal matches get a cap of their own so fuzzy ones cannot crowd them out.
-            forms = [contains(text), needle.op("<%")(fuzzy_text)] if fuzzy else [contains(text)]
+            forms = [matches(text), needle.op("<%")(fuzzy_text)] if fuzzy else [matches(text)]
             return [hits.where(form).limit(SEARCH_CANDIDATES) for form in forms]
 
-        hits = union_all(
-            *candidates(Investor.id, Investor.search_text, Investor.fuzzy_text),
-            *candidates(Contact.investor_id, Contact.search_text, Contact.search_text),
-        ).subquery("hits")
+        hits = union_all(*(hit for source in sources for hit in candidates(*source))).subquery(
+            "hits"
+        )
         best_score = func.max(hits.c.score)
         return (
             select(hits.c.investor_id, best_score.label("score"))

@@ -110,14 +110,187 @@ async def test_best_matches_come_first(client: AsyncClient, admin_headers: dict[
     assert await names(client, admin_headers, "durand") == ["Banque Durand", "Durant Capital"]
 
 
-async def test_short_queries_match_as_substrings_only(
+# --- terms of one or two characters: the start of a word of a name ------------------------
+
+
+@pytest.mark.parametrize("q", ["ro", "RO", "Ro", "r", "R"])
+async def test_a_short_term_finds_names_with_a_word_starting_with_it(
+    client: AsyncClient, admin_headers: dict[str, str], q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Banque Rothschild")
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await names(client, admin_headers, q) == ["Banque Rothschild"]
+
+
+@pytest.mark.parametrize(
+    ("q", "found"),
+    [
+        ("ge", "Société Générale"),
+        ("GÉ", "Société Générale"),
+        ("gé", "Société Générale"),
+        # A combining accent: three characters typed, two once normalised, so a short term.
+        ("Ge\u0301", "Société Générale"),
+        ("é", "Épargne Conseil"),
+        ("E", "Épargne Conseil"),
+        ("É", "Épargne Conseil"),
+    ],
+)
+async def test_a_short_term_ignores_accents_and_case(
+    client: AsyncClient, admin_headers: dict[str, str], q: str, found: str
+) -> None:
+    await make_investor(client, admin_headers, name="Société Générale")
+    await make_investor(client, admin_headers, name="Épargne Conseil")
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await names(client, admin_headers, q) == [found]
+
+
+async def test_a_short_term_does_not_match_inside_a_word(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await make_investor(client, admin_headers, name="Caroline Finance")
+    await make_investor(client, admin_headers, name="Ange Capital")
+    await make_investor(client, admin_headers, name="Cœur Défense")
+    assert (await search(client, admin_headers, "ro"))["total"] == 0
+    assert (await search(client, admin_headers, "ge"))["total"] == 0
+    # "œ" normalises to "oe", found at the start of a word only.
+    assert (await search(client, admin_headers, "œ"))["total"] == 0
+    await make_investor(client, admin_headers, name="Œuvre d'Orient")
+    assert await names(client, admin_headers, "œ") == ["Œuvre d'Orient"]
+    # From three characters on, the term is found anywhere, as before.
+    assert await names(client, admin_headers, "aro") == ["Caroline Finance"]
+
+
+@pytest.mark.parametrize(
+    ("name", "q"),
+    [
+        ("Jean-Robert Gestion", "ro"),
+        ("L'Oréal Finance", "or"),
+        ("L\u2019Oréal Finance", "or"),  # a typographic apostrophe
+        ("Fonds (Europe)", "eu"),
+        ("Caisse d'Épargne", "ep"),
+        ("Caisse d'Épargne", "d'"),
+        ("Fonds 2030", "20"),
+        ("A.B. Conseil", "b."),
+    ],
+)
+async def test_a_word_starts_after_a_space_or_punctuation(
+    client: AsyncClient, admin_headers: dict[str, str], name: str, q: str
+) -> None:
+    await make_investor(client, admin_headers, name=name)
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await names(client, admin_headers, q) == [name]
+
+
+async def test_a_short_term_finds_a_company_or_a_contact_name(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    grouped = await make_investor(
+        client, admin_headers, name="Target", company="Groupe Crédit Agricole"
+    )
+    staffed = await make_investor(client, admin_headers, name="Lazard Frères")
+    await make_contact(client, admin_headers, staffed["id"], name="Hélène Dubois")
+    await make_contact(client, admin_headers, staffed["id"], name="Hervé Durand")
+    assert [item["id"] for item in (await search(client, admin_headers, "cr"))["items"]] == [
+        grouped["id"]
+    ]
+    # Both contacts match: the investor still appears once.
+    body = await search(client, admin_headers, "he")
+    assert [item["id"] for item in body["items"]] == [staffed["id"]]
+    assert body["total"] == 1
+
+
+async def test_a_short_term_leaves_out_emails_phones_and_websites(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    investor = await make_investor(
+        client,
+        admin_headers,
+        name="Target",
+        email="relations@natixis.com",
+        phone="01 42 14 20 00",
+        website="https://www.oddo-bhf.com",
+    )
+    await make_contact(client, admin_headers, investor["id"], name="Marc", email="m@orange.fr")
+    for q in ["re", "na", "co", "42", "01", "od", "ww", "or", "fr"]:
+        assert (await search(client, admin_headers, q))["total"] == 0, q
+    # Three characters and more still search every field.
+    for q in ["natixis", "0142142000", "oddo", "orange"]:
+        assert await names(client, admin_headers, q) == ["Target"], q
+
+
+@pytest.mark.parametrize("q", ["&", "-a", "@o", "'", "(", "\u0301"])
+async def test_a_short_term_starting_with_neither_letter_nor_digit_finds_nothing(
+    client: AsyncClient, admin_headers: dict[str, str], q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Rothschild & Co")
+    await make_investor(client, admin_headers, name="Jean-Alain (Conseil) x@o.fr")
+    assert await search(client, admin_headers, q) == {
+        "items": [],
+        "total": 0,
+        "skip": 0,
+        "limit": 50,
+    }
+    assert (await search(client, admin_headers, q, skip=10))["total"] == 0
+
+
+@pytest.mark.parametrize("q", ["a.", "a*", "a+", "a?", "a(", "a)", "a[", "a{", "a|", "a^", "a$"])
+async def test_a_short_term_is_matched_literally_not_as_a_regular_expression(
+    client: AsyncClient, admin_headers: dict[str, str], q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Abc")
+    await make_investor(client, admin_headers, name="Aa Capital")
+    assert (await search(client, admin_headers, q))["total"] == 0
+    await make_investor(client, admin_headers, name=f"Fonds {q}z")
+    assert await names(client, admin_headers, q) == [f"Fonds {q}z"]
+
+
+async def test_a_whole_word_ranks_above_a_longer_one_for_a_short_term(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     await make_investor(client, admin_headers, name="Axa")
+    await make_investor(client, admin_headers, name="AX Partners")
     await make_investor(client, admin_headers, name="Amundi")
-    await make_investor(client, admin_headers, name="BNP")
-    assert await names(client, admin_headers, "ax") == ["Axa"]
-    assert await names(client, admin_headers, "b") == ["BNP"]
+    assert await names(client, admin_headers, "ax") == ["AX Partners", "Axa"]
+
+
+async def test_short_term_pages_return_every_match_once(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 7) g",
+    )
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Cabinet ' || g FROM generate_series(1, 4) g",
+    )
+    # Found by a contact only, and by two of them.
+    await execute(
+        session,
+        "INSERT INTO contacts (investor_id, name) SELECT id, n FROM investors, "
+        "(VALUES ('Bastien Roy'), ('Béatrice Roy')) AS contact(n) WHERE name = 'Cabinet 1'",
+    )
+    seen: list[str] = []
+    for skip in range(0, 10, 3):
+        body = await search(client, admin_headers, "b", skip=skip, limit=3)
+        assert body["total"] == 8
+        seen.extend(item["name"] for item in body["items"])
+    assert sorted(seen) == sorted([f"Banque {n}" for n in range(1, 8)] + ["Cabinet 1"])
+
+
+async def test_a_short_term_ranks_only_the_capped_best_candidates(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    session: AsyncSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
+    await execute(
+        session, "INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 9) g"
+    )
+    body = await search(client, admin_headers, "ba")
+    assert body["total"] == 5
+    assert len({item["id"] for item in body["items"]}) == 5
 
 
 async def test_a_literal_match_ranks_above_a_close_one(
@@ -141,7 +314,7 @@ async def test_no_match_is_an_empty_page(
     }
 
 
-@pytest.mark.parametrize("q", ["%", "_", "\\", "%%", "a%"])
+@pytest.mark.parametrize("q", ["%", "_", "\\", "%%", "a%", "%%%", "a_p", "l%a"])
 async def test_like_wildcards_are_matched_literally(
     client: AsyncClient, admin_headers: dict[str, str], q: str
 ) -> None:
@@ -157,7 +330,11 @@ async def test_a_literal_percent_sign_is_found(
     await make_investor(client, admin_headers, name="Fonds 100% ISR")
     # "1000" is a close match too, but the literal one comes first.
     assert (await names(client, admin_headers, "100%"))[0] == "Fonds 100% ISR"
-    assert await names(client, admin_headers, "0%") == ["Fonds 100% ISR"]
+    # Two characters: only at the start of a word.
+    assert (await search(client, admin_headers, "0%"))["total"] == 0
+    assert await names(client, admin_headers, "1%") == []
+    await make_investor(client, admin_headers, name="Fonds 5% Europe")
+    assert await names(client, admin_headers, "5%") == ["Fonds 5% Europe"]
 
 
 async def test_search_pages_return_every_match_once(
@@ -279,7 +456,10 @@ async def test_the_cap_keeps_literal_matches_when_they_alone_exceed_it(
     assert (await search(client, admin_headers, "durand"))["total"] == 18
 
 
-async def test_the_search_description_tells_the_cap(client: AsyncClient) -> None:
+async def test_the_search_description_tells_the_cap_and_the_short_term_rule(
+    client: AsyncClient,
+) -> None:
     schema = (await client.get("/openapi.json")).json()
     description = schema["paths"][SEARCH]["get"]["description"]
     assert f"Only the {investors_service.SEARCH_CANDIDATES} best matches" in description
+    assert "A term of one or two characters" in description

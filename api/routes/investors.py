@@ -87,7 +87,9 @@ async def list_investors(
     responses=errors(*AUTHENTICATED),
     description="Search investors and their contacts, ignoring case and accents, tolerating "
     f"typos. Only the {SEARCH_CANDIDATES} best matches are ranked and paged: `total` counts "
-    "them (so it stops there), and literal matches come before approximate ones.",
+    "them (so it stops there), and literal matches come before approximate ones. A term of one "
+    "or two characters (once accents are removed) only matches the start of a word of an "
+    "investor's name or company or of a contact's name: `ro` finds Rothschild, not Caroline.",
 )
 async def search_investors(
     _: CurrentUser,
