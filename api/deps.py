@@ -77,13 +77,9 @@ ItemT = TypeVar("ItemT", bound=BaseModel)
 
 
 class Pagination:
-    """`skip` / `limit` query parameters shared by every list."""
+    """`skip` / `limit` of a list request."""
 
-    def __init__(
-        self,
-        skip: Annotated[int, Query(ge=0, le=PG_INT_MAX, description="Rows to skip")] = 0,
-        limit: Annotated[int, Query(ge=1, le=200, description="Page size (1-200)")] = 50,
-    ) -> None:
+    def __init__(self, skip: int, limit: int) -> None:
         self.skip = skip
         self.limit = limit
 
@@ -97,4 +93,16 @@ class Pagination:
         )
 
 
-PageParams = Annotated[Pagination, Depends()]
+async def pagination(
+    skip: Annotated[int, Query(ge=0, le=PG_INT_MAX, description="Rows to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size (1-200)")] = 50,
+) -> Pagination:
+    """The `skip` / `limit` query parameters shared by every list.
+
+    A coroutine: FastAPI runs a plain callable (such as a class) in its thread pool, a thread
+    hop on every list request for two integers.
+    """
+    return Pagination(skip, limit)
+
+
+PageParams = Annotated[Pagination, Depends(pagination)]
