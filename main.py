@@ -15,6 +15,7 @@ from core.db import db
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
 from services.auth import AuthService
+from services.users import USER_CHANGES_CHANNEL, caller_cache
 
 logger = logging.getLogger("tpm_crm")
 
@@ -37,6 +38,7 @@ async def bootstrap_first_admin() -> None:
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings.signing_key()  # load or create data/secret_key before the first request
     db.configure(settings)
+    db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
     try:
         try:
             await bootstrap_first_admin()

@@ -1,7 +1,9 @@
 """The async engine, the session factory and the per-request transaction."""
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -27,6 +29,13 @@ class _HideFetchedRows(logging.Filter):
 
 
 _ROW_FILTER = _HideFetchedRows()
+logger = logging.getLogger(__name__)
+
+# A LISTEN connection is checked this often, so that a silently dead one (no FIN ever came)
+# is noticed; after a loss it is re-opened this long after.
+LISTEN_PING_S = 10.0
+APPLICATION_NAME = "tpm-finance-crm"
+LISTEN_RETRY_S = 1.0
 
 
 def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
@@ -50,7 +59,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             "timeout": 5,
             "server_settings": {
                 "statement_timeout": str(settings.database_statement_timeout_ms),
-                "application_name": "tpm-finance-crm",
+                "application_name": APPLICATION_NAME,
                 # Timestamps built in SQL (e.g. JSON aggregates) come out in UTC like the rest.
                 "timezone": "UTC",
             },
@@ -81,6 +90,7 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
 
     def configure(self, settings: Settings, url: str | None = None) -> None:
         self._engine = create_engine(settings, url)
@@ -130,7 +140,71 @@ class Database:
         pooled.close()
         return row
 
+    def listen(
+        self,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_state: Callable[[bool], None],
+    ) -> None:
+        """Keep a dedicated connection LISTENing on `channel` until dispose().
+
+        `on_state(True)` once listening, `on_state(False)` as soon as the connection is lost
+        (and at shutdown): whatever a caller cached on the strength of these notifications
+        must not be trusted while none can arrive. The connection is re-opened after a loss.
+        """
+        task = asyncio.create_task(self._listen(channel, on_message, on_state))
+        self._listeners.append(task)
+
+    async def _listen(
+        self,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_state: Callable[[bool], None],
+    ) -> None:
+        while True:
+            try:
+                await self._listen_once(channel, on_message, on_state)
+                logger.warning("Lost the LISTEN connection on %s, reconnecting", channel)
+            except Exception as exc:
+                # Any failure means the same thing: not listening, try again shortly.
+                logger.warning("Cannot LISTEN on %s (%r), retrying", channel, exc)
+            await asyncio.sleep(LISTEN_RETRY_S)
+
+    async def _listen_once(
+        self,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_state: Callable[[bool], None],
+    ) -> None:
+        """LISTEN on one dedicated connection until it is lost."""
+        pooled = await self.engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        pooled.detach()  # its own connection for good, never handed back to the pool
+        lost = asyncio.Event()
+        try:
+            # Told apart from the pool's connections in pg_stat_activity.
+            await driver.execute(f"SET application_name = '{APPLICATION_NAME} listener'")
+            driver.add_termination_listener(lambda _connection: lost.set())
+            await driver.add_listener(
+                channel, lambda _connection, _pid, _channel, payload: on_message(payload)
+            )
+            on_state(True)
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), LISTEN_PING_S)
+                if not lost.is_set():
+                    await asyncio.wait_for(driver.execute("SELECT 1"), LISTEN_PING_S)
+        finally:
+            on_state(False)
+            driver.terminate()
+
     async def dispose(self) -> None:
+        for task in self._listeners:
+            task.cancel()
+        for task in self._listeners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._listeners = []
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = None

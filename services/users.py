@@ -1,5 +1,6 @@
-"""Users: CRUD with unique emails and the last-active-admin guard."""
+"""Users: CRUD with unique emails and the last-active-admin guard, and the callers' cache."""
 
+import time
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -16,6 +17,63 @@ DUPLICATE_EMAIL = ConflictError("A user with this email already exists", code="d
 # Serialises user updates and deletions: two admins demoting each other at once would otherwise
 # lock their own rows first, then each other's, and deadlock.
 _USER_CHANGE_LOCK_KEY = 0x7F3A_0002
+
+
+# PostgreSQL notifies every change to users on this channel (migration 0006's triggers).
+USER_CHANGES_CHANNEL = "crm_user_changed"
+
+
+class CallerCache:
+    """The active accounts behind recent tokens, so most requests skip looking them up.
+
+    Trusted only while this process LISTENs on USER_CHANGES_CHANNEL: every committed change
+    to an account (API, another process, plain SQL) evicts it here within milliseconds, and
+    losing the connection empties the cache and bypasses it until it is back. Entries also
+    expire after `ttl_s`, a bound in case a notification were ever missed.
+    """
+
+    def __init__(self, size: int = 4096, ttl_s: float = 30.0) -> None:
+        self.size = size
+        self.ttl_s = ttl_s
+        self.listening = False
+        # Bumped by every eviction: a lookup started before one must not store what it read.
+        self.generation = 0
+        self._entries: dict[int, tuple[AuthenticatedUser, float]] = {}
+
+    def get(self, user_id: int) -> AuthenticatedUser | None:
+        entry = self._entries.get(user_id) if self.listening else None
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, user: AuthenticatedUser, generation: int) -> None:
+        if not self.listening or generation != self.generation:
+            return
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[user.id] = (user, time.monotonic() + self.ttl_s)
+
+    def evict(self, user_id: int) -> None:
+        self.generation += 1
+        self._entries.pop(user_id, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    def on_notification(self, payload: str) -> None:
+        """A user id, or '*' when the table was emptied."""
+        if payload.isdigit():
+            self.evict(int(payload))
+        else:
+            self.clear()
+
+    def set_listening(self, listening: bool) -> None:
+        self.listening = listening
+        self.clear()
+
+
+caller_cache = CallerCache()
 
 
 class UserService(BaseService[User, UserCreate, UserUpdate]):
@@ -47,19 +105,28 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def get_caller(self, user_id: int) -> AuthenticatedUser | None:
         """The active account behind a token, or None (unknown, deleted or deactivated)."""
+        cached = caller_cache.get(user_id)
+        if cached is not None:
+            return cached
+        generation = caller_cache.generation
         row = await self.read_row(_CALLER_SQL, user_id)
         if row is None or not row["is_active"]:
             return None
-        return AuthenticatedUser(
+        user = AuthenticatedUser(
             id=row["id"],
             email=row["email"],
             full_name=row["full_name"],
             role=UserRole(row["role"]),
             is_active=True,
         )
+        caller_cache.put(user, generation)
+        return user
 
     async def get_for_change(self, user_id: int) -> User:
         """The user, locked for an update or a deletion (one such change at a time)."""
+        # Forgotten here at once, so this process's next request reads the change; other
+        # processes learn of it by notification when it commits.
+        caller_cache.evict(user_id)
         await self.session.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _USER_CHANGE_LOCK_KEY}
         )

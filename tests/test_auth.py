@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import core.security
 from core.config import JWT_AUDIENCE, JWT_ISSUER, MIN_SECRET_KEY_BYTES, settings
 from core.db import db
+from services.users import caller_cache
 from tests.conftest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -385,10 +387,31 @@ async def test_token_of_a_disabled_user_stops_working_at_once(
     await create_user("soon-off@crm.test")
     token = assert_token(await login_json(client, "soon-off@crm.test", USER_PASSWORD))
     assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
+    # Plain SQL, as another API process or an operator would do it: this process learns of it
+    # by the users table's notification, which arrives right after the commit.
+    generation = caller_cache.generation
     await session.execute(
         text("UPDATE users SET is_active = false WHERE email = 'soon-off@crm.test'")
     )
     await session.commit()
+    await until(lambda: caller_cache.generation > generation)
+    response = await client.get(ME, headers=bearer_header(token))
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_token"
+
+
+async def test_an_account_disabled_through_the_api_is_refused_on_the_next_request(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    user_id = await create_user("next-off@crm.test")
+    token = assert_token(await login_json(client, "next-off@crm.test", USER_PASSWORD))
+    assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
+    assert caller_cache.get(user_id) is not None  # the account is cached
+    disabled = await client.put(
+        f"/api/v1/users/{user_id}", json={"is_active": False}, headers=admin_headers
+    )
+    assert disabled.status_code == 200, disabled.text
+    # No waiting for the notification: the process that made the change forgot it at once.
     response = await client.get(ME, headers=bearer_header(token))
     assert response.status_code == 401
     assert response.json()["code"] == "invalid_token"
@@ -561,3 +584,11 @@ async def test_change_password_locks_the_account_against_a_concurrent_change(
         "code": "invalid_password",
     }
     assert_token(await login_json(client, "user@crm.test", "changed-meanwhile"))
+
+
+async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
+    """Wait for an event that arrives asynchronously (a notification), failing past limit_s."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the awaited event never came"
+        await asyncio.sleep(0.01)
