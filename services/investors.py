@@ -13,6 +13,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    literal_column,
     select,
     tuple_,
     union_all,
@@ -170,10 +171,20 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             .limit(limit)
             .subquery("page")
         )
+        # Each page row fetches its investor by primary key. LIMIT 1 keeps the subquery lateral
+        # (PostgreSQL would otherwise flatten it into a join it may plan as a walk of the whole
+        # primary key when its statistics are stale).
+        investor = (
+            select(*_READ_COLUMNS)
+            .where(Investor.id == page.c.investor_id)
+            .limit(1)
+            .lateral("investor")
+        )
         stmt = (
-            select(*_READ_COLUMNS, total.label("total"))
-            .join(page, page.c.investor_id == Investor.id)
-            .order_by(page.c.score.desc(), Investor.id)
+            select(investor, total.label("total"))
+            .select_from(page)
+            .join(investor, literal_column("true"))
+            .order_by(page.c.score.desc(), investor.c.id)
         )
         rows = list((await self.session.execute(stmt)).mappings().all())
         if rows:

@@ -225,6 +225,9 @@ def invalidated_connections() -> Iterator[list[Any]]:
 
 
 async def test_read_row_discards_its_connection_after_an_error(app: object) -> None:
+    # A fresh pool: a connection an earlier test left dead would be discarded (and counted)
+    # at checkout, before the statement under test even runs.
+    await db.engine.dispose()
     with invalidated_connections() as invalidated, pytest.raises(asyncpg.DivisionByZeroError):
         await db.read_row("SELECT 1/0")
     assert len(invalidated) == 1
