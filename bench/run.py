@@ -592,7 +592,8 @@ def write_latest() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sizes", nargs="*", choices=sorted(SIZES), default=list(SIZES))
+    # No default here: argparse checks a list default against `choices` as one value and fails.
+    parser.add_argument("sizes", nargs="*", choices=sorted(SIZES), help="default: all sizes")
     parser.add_argument(
         "--only",
         metavar="KEYS",
@@ -611,7 +612,7 @@ def main() -> None:
     pinning = (
         "API on core 0, PostgreSQL + wrk on core 1" if two_cores else "single core, not pinned"
     )
-    sizes = sorted(args.sizes, key=list(SIZES).index)
+    sizes = sorted(args.sizes or SIZES, key=list(SIZES).index)
     cluster = start_cluster()
     try:
         # Seed on every core first; only then pin the server, and this driver beside it.
