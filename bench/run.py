@@ -592,8 +592,8 @@ def write_latest() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # No default here: argparse checks a list default against `choices` as one value and fails.
-    parser.add_argument("sizes", nargs="*", choices=sorted(SIZES), help="default: all sizes")
+    # Checked below: with `choices`, argparse (3.11) refuses an empty list for nargs="*".
+    parser.add_argument("sizes", nargs="*", help=f"{' and/or '.join(SIZES)} (default: all)")
     parser.add_argument(
         "--only",
         metavar="KEYS",
@@ -601,6 +601,9 @@ def main() -> None:
         f"keys: {', '.join(e.key for e in endpoints(1))}",
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.sizes) - set(SIZES))
+    if unknown:
+        parser.error(f"unknown size {', '.join(unknown)} (choose from {', '.join(SIZES)})")
     only = set(args.only.split(",")) if args.only else None
     if shutil.which("wrk") is None:
         print(WRK_MISSING, file=sys.stderr)
