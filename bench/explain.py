@@ -19,15 +19,15 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings
-from core.db import create_engine, create_sessionmaker
+from core.db import create_engine, create_sessionmaker, db
 from models.interaction import InteractionType
-from models.user import User
 from schemas.interaction import InteractionCreate
 from schemas.investor import InvestorCursor, InvestorFilters
 from schemas.kpi import KpiUpsert
 from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.kpis import KpiService
+from services.users import UserService
 
 BIG_TABLES = ("investors", "contacts", "interactions", "kpis", "investor_stage_changes")
 EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
@@ -65,7 +65,7 @@ def request_paths(investors: int, deep_cursor: InvestorCursor | None) -> dict[st
         return lambda s: InvestorService(s).search(term, skip=0, limit=50)
 
     return {
-        "auth (every request): user by id": lambda s: s.get(User, 1),
+        "auth (every request): user by id": lambda s: UserService(s).get_caller(1),
         "GET one investor": lambda s: InvestorService(s).get_detail(middle),
         "list page 1": lambda s: InvestorService(s).list_investors(
             unfiltered, sort="name", skip=0, limit=50
@@ -130,12 +130,24 @@ async def _capture(
     def record(_conn: object, _cursor: object, statement: str, params: Any, *_: object) -> None:
         captured.append((statement, tuple(params or ())))
 
+    # Hand-written reads (Database.read_row) run on the app's global database, past the
+    # engine's events: point it at the bench database and record them too.
+    db.configure(settings, url)
+    read_row = db.read_row
+
+    async def record_read_row(sql: str, *args: object) -> Any:
+        captured.append((sql, args))
+        return await read_row(sql, *args)
+
+    db.read_row = record_read_row  # type: ignore[method-assign]
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         async with create_sessionmaker(engine)() as session:
             result = await path(session)
             await session.rollback()
     finally:
+        del db.read_row
+        await db.dispose()
         await engine.dispose()
     return result, captured
 
