@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import api_router
+from api import API_PREFIX, include_api
 from api.routes import health
 from core.config import settings
 from core.db import db
@@ -18,8 +18,6 @@ from services.auth import AuthService
 from services.users import USER_CHANGES_CHANNEL, caller_cache
 
 logger = logging.getLogger("tpm_crm")
-
-API_PREFIX = "/api/v1"
 
 
 async def bootstrap_first_admin() -> None:
@@ -75,7 +73,7 @@ def create_app() -> FastAPI:
     # Added last, so outermost: it also covers the 413 the body limit answers by itself.
     app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
     app.include_router(health.router)
-    app.include_router(api_router)
+    include_api(app)
     return app
 
 

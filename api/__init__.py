@@ -1,9 +1,15 @@
-"""Every router of the API, gathered under /api/v1."""
+"""Every router of the API, included under /api/v1."""
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 
 from api.routes import auth, contacts, interactions, investors, kpis, users
 
-api_router = APIRouter(prefix="/api/v1")
-for module in (auth, users, investors, contacts, interactions, kpis):
-    api_router.include_router(module.router)
+API_PREFIX = "/api/v1"
+ROUTERS = tuple(module.router for module in (auth, users, investors, contacts, interactions, kpis))
+
+
+def include_api(app: FastAPI) -> None:
+    """Each router straight under the prefix: FastAPI matches a request against every level of
+    nested routers in turn, a cost paid on each request, so there is no /api/v1 router."""
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
