@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.db import db
 from main import app as fastapi_app
 from models import Base
+from schemas.investor import InvestorSort
 from services.users import caller_cache
 from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, create_user
 from tests.investor_factories import CONTACTS, INVESTORS, make_contact, make_investor
@@ -342,16 +343,7 @@ KPIS = "/api/v1/kpis"
 ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
 USERS = "/api/v1/users"
 SEARCH = f"{INVESTORS}/search"
-SORTS = [
-    "name",
-    "-name",
-    "created_at",
-    "-created_at",
-    "updated_at",
-    "-updated_at",
-    "pipeline_stage",
-    "-pipeline_stage",
-]
+SORTS = list(get_args(InvestorSort))
 
 CALLS = [
     Call("current user", "GET", "/api/v1/auth/me"),
