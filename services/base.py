@@ -124,13 +124,16 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         order_by: Sequence[ColumnElement[Any]],
         skip: int,
         limit: int,
+        total: int | None = None,
     ) -> tuple[list[Any], int]:
-        """Run a page of `stmt` and a separate COUNT over the same filters."""
+        """Run a page of `stmt` and a separate COUNT over the same filters, unless the caller
+        already knows the total (say, from trigger-kept counters)."""
         filtered = stmt.where(*where)
-        count_stmt = select(func.count()).select_from(
-            filtered.order_by(None).with_only_columns(self._id_column).subquery()
-        )
-        total = (await self.session.execute(count_stmt)).scalar_one()
+        if total is None:
+            count_stmt = select(func.count()).select_from(
+                filtered.order_by(None).with_only_columns(self._id_column).subquery()
+            )
+            total = (await self.session.execute(count_stmt)).scalar_one()
         if total == 0 or skip >= total:
             return [], total
         rows = await self.session.execute(filtered.order_by(*order_by).offset(skip).limit(limit))

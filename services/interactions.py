@@ -35,22 +35,17 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
             where.append(Interaction.date <= filters.date_to)
         # Asked of the filters set rather than of each field, so that a filter added later
         # falls back to counting rows instead of getting a wrong total from the counters.
-        if filters.model_dump(exclude_none=True).keys() <= {"type"}:
-            total = await self.count_by_type(filters.type)
-        else:
-            # The other filters narrow the count through an index of their own.
-            count = select(func.count()).select_from(Interaction).where(*where)
-            total = (await self.session.execute(count)).scalar_one()
-        if total == 0 or skip >= total:
-            return [], total
-        stmt = (
-            select(Interaction)
-            .where(*where)
-            .order_by(*self.order_by(None))
-            .offset(skip)
-            .limit(limit)
+        # Any other filter narrows paginate's COUNT through an index of its own.
+        counted = filters.model_dump(exclude_none=True).keys() <= {"type"}
+        total = await self.count_by_type(filters.type) if counted else None
+        return await self.paginate(
+            select(Interaction),
+            where=where,
+            order_by=self.order_by(None),
+            skip=skip,
+            limit=limit,
+            total=total,
         )
-        return list((await self.session.execute(stmt)).scalars().all()), total
 
     async def count_by_type(self, type_: InteractionType | None) -> int:
         """How many interactions (of one type, or all), summed from the trigger-kept counters."""

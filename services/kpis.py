@@ -84,17 +84,13 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             where.append(Kpi.month == filters.month)
         # Asked of the filters set rather than of each field, so that a filter added later
         # falls back to counting rows instead of getting a wrong total from the counters.
-        if filters.model_dump(exclude_none=True).keys() <= {"year", "month"}:
-            total = await self.count_by_month(filters.year, filters.month)
-        else:
-            # An investor's rows are counted through its (investor_id, year, month) key.
-            count = select(func.count()).select_from(Kpi).where(*where)
-            total = (await self.session.execute(count)).scalar_one()
-        if total == 0 or skip >= total:
-            return [], total
+        # An investor's rows are counted by paginate through its (investor_id, year, month) key.
+        counted = filters.model_dump(exclude_none=True).keys() <= {"year", "month"}
+        total = await self.count_by_month(filters.year, filters.month) if counted else None
         order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
-        stmt = select(Kpi).where(*where).order_by(*order).offset(skip).limit(limit)
-        return list((await self.session.execute(stmt)).scalars().all()), total
+        return await self.paginate(
+            select(Kpi), where=where, order_by=order, skip=skip, limit=limit, total=total
+        )
 
     async def count_by_month(self, year: int | None, month: int | None) -> int:
         """How many KPI rows (of a year, a calendar month, both or all), from the month totals."""
