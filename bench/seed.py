@@ -30,7 +30,7 @@ from bench.cluster import Cluster, start_cluster
 from core.config import PROJECT_ROOT
 from core.migrations import alembic_config, upgrade_to_head
 from core.security import hash_password
-from models.aggregates import REBUILD_COUNTERS_SQL
+from models.aggregates import REBUILD_DERIVED_SQL
 
 SIZES = {"small": 10_000, "large": 1_000_000}
 SEED = 20_240_601
@@ -598,8 +598,8 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
             ]
             for table, columns, rows in copies:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)
-            # Replica mode also skipped the counter triggers: recompute the counters once.
-            for statement in REBUILD_COUNTERS_SQL:
+            # Replica mode also skipped the triggers: recompute what they keep, once.
+            for statement in REBUILD_DERIVED_SQL:
                 await conn.execute(statement)
         print(f"  rows loaded in {time.perf_counter() - started:.0f} s; rebuilding indexes")
         await conn.execute("SET maintenance_work_mem = '1GB'")

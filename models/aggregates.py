@@ -1,8 +1,9 @@
-"""Counters kept exact by triggers (migrations 0003, 0004): totals read a few rows, not a table."""
+"""Tables kept by triggers from the base tables: counters (migrations 0003, 0004), so that totals
+read a few rows, not a table, and the words search matches misspellings against (0007)."""
 
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Numeric, SmallInteger, String
+from sqlalchemy import BigInteger, Boolean, Index, Numeric, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -54,11 +55,33 @@ class InteractionTypeCount(Base):
     n: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
-# Recomputes every counter table from the base tables. Needed only after a bulk load that
+# How search words are cut from a text (as pg_trgm cuts them) and which are kept.
+WORD_SEPARATOR = "[^[:alnum:]]+"
+THREE_LETTERS = "[[:alpha:]].*[[:alpha:]].*[[:alpha:]]"
+
+
+class SearchWord(Base):
+    """A word of three letters or more found in an investor's name or company or in a contact's
+    name or email; words whose holders are gone are not removed (migration 0007)."""
+
+    __tablename__ = "search_words"
+    __table_args__ = (
+        Index(
+            "ix_search_words_word_trgm",
+            "word",
+            postgresql_using="gin",
+            postgresql_ops={"word": "gin_trgm_ops"},
+        ),
+    )
+
+    word: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+# Recomputes every trigger-kept table from the base tables. Needed only after a bulk load that
 # bypassed triggers (the benchmark seed loads with session_replication_role = replica);
-# migrations 0003 and 0004 keep their own frozen copies of the same backfills.
-REBUILD_COUNTERS_SQL = (
-    "TRUNCATE investor_counts, kpi_month_totals, interaction_type_counts",
+# migrations 0003, 0004 and 0007 keep their own frozen copies of the same backfills.
+REBUILD_DERIVED_SQL = (
+    "TRUNCATE investor_counts, kpi_month_totals, interaction_type_counts, search_words",
     "INSERT INTO investor_counts (pipeline_stage, client_type, is_active, n) "
     "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) "
     "FROM investors GROUP BY 1, 2, 3",
@@ -68,4 +91,8 @@ REBUILD_COUNTERS_SQL = (
     "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month",
     "INSERT INTO interaction_type_counts (type, slot, n) "
     "SELECT type, 0, count(*) FROM interactions GROUP BY type",
+    "INSERT INTO search_words (word) SELECT DISTINCT word FROM ("  # noqa: S608 (constants)
+    "SELECT fuzzy_text AS text FROM investors UNION ALL SELECT search_text FROM contacts"
+    f") AS texts, regexp_split_to_table(texts.text, '{WORD_SEPARATOR}') AS word "
+    f"WHERE word ~ '{THREE_LETTERS}'",
 )

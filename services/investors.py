@@ -1,14 +1,19 @@
 """Investors: the commercial pipeline, its stage history, search and statistics."""
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     BigInteger,
     ColumnElement,
+    CompoundSelect,
     Integer,
     Select,
     Text,
+    and_,
+    any_,
     bindparam,
     cast,
     func,
@@ -22,7 +27,13 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import InstrumentedAttribute
 
 from core.exceptions import ConflictError
-from models.aggregates import NO_CLIENT_TYPE_KEY, InvestorCount
+from models.aggregates import (
+    NO_CLIENT_TYPE_KEY,
+    THREE_LETTERS,
+    WORD_SEPARATOR,
+    InvestorCount,
+    SearchWord,
+)
 from models.contact import Contact
 from models.investor import (
     PIPELINE_ORDER,
@@ -46,6 +57,8 @@ from services.base import BaseService
 
 # A searched text: a generated column, or an expression an index is built on.
 SearchedText = InstrumentedAttribute[str] | ColumnElement[str]
+# Candidates of one form of match, at most SEARCH_CANDIDATES.
+Capped = CompoundSelect[tuple[int, float]]
 
 DUPLICATE_EMAIL = ConflictError(
     "An investor with this email already exists", code="duplicate_email"
@@ -57,7 +70,8 @@ _READ_COLUMNS = tuple(getattr(Investor, name) for name in InvestorRead.model_fie
 
 # pg_trgm's default (0.6) misses common misspellings such as "Rotchild" for "Rothschild".
 WORD_SIMILARITY_THRESHOLD = "0.5"
-MIN_FUZZY_LETTERS = 3
+# How many known words close to each word of a term the approximate search looks for.
+CLOSE_WORDS = 10
 # A substring pattern shorter than a trigram holds none: the trigram indexes would return every
 # row for the recheck to sift. Shorter terms match the start of a word instead.
 MIN_SUBSTRING_LENGTH = 3
@@ -160,7 +174,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         if len(term) < MIN_SUBSTRING_LENGTH and not term[:1].isalnum():
             # A short term matches the start of a word, and words start with a letter or digit.
             return [], 0
-        best = self._search_hits(q, term)
+        close_words = await self._close_words(term) if len(term) >= MIN_SUBSTRING_LENGTH else []
+        best = self._search_hits(q, term, close_words)
         # One statement: the hits are computed (and scored) once, in a materialised CTE that
         # gives both the total and the page.
         total = select(func.count()).select_from(best).scalar_subquery()
@@ -194,9 +209,42 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         # Past the last page: the total still has to be told.
         return [], (await self.session.execute(select(total))).scalar_one()
 
-    def _search_hits(self, q: str, term: str) -> CTE:
+    async def _close_words(self, term: str) -> list[list[str]]:
+        """For each word of the normalised `term` that has three letters or more, the known
+        words close to it (word similarity at the threshold, best first), leaving out those that
+        hold the whole term: the literal match finds their rows already."""
+        whole_term = bindparam("term", term, type_=Text)
+        query_word = func.regexp_split_to_table(whole_term, WORD_SEPARATOR)
+        words = query_word.table_valued("word", with_ordinality="n").render_derived("query_word")
+        close = (
+            select(SearchWord.word)
+            .where(
+                words.c.word.op("<%")(SearchWord.word),
+                func.strpos(SearchWord.word, whole_term) == 0,
+            )
+            .order_by(func.word_similarity(words.c.word, SearchWord.word).desc(), SearchWord.word)
+            .limit(CLOSE_WORDS)
+            .lateral("close")
+        )
+        stmt = (
+            select(words.c.n, close.c.word)
+            .select_from(words)
+            .join(close, literal_column("true"))
+            .where(words.c.word.regexp_match(THREE_LETTERS))
+            .order_by(words.c.n)
+        )
+        by_word: dict[int, list[str]] = {}
+        for n, word in (await self.session.execute(stmt)).all():
+            # Split on what PostgreSQL deems neither letter nor digit; checked again here, as
+            # the words are written into the search statement.
+            if word.isalnum():
+                by_word.setdefault(n, []).append(word)
+        return list(by_word.values())
+
+    def _search_hits(self, q: str, term: str, close_words: list[list[str]]) -> CTE:
         """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` (`term` once
-        normalised) itself or through a contact."""
+        normalised) itself or through a contact: literally, or approximately through
+        `close_words` (see _close_words)."""
         needle = _normalised(bindparam("q", q, type_=Text))
         sources: list[tuple[InstrumentedAttribute[int], SearchedText, SearchedText]]
         if len(term) < MIN_SUBSTRING_LENGTH:
@@ -209,7 +257,6 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 (Investor.id, Investor.fuzzy_text, Investor.fuzzy_text),
                 (Contact.investor_id, contact_name, contact_name),
             ]
-            fuzzy = False
 
             def matches(column: SearchedText) -> ColumnElement[bool]:
                 return column.regexp_match(word_start)
@@ -220,33 +267,65 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 (Investor.id, Investor.search_text, Investor.fuzzy_text),
                 (Contact.investor_id, Contact.search_text, Contact.search_text),
             ]
-            # Fuzzy matching needs a few letters: one or two would match every word starting
-            # with them, and numbers (phones) close to each other are not typos of one another.
-            fuzzy = sum(char.isalpha() for char in q) >= MIN_FUZZY_LETTERS
 
             def matches(column: SearchedText) -> ColumnElement[bool]:
                 return column.like(pattern, escape="\\")
 
-        def candidates(
-            investor_id: InstrumentedAttribute[int], text: SearchedText, fuzzy_text: SearchedText
-        ) -> list[Select[tuple[int, float]]]:
-            # A literal match ranks above any approximate one.
-            score = func.word_similarity(needle, fuzzy_text) + cast(matches(text), Integer)
-            hits = select(investor_id.label("investor_id"), score.label("score"))
-            # Each form is served by a GIN trigram index (literal, word similarity). A common
-            # term matches most rows: each form stops at the cap instead of scoring them all,
-            # and literal matches get a cap of their own so fuzzy ones cannot crowd them out.
-            forms = [matches(text), needle.op("<%")(fuzzy_text)] if fuzzy else [matches(text)]
-            return [hits.where(form).limit(SEARCH_CANDIDATES) for form in forms]
+        def literal(text: SearchedText, _: SearchedText) -> ColumnElement[bool]:
+            return matches(text)
 
-        hits = union_all(*(hit for source in sources for hit in candidates(*source))).subquery(
-            "hits"
-        )
-        best_score = func.max(hits.c.score)
+        def close(_: SearchedText, fuzzy_text: SearchedText) -> ColumnElement[bool]:
+            # A close word of every query word that has some. The words are written into the
+            # SQL (literal_execute), so that PostgreSQL plans the statement for them: the generic
+            # plan it keeps for a prepared statement after five runs cannot tell a rare word
+            # (a few rows from the index) from a common one (a scan that stops at the cap), and
+            # scanned all 1M investors for a rare one: 1 s instead of 10 ms. Safe to write: a
+            # word holds letters and digits only (_close_words), nothing SQL or LIKE interprets.
+            return and_(
+                *(
+                    fuzzy_text.like(
+                        any_(
+                            bindparam(
+                                f"close_{i}",
+                                [f"%{w}%" for w in words],
+                                ARRAY(Text),
+                                literal_execute=True,
+                            )
+                        )
+                    )
+                    for i, words in enumerate(close_words)
+                )
+            )
+
+        def hits(form: Callable[[SearchedText, SearchedText], ColumnElement[bool]]) -> Capped:
+            # Each form is served by the GIN trigram indexes. A common term matches most rows:
+            # each form stops at the cap instead of scoring them all, taking the investors' own
+            # matches before their contacts' (whose scan is skipped once the cap is reached),
+            # and literal matches get a cap of their own so close ones cannot crowd them out.
+            # A literal match ranks above any approximate one.
+            return union_all(
+                *(
+                    select(
+                        investor_id.label("investor_id"),
+                        (
+                            func.word_similarity(needle, fuzzy_text) + cast(matches(text), Integer)
+                        ).label("score"),
+                    )
+                    .where(form(text, fuzzy_text))
+                    .limit(SEARCH_CANDIDATES)
+                    for investor_id, text, fuzzy_text in sources
+                )
+            ).limit(SEARCH_CANDIDATES)
+
+        forms = [hits(literal)]
+        if close_words:
+            forms.append(hits(close))
+        found = union_all(*forms).subquery("hits")
+        best_score = func.max(found.c.score)
         return (
-            select(hits.c.investor_id, best_score.label("score"))
-            .group_by(hits.c.investor_id)
-            .order_by(best_score.desc(), hits.c.investor_id)
+            select(found.c.investor_id, best_score.label("score"))
+            .group_by(found.c.investor_id)
+            .order_by(best_score.desc(), found.c.investor_id)
             .limit(SEARCH_CANDIDATES)
             .cte("best")
         )

@@ -4,9 +4,11 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import services.investors as investors_service
+from models.aggregates import REBUILD_DERIVED_SQL
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor
 
 SEARCH = f"{INVESTORS}/search"
@@ -108,6 +110,135 @@ async def test_best_matches_come_first(client: AsyncClient, admin_headers: dict[
     await make_investor(client, admin_headers, name="Banque Durand")
     await make_investor(client, admin_headers, name="Rien à voir")
     assert await names(client, admin_headers, "durand") == ["Banque Durand", "Durant Capital"]
+
+
+# --- misspellings: matched against the known words first (search_words, migration 0007) ----
+
+
+async def known_words(session: AsyncSession) -> set[str]:
+    words = {row[0] for row in (await session.execute(text("SELECT word FROM search_words")))}
+    await session.rollback()
+    return words
+
+
+async def test_the_words_of_names_companies_and_contacts_are_kept_as_they_are_written(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    investor = await make_investor(
+        client, admin_headers, name="Société Générale", company="Groupe SG", email="a@b.fr"
+    )
+    await make_contact(
+        client, admin_headers, investor["id"], name="Zoé Ng", email="zoe.ng75@exemple.fr"
+    )
+    # Normalised as searched; fewer than three letters (ng, sg, fr, 75) or only from fields the
+    # approximate search does not compare (the investor's email) are left out.
+    assert await known_words(session) == {"societe", "generale", "groupe", "zoe", "exemple"}
+    await client.patch(
+        f"{INVESTORS}/{investor['id']}", json={"name": "Natixis"}, headers=admin_headers
+    )
+    await execute(
+        session,
+        "INSERT INTO contacts (investor_id, name) SELECT :id, 'Édouard Mercier ' || g "
+        "FROM generate_series(1, 3) g",
+        id=investor["id"],
+    )
+    # Words are added, never removed: "societe" and "generale" stay, harmlessly.
+    assert await known_words(session) == {
+        "societe",
+        "generale",
+        "groupe",
+        "zoe",
+        "exemple",
+        "natixis",
+        "edouard",
+        "mercier",
+    }
+
+
+async def test_the_triggers_keep_the_words_a_rebuild_computes(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    first = await make_investor(client, admin_headers, name="Carmignac", company="Crédit Mutuel")
+    second = await make_investor(client, admin_headers, name="Tikehau Capital")
+    await make_contact(client, admin_headers, first["id"], name="Hélène Dubois")
+    contact = await make_contact(client, admin_headers, second["id"], email="j.roux@tk.fr")
+    await client.patch(
+        f"/api/v1/contacts/{contact['id']}", json={"name": "Jérôme Roux"}, headers=admin_headers
+    )
+    kept = await known_words(session)
+    assert {"carmignac", "credit", "mutuel", "tikehau", "helene", "jerome", "roux"} <= kept
+    for statement in REBUILD_DERIVED_SQL:
+        await session.execute(text(statement))
+    await session.commit()
+    # The contact's first name ("Jeanne Martin", the factory's) is gone from its row only.
+    assert await known_words(session) == kept - {"jeanne", "martin"}
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("lefevbre", ["Amundi"]),  # a contact's name
+        ("jean dupond", ["Jean Dupont Conseil"]),  # a close word for each word
+        ("Jean Dupont Conseill", ["Jean Dupont Conseil"]),
+        ("carmignak", ["Carmignac Gestion"]),
+    ],
+)
+async def test_a_misspelling_finds_names_with_close_words(
+    client: AsyncClient, admin_headers: dict[str, str], q: str, expected: list[str]
+) -> None:
+    amundi = await make_investor(client, admin_headers, name="Amundi")
+    await make_contact(client, admin_headers, amundi["id"], name="Élodie Lefèvre")
+    await make_investor(client, admin_headers, name="Jean Dupont Conseil")
+    await make_investor(client, admin_headers, name="Jean Martin")
+    await make_investor(client, admin_headers, name="Paul Dupuis")
+    await make_investor(client, admin_headers, name="Carmignac Gestion")
+    assert await names(client, admin_headers, q) == expected
+
+
+async def test_a_word_whose_last_holder_is_gone_finds_nothing(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    gone = await make_investor(client, admin_headers, name="Rothschild & Co")
+    await make_investor(client, admin_headers, name="Amundi")
+    assert await names(client, admin_headers, "rotchild") == ["Rothschild & Co"]
+    response = await client.delete(f"{INVESTORS}/{gone['id']}", headers=admin_headers)
+    assert response.status_code == 204
+    assert "rothschild" in await known_words(session)
+    assert await search(client, admin_headers, "rotchild") == {
+        "items": [],
+        "total": 0,
+        "skip": 0,
+        "limit": 50,
+    }
+
+
+async def test_the_cap_takes_investors_own_matches_before_their_contacts(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    session: AsyncSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
+    # Investors matching through a contact, with the lowest ids: with equal scores, the id
+    # would rank them first if they were candidates.
+    await execute(
+        session, "INSERT INTO investors (name) SELECT 'Other ' || g FROM generate_series(1, 3) g"
+    )
+    await execute(
+        session,
+        "INSERT INTO contacts (investor_id, name) SELECT id, 'Durand' FROM investors",
+    )
+    await execute(
+        session,
+        "INSERT INTO investors (name) SELECT 'Durand ' || g FROM generate_series(1, 6) g",
+    )
+    for q in ("durand", "durant"):  # literally, then through the close word "durand"
+        body = await search(client, admin_headers, q)
+        assert body["total"] == 5
+        assert all(item["name"].startswith("Durand ") for item in body["items"])
+    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 1000)
+    for q in ("durand", "durant"):
+        assert (await search(client, admin_headers, q))["total"] == 9
 
 
 # --- terms of one or two characters: the start of a word of a name ------------------------

@@ -388,6 +388,8 @@ CALLS = [
     page("search, typo", SEARCH, "q=Quintavale"),
     page("search, common term", SEARCH, "q=banque"),
     page("search, contact name", SEARCH, "q=lefevre"),
+    page("search, misspelt contact name", SEARCH, "q=lefevbre"),
+    page("search, two misspelt words", SEARCH, "q=banque rotchild"),
     page("search, two letters", SEARCH, "q=ro"),
     Call("search, past the last page", "GET", SEARCH, "q=banque&skip=50"),
     Call("investor stats", "GET", f"{INVESTORS}/stats"),
