@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -160,11 +161,17 @@ class LoadResult:
 
 
 @dataclass
+class Latency:
+    median_ms: float
+    p95_ms: float
+
+
+@dataclass
 class SizeReport:
     size: str
     investors: int
     load: dict[str, LoadResult | None] = field(default_factory=dict)
-    single_ms: dict[str, float | None] = field(default_factory=dict)
+    single: dict[str, Latency | None] = field(default_factory=dict)
     pgbench: dict[str, float] = field(default_factory=dict)
     plans: list[PlanCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -296,8 +303,8 @@ def run_wrk(
     )
 
 
-def single_latency(client: Client, endpoint: Endpoint, investors: int) -> float:
-    """Median of sequential requests on one connection (no concurrency), in ms."""
+def single_latency(client: Client, endpoint: Endpoint, investors: int) -> Latency:
+    """Median and 95th percentile of sequential requests on one connection (no concurrency)."""
     path, body = concrete(endpoint.path, investors), concrete(endpoint.body, investors)
     samples = []
     for _ in range(SINGLE_REQUESTS):
@@ -306,7 +313,9 @@ def single_latency(client: Client, endpoint: Endpoint, investors: int) -> float:
         samples.append((time.perf_counter() - started) * 1000)
         if sum(samples) > SINGLE_BUDGET_MS:  # a multi-second endpoint: a few samples tell enough
             break
-    return statistics.median(samples)
+    samples.sort()
+    # Nearest rank: of 20 samples, the 19th.
+    return Latency(statistics.median(samples), samples[math.ceil(0.95 * len(samples)) - 1])
 
 
 def pgbench(cluster: Cluster, database: str, investors: int, core: int | None) -> dict[str, float]:
@@ -476,7 +485,7 @@ def measure_size(
         for endpoint in all_endpoints:
             if endpoint.single:
                 ok = report.load.get(endpoint.key) is not None
-                report.single_ms[endpoint.key] = (
+                report.single[endpoint.key] = (
                     single_latency(api, endpoint, investors) if ok else None
                 )
         api.close()
@@ -525,13 +534,18 @@ def render_size(report: SizeReport, labels: dict[str, Endpoint], header: str) ->
         )
     lines += [
         "",
-        f"Single-request latency (median of {SINGLE_REQUESTS} sequential requests, one "
-        "connection, no other load; fewer samples past 20 s):",
+        f"Single-request latency ({SINGLE_REQUESTS} sequential requests, one connection, no "
+        "other load; fewer samples past 20 s; p95 by nearest rank):",
         "",
-        "| Endpoint | median ms |",
-        "|---|---:|",
+        "| Endpoint | median ms | p95 ms |",
+        "|---|---:|---:|",
     ]
-    lines += [f"| {labels[key].label} | {fmt(ms)} |" for key, ms in report.single_ms.items()]
+    lines += [
+        f"| {labels[key].label} | {fmt(ms.median_ms)} | {fmt(ms.p95_ms)} |"
+        if ms is not None
+        else f"| {labels[key].label} | n/a | n/a |"
+        for key, ms in report.single.items()
+    ]
     lines += ["", "PostgreSQL alone (8 clients, 10 s, same cluster and core):", ""]
     lines += [f"- {label}: {tps:,.0f} tps" for label, tps in report.pgbench.items()]
     lines += [
