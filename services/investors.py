@@ -245,7 +245,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` (`term` once
         normalised) itself or through a contact: literally, or approximately through
         `close_words` (see _close_words)."""
-        needle = _normalised(bindparam("q", q, type_=Text))
+        # Already normalised: not once per row under a generic plan.
+        needle = bindparam("needle", term, type_=Text)
         sources: list[tuple[InstrumentedAttribute[int], SearchedText, SearchedText]]
         if len(term) < MIN_SUBSTRING_LENGTH:
             # The start of a word is a trigram ("  r", " ro" for "ro") the indexes serve. Names
@@ -262,7 +263,16 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 return column.regexp_match(word_start)
 
         else:
-            pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
+            pattern: ColumnElement[str]
+            if all(char.isalnum() or char == " " for char in term):
+                # Letters, digits and spaces: nothing SQL or LIKE interprets, so the pattern is
+                # written into the statement and PostgreSQL plans it for this term (see close()
+                # below): a generic plan read every row holding a common term ("banque", 230k
+                # at 1M investors) from the index instead of stopping at the cap in a scan,
+                # 45 ms instead of 13.
+                pattern = bindparam("pattern", f"%{term}%", type_=Text, literal_execute=True)
+            else:
+                pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
             sources = [
                 (Investor.id, Investor.search_text, Investor.fuzzy_text),
                 (Contact.investor_id, Contact.search_text, Contact.search_text),

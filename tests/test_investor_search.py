@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import services.investors as investors_service
 from models.aggregates import REBUILD_DERIVED_SQL
-from tests.investor_factories import INVESTORS, execute, make_contact, make_investor
+from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
 
 SEARCH = f"{INVESTORS}/search"
 
@@ -452,6 +452,20 @@ async def test_like_wildcards_are_matched_literally(
     await make_investor(client, admin_headers, name="Alpha")
     await make_investor(client, admin_headers, name="Beta")
     assert (await search(client, admin_headers, q))["total"] == 0
+
+
+async def test_quotes_and_sql_in_a_term_are_matched_literally(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    # Terms of letters, digits and spaces only are written into the statement; anything else
+    # stays a parameter.
+    await make_investor(client, admin_headers, name="O'Brien Capital")
+    await make_investor(client, admin_headers, name="Brien 1000")
+    assert (await names(client, admin_headers, "o'brien"))[0] == "O'Brien Capital"
+    assert (await names(client, admin_headers, "brien 1000"))[0] == "Brien 1000"
+    for q in ("'; DELETE FROM investors; --", "x'); DELETE FROM investors; --"):
+        assert (await search(client, admin_headers, q))["total"] == 0
+    assert await scalar(session, "SELECT count(*) FROM investors") == 2
 
 
 async def test_a_literal_percent_sign_is_found(
