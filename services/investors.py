@@ -213,28 +213,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         """For each word of the normalised `term` that has three letters or more, the known
         words close to it (word similarity at the threshold, best first), leaving out those that
         hold the whole term: the literal match finds their rows already."""
-        whole_term = bindparam("term", term, type_=Text)
-        query_word = func.regexp_split_to_table(whole_term, WORD_SEPARATOR)
-        words = query_word.table_valued("word", with_ordinality="n").render_derived("query_word")
-        close = (
-            select(SearchWord.word)
-            .where(
-                words.c.word.op("<%")(SearchWord.word),
-                func.strpos(SearchWord.word, whole_term) == 0,
-            )
-            .order_by(func.word_similarity(words.c.word, SearchWord.word).desc(), SearchWord.word)
-            .limit(CLOSE_WORDS)
-            .lateral("close")
-        )
-        stmt = (
-            select(words.c.n, close.c.word)
-            .select_from(words)
-            .join(close, literal_column("true"))
-            .where(words.c.word.regexp_match(THREE_LETTERS))
-            .order_by(words.c.n)
-        )
         by_word: dict[int, list[str]] = {}
-        for n, word in (await self.session.execute(stmt)).all():
+        for n, word in (await self.session.execute(_CLOSE_WORDS, {"term": term})).all():
             # Split on what PostgreSQL deems neither letter nor digit; checked again here, as
             # the words are written into the search statement.
             if word.isalnum():
@@ -457,6 +437,34 @@ def _stats_statement() -> Select[Any]:
 # Built once: SQLAlchemy memoises a statement's cache key on the object, so requests skip
 # building the statement and generating its key, which cost more than running it.
 _STATS = _stats_statement()
+
+
+def _close_words_statement() -> Select[tuple[int, str]]:
+    """(n, word): the known words close to the n-th word of :term (see _close_words)."""
+    whole_term = bindparam("term", type_=Text)
+    query_word = func.regexp_split_to_table(whole_term, WORD_SEPARATOR)
+    words = query_word.table_valued("word", with_ordinality="n").render_derived("query_word")
+    close = (
+        select(SearchWord.word)
+        .where(
+            words.c.word.op("<%")(SearchWord.word),
+            func.strpos(SearchWord.word, whole_term) == 0,
+        )
+        .order_by(func.word_similarity(words.c.word, SearchWord.word).desc(), SearchWord.word)
+        .limit(CLOSE_WORDS)
+        .lateral("close")
+    )
+    return (
+        select(words.c.n, close.c.word)
+        .select_from(words)
+        .join(close, literal_column("true"))
+        .where(words.c.word.regexp_match(THREE_LETTERS))
+        .order_by(words.c.n)
+    )
+
+
+# Built once: building a statement and its cache key costs more than running this one.
+_CLOSE_WORDS = _close_words_statement()
 
 
 def _detail_sql() -> str:
