@@ -1,5 +1,6 @@
 """GET /investors/search: case-, accent- and typo-insensitive, over investors and contacts."""
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -153,6 +154,23 @@ async def test_the_words_of_names_companies_and_contacts_are_kept_as_they_are_wr
         "edouard",
         "mercier",
     }
+
+
+async def test_concurrent_writers_of_the_same_new_words_all_succeed(
+    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+) -> None:
+    # Writers adding the same new words at once (in either order) neither fail on the word's
+    # key nor deadlock: each word is kept once.
+    names = [
+        f"{first} {second} {n}"
+        for n in range(6)
+        for first, second in (("Zephyr", "Azimut"), ("Azimut", "Zephyr"))
+    ]
+    created = await asyncio.gather(
+        *(make_investor(client, admin_headers, name=name) for name in names)
+    )
+    assert sorted(investor["name"] for investor in created) == sorted(names)
+    assert await known_words(session) == {"zephyr", "azimut"}
 
 
 async def test_the_triggers_keep_the_words_a_rebuild_computes(
