@@ -175,7 +175,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             # A short term matches the start of a word, and words start with a letter or digit.
             return [], 0
         close_words = await self._close_words(term) if len(term) >= MIN_SUBSTRING_LENGTH else []
-        best = self._search_hits(q, term, close_words)
+        best = self._search_hits(term, close_words)
         # One statement: the hits are computed (and scored) once, in a materialised CTE that
         # gives both the total and the page.
         total = select(func.count()).select_from(best).scalar_subquery()
@@ -221,11 +221,11 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 by_word.setdefault(n, []).append(word)
         return list(by_word.values())
 
-    def _search_hits(self, q: str, term: str, close_words: list[list[str]]) -> CTE:
-        """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `q` (`term` once
-        normalised) itself or through a contact: literally, or approximately through
+    def _search_hits(self, term: str, close_words: list[list[str]]) -> CTE:
+        """(investor_id, score) of the best SEARCH_CANDIDATES investors matching `term` (the
+        search once normalised) itself or through a contact: literally, or approximately through
         `close_words` (see _close_words)."""
-        # Already normalised: not once per row under a generic plan.
+        # Normalised already: not once per row under a generic plan.
         needle = bindparam("needle", term, type_=Text)
         sources: list[tuple[InstrumentedAttribute[int], SearchedText, SearchedText]]
         if len(term) < MIN_SUBSTRING_LENGTH:
@@ -243,16 +243,16 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 return column.regexp_match(word_start)
 
         else:
-            pattern: ColumnElement[str]
-            if all(char.isalnum() or char == " " for char in term):
-                # Letters, digits and spaces: nothing SQL or LIKE interprets, so the pattern is
-                # written into the statement and PostgreSQL plans it for this term (see close()
-                # below): a generic plan read every row holding a common term ("banque", 230k
-                # at 1M investors) from the index instead of stopping at the cap in a scan,
-                # 45 ms instead of 13.
-                pattern = bindparam("pattern", f"%{term}%", type_=Text, literal_execute=True)
-            else:
-                pattern = _normalised(bindparam("pattern", f"%{_escape_like(q)}%", type_=Text))
+            # A term of letters, digits and spaces holds nothing SQL or LIKE interprets: it is
+            # written into the statement, which PostgreSQL then plans for it (see close() below):
+            # a generic plan read every row holding a common term ("banque", 230k at 1M
+            # investors) from the index instead of stopping at the cap in a scan, 45 ms instead
+            # of 13. Any other term stays a parameter. Escaped once normalised, so that nothing
+            # the normalisation produces can act as a wildcard.
+            plain = all(char.isalnum() or char == " " for char in term)
+            pattern = bindparam(
+                "pattern", f"%{_escape_like(term)}%", type_=Text, literal_execute=plain
+            )
             sources = [
                 (Investor.id, Investor.search_text, Investor.fuzzy_text),
                 (Contact.investor_id, Contact.search_text, Contact.search_text),
@@ -463,7 +463,7 @@ def _close_words_statement() -> Select[tuple[int, str]]:
     )
 
 
-# Built once: building a statement and its cache key costs more than running this one.
+# Built once, as _STATS.
 _CLOSE_WORDS = _close_words_statement()
 
 
