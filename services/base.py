@@ -27,6 +27,15 @@ CreateT = TypeVar("CreateT", bound=BaseModel)
 UpdateT = TypeVar("UpdateT", bound=BaseModel)
 
 
+def sets_only(filters: BaseModel, *fields: str) -> bool:
+    """Whether `filters` sets none but `fields`: the case a trigger-kept counter can total.
+
+    Asked of the filters set rather than of each field, so that a filter added later falls
+    back to counting rows instead of getting a wrong total from the counters.
+    """
+    return filters.model_dump(exclude_none=True).keys() <= set(fields)
+
+
 class BaseService(Generic[ModelT, CreateT, UpdateT]):
     """get (or 404), list (filters, whitelisted sort, skip/limit, total), create, update, delete.
 

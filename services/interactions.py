@@ -9,7 +9,7 @@ from models.aggregates import InteractionTypeCount
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
-from services.base import BaseService
+from services.base import BaseService, sets_only
 from services.investors import InvestorService
 
 
@@ -33,11 +33,8 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
             where.append(Interaction.date >= filters.date_from)
         if filters.date_to is not None:
             where.append(Interaction.date <= filters.date_to)
-        # Asked of the filters set rather than of each field, so that a filter added later
-        # falls back to counting rows instead of getting a wrong total from the counters.
         # Any other filter narrows paginate's COUNT through an index of its own.
-        counted = filters.model_dump(exclude_none=True).keys() <= {"type"}
-        total = await self.count_by_type(filters.type) if counted else None
+        total = await self.count_by_type(filters.type) if sets_only(filters, "type") else None
         return await self.paginate(
             select(Interaction),
             where=where,

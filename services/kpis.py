@@ -19,7 +19,7 @@ from core.exceptions import ConflictError
 from models.aggregates import KpiMonthTotal
 from models.kpi import Kpi
 from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
-from services.base import BaseService
+from services.base import BaseService, sets_only
 from services.investors import InvestorService
 
 MONTH_TAKEN = ConflictError(
@@ -82,10 +82,8 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             where.append(Kpi.year == filters.year)
         if filters.month is not None:
             where.append(Kpi.month == filters.month)
-        # Asked of the filters set rather than of each field, so that a filter added later
-        # falls back to counting rows instead of getting a wrong total from the counters.
         # An investor's rows are counted by paginate through its (investor_id, year, month) key.
-        counted = filters.model_dump(exclude_none=True).keys() <= {"year", "month"}
+        counted = sets_only(filters, "year", "month")
         total = await self.count_by_month(filters.year, filters.month) if counted else None
         order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
         return await self.paginate(
