@@ -1,6 +1,7 @@
 """GET /investors/search: case-, accent- and typo-insensitive, over investors and contacts."""
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,6 +14,17 @@ from models.aggregates import REBUILD_DERIVED_SQL
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
 
 SEARCH = f"{INVESTORS}/search"
+
+
+@pytest.fixture
+def cap(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Sets how many candidates search ranks: 5 at first, so that a few rows exceed it."""
+
+    def set_cap(candidates: int) -> None:
+        monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", candidates)
+
+    set_cap(5)
+    return set_cap
 
 
 async def search(client: AsyncClient, headers: dict[str, str], q: str, **params: Any) -> Any:
@@ -234,9 +246,8 @@ async def test_the_cap_takes_investors_own_matches_before_their_contacts(
     client: AsyncClient,
     admin_headers: dict[str, str],
     session: AsyncSession,
-    monkeypatch: pytest.MonkeyPatch,
+    cap: Callable[[int], None],
 ) -> None:
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
     # Investors matching through a contact, with the lowest ids: with equal scores, the id
     # would rank them first if they were candidates.
     await execute(
@@ -254,7 +265,7 @@ async def test_the_cap_takes_investors_own_matches_before_their_contacts(
         body = await search(client, admin_headers, q)
         assert body["total"] == 5
         assert all(item["name"].startswith("Durand ") for item in body["items"])
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 1000)
+    cap(1000)
     for q in ("durand", "durant"):
         assert (await search(client, admin_headers, q))["total"] == 9
 
@@ -431,9 +442,8 @@ async def test_a_short_term_ranks_only_the_capped_best_candidates(
     client: AsyncClient,
     admin_headers: dict[str, str],
     session: AsyncSession,
-    monkeypatch: pytest.MonkeyPatch,
+    cap: Callable[[int], None],
 ) -> None:
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
     await execute(
         session, "INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 9) g"
     )
@@ -560,9 +570,8 @@ async def test_a_common_term_ranks_only_the_capped_best_candidates(
     client: AsyncClient,
     admin_headers: dict[str, str],
     session: AsyncSession,
-    monkeypatch: pytest.MonkeyPatch,
+    cap: Callable[[int], None],
 ) -> None:
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
     # Literal matches are fewer than the cap and inserted last, behind more approximate ones.
     await execute(
         session,
@@ -591,9 +600,8 @@ async def test_the_cap_keeps_literal_matches_when_they_alone_exceed_it(
     client: AsyncClient,
     admin_headers: dict[str, str],
     session: AsyncSession,
-    monkeypatch: pytest.MonkeyPatch,
+    cap: Callable[[int], None],
 ) -> None:
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 5)
     # cap + 5 literal matches (investors and contacts), and close ones that must not get in.
     await execute(
         session,
@@ -615,7 +623,7 @@ async def test_the_cap_keeps_literal_matches_when_they_alone_exceed_it(
         item["name"].startswith("Durand ") or item["name"] in ("Durant 1", "Durant 2")
         for item in body["items"]
     )
-    monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", 1000)
+    cap(1000)
     assert (await search(client, admin_headers, "durand"))["total"] == 18
 
 
