@@ -4,7 +4,8 @@ once with Alembic, the real ASGI app driven through httpx, and a clean database 
 import functools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Settings are read at import time: fix the environment before the app is imported.
@@ -18,7 +19,7 @@ os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings, to_async_url
@@ -69,6 +70,17 @@ async def app(database_url: str) -> AsyncIterator[object]:
 
 
 _TABLES = ", ".join(table.name for table in Base.metadata.sorted_tables)
+
+
+@contextmanager
+def engine_event(name: str, listener: Callable[..., None]) -> Iterator[None]:
+    """`listener` hears the app engine's event `name` for the duration of the block."""
+    engine = db.engine.sync_engine
+    event.listen(engine, name, listener)
+    try:
+        yield
+    finally:
+        event.remove(engine, name, listener)
 
 
 @functools.cache

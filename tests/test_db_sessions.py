@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import pytest
 from httpx import AsyncClient, Response
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import QueuePool
@@ -20,6 +19,7 @@ from core.db import db
 from schemas.common import PG_INT_MAX
 from services.investors import InvestorService
 from tests.activity_factories import insert_investor
+from tests.conftest import engine_event
 from tests.investor_factories import INVESTORS, make_investor, scalar
 
 ME = "/api/v1/auth/me"
@@ -58,12 +58,8 @@ def transaction_states() -> Iterator[list[tuple[str, bool]]]:
     def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         states.append((statement, conn.connection.driver_connection.is_in_transaction()))
 
-    engine = db.engine.sync_engine
-    event.listen(engine, "after_cursor_execute", record)
-    try:
+    with engine_event("after_cursor_execute", record):
         yield states
-    finally:
-        event.remove(engine, "after_cursor_execute", record)
 
 
 async def test_a_read_only_request_runs_its_statements_outside_a_transaction(
@@ -216,12 +212,8 @@ def invalidated_connections() -> Iterator[list[Any]]:
     def record(dbapi_connection: Any, _record: Any, _exception: Any) -> None:
         invalidated.append(dbapi_connection)
 
-    engine = db.engine.sync_engine
-    event.listen(engine, "invalidate", record)
-    try:
+    with engine_event("invalidate", record):
         yield invalidated
-    finally:
-        event.remove(engine, "invalidate", record)
 
 
 async def test_read_row_discards_its_connection_after_an_error(app: object) -> None:

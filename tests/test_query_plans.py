@@ -34,7 +34,7 @@ from typing import Any, get_args
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import db
@@ -42,7 +42,7 @@ from main import app as fastapi_app
 from models import Base
 from schemas.investor import InvestorSort
 from services.users import caller_cache
-from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, create_user
+from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, create_user, engine_event
 from tests.investor_factories import CONTACTS, INVESTORS, make_contact, make_investor
 
 Statement = tuple[str, Any]
@@ -80,15 +80,13 @@ def captured_statements() -> Iterator[list[Statement]]:
         statements.append((sql, args))
         return await read_row(sql, *args)
 
-    engine = db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
     db.read_row = capture_read_row  # type: ignore[method-assign]
     # The caller's account is normally cached: forget it, so its lookup is planned too.
     caller_cache.clear()
     try:
-        yield statements
+        with engine_event("before_cursor_execute", capture):
+            yield statements
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
         del db.read_row
 
 
