@@ -485,13 +485,18 @@ async def test_like_wildcards_are_matched_literally(
 async def test_quotes_and_sql_in_a_term_are_matched_literally(
     client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
 ) -> None:
-    # Terms of letters, digits and spaces only are written into the statement; anything else
-    # stays a parameter.
+    # A term without a quote, backslash or LIKE wildcard is written into the statement; any
+    # other stays a parameter. Both kinds are matched literally.
     await make_investor(client, admin_headers, name="O'Brien Capital")
     await make_investor(client, admin_headers, name="Brien 1000")
     assert (await names(client, admin_headers, "o'brien"))[0] == "O'Brien Capital"
     assert (await names(client, admin_headers, "brien 1000"))[0] == "Brien 1000"
-    for q in ("'; DELETE FROM investors; --", "x'); DELETE FROM investors; --"):
+    for q in (
+        "'; DELETE FROM investors; --",
+        "x'); DELETE FROM investors; --",
+        "x; DELETE FROM investors; --",
+        "x$$; DELETE FROM investors; --",
+    ):
         assert (await search(client, admin_headers, q))["total"] == 0
     assert await scalar(session, "SELECT count(*) FROM investors") == 2
 
