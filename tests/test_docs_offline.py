@@ -1,10 +1,14 @@
-"""/docs and /redoc render with no internet access: every asset from the API, a strict CSP."""
+"""/docs and /redoc render with no internet access (every asset from the API, a strict CSP),
+and the README stays an entry point."""
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+
+from core.config import Settings
 
 EXPECTED_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -136,3 +140,22 @@ async def test_no_oauth2_redirect_page(client: AsyncClient) -> None:
     inline script, so it is not served."""
     response = await client.get("/docs/oauth2-redirect")
     assert response.status_code == 404
+
+
+# --- README, the entry point ----------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_is_an_entry_point() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300
+    assert "make run" in text
+    assert "make test" in text
+
+
+def test_readme_documents_every_setting() -> None:
+    """A setting added to core/config.py without a row in the configuration table fails here."""
+    table_rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
+    documented = {row.split("`")[1] for row in table_rows}
+    assert {name.upper() for name in Settings.model_fields} <= documented
