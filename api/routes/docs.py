@@ -45,7 +45,9 @@ def _urls(request: Request) -> tuple[str, str]:
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     openapi_url, assets = _urls(request)
-    config: dict[str, Any] = swagger_ui_default_parameters | request.app.swagger_ui_parameters
+    config: dict[str, Any] = swagger_ui_default_parameters | (
+        request.app.swagger_ui_parameters or {}
+    )
     config["url"] = openapi_url
     head = (
         f'<link rel="stylesheet" href="{assets}/swagger-ui.css">\n'
