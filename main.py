@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import API_PREFIX, include_api
 from api.routes import health
+from api.routes.docs import add_offline_docs
 from core.config import settings
 from core.db import db
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
@@ -59,6 +60,9 @@ def create_app() -> FastAPI:
         description="CRM backend of TPM Finance: investors, contacts, interactions and KPIs.",
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        # Served by api/routes/docs.py from local assets, not by FastAPI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     register_exception_handlers(app)
     app.add_middleware(
@@ -74,6 +78,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
     app.include_router(health.router)
     include_api(app)
+    # After the API, so that API requests do not test the documentation paths first.
+    add_offline_docs(app)
     return app
 
 

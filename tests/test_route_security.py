@@ -17,7 +17,7 @@ PUBLIC_PATHS = {
     "/health",
     "/ready",
     "/docs",
-    "/docs/oauth2-redirect",
+    "/docs-assets",
     "/redoc",
     "/openapi.json",
     "/api/v1/auth/login",

@@ -149,11 +149,6 @@ async def test_swagger_ui(client: AsyncClient) -> None:
     assert "TPM Finance CRM API" in response.text
 
 
-async def test_swagger_oauth2_redirect(client: AsyncClient) -> None:
-    response = await client.get("/docs/oauth2-redirect")
-    assert response.status_code == 200
-
-
 async def test_redoc(client: AsyncClient) -> None:
     response = await client.get("/redoc")
     assert response.status_code == 200
