@@ -9,7 +9,7 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import services.investors as investors_service
+import services.investor_search as investor_search
 from models.aggregates import REBUILD_DERIVED_SQL
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
 
@@ -21,7 +21,7 @@ def cap(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Sets how many candidates search ranks: 5 at first, so that a few rows exceed it."""
 
     def set_cap(candidates: int) -> None:
-        monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", candidates)
+        monkeypatch.setattr(investor_search, "SEARCH_CANDIDATES", candidates)
 
     set_cap(5)
     return set_cap
@@ -637,5 +637,5 @@ async def test_the_search_description_tells_the_cap_and_the_short_term_rule(
 ) -> None:
     schema = (await client.get("/openapi.json")).json()
     description = schema["paths"][SEARCH]["get"]["description"]
-    assert f"Only the {investors_service.SEARCH_CANDIDATES} best matches" in description
+    assert f"Only the {investor_search.SEARCH_CANDIDATES} best matches" in description
     assert "A term of one or two characters" in description
