@@ -118,22 +118,29 @@ async def plans(statements: list[Statement]) -> list[tuple[str, PlanNode]]:
             await conn.exec_driver_sql(f"SET LOCAL auto_explain.{name} = {value}")
         await conn.exec_driver_sql("SET LOCAL client_min_messages = log")
         logged: list[str] = []
+
+        def log(_conn: object, message: Any) -> None:
+            logged.append(message.message)
+
         driver: Any = (await conn.get_raw_connection()).driver_connection
-        driver.add_log_listener(lambda _conn, message: logged.append(message.message))
-        for sql, params in statements:
-            kind = sql.lstrip()[:6].upper()
-            if kind.startswith(READS):
-                explain = "EXPLAIN (ANALYZE, FORMAT JSON)"
-            elif kind.startswith(WRITES):
-                explain = "EXPLAIN (FORMAT JSON)"
-            else:
-                continue  # SAVEPOINT and RELEASE
-            logged.clear()
-            result = await conn.exec_driver_sql(f"{explain} {sql}", params)
-            (plan,) = result.scalar_one()
-            planned.append((sql, plan["Plan"]))
-            await asyncio.sleep(0)  # log listeners are called soon, not at once
-            planned += nested_plans(logged)
+        driver.add_log_listener(log)
+        try:
+            for sql, params in statements:
+                kind = sql.lstrip()[:6].upper()
+                if kind.startswith(READS):
+                    explain = "EXPLAIN (ANALYZE, FORMAT JSON)"
+                elif kind.startswith(WRITES):
+                    explain = "EXPLAIN (FORMAT JSON)"
+                else:
+                    continue  # SAVEPOINT and RELEASE
+                logged.clear()
+                result = await conn.exec_driver_sql(f"{explain} {sql}", params)
+                (plan,) = result.scalar_one()
+                planned.append((sql, plan["Plan"]))
+                await asyncio.sleep(0)  # log listeners are called soon, not at once
+                planned += nested_plans(logged)
+        finally:
+            driver.remove_log_listener(log)
     return planned
 
 
