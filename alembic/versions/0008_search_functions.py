@@ -110,9 +110,10 @@ $$
 # A misspelt term: each of its words of three letters or more is matched against the short
 # list of known words (0007), and the rows holding a close word of every such word are found
 # through the trigram indexes, as a literal search would. Words holding the whole term are left
-# out: the literal match finds their rows already. One index condition (the close words of the
-# longest query word, the likeliest to be rare); the other words are checked on its rows only
-# when there are some.
+# out: the literal match finds their rows already. The index serves the close words of the
+# longest query word (the likeliest to be rare); when the term has other words, the rows it
+# finds are checked for them with one regular expression per word (known words hold letters
+# and digits only, nothing a regular expression or LIKE interprets).
 CLOSE_WORD_MATCHES = r"""
 CREATE FUNCTION crm_search_close_word_matches(q text, cap integer)
 RETURNS TABLE (investor_id integer, score double precision)
@@ -125,18 +126,17 @@ DECLARE
     term text := lower(crm_unaccent(q));
     pattern text := crm_like_containing(term);
     closest record;
-    patterns text[] := '{}';
-    word_numbers integer[] := '{}';
     lead_patterns text[];
     lead_length integer := 0;
-    query_words integer := 0;
+    every_word text[] := '{}';
 BEGIN
     IF length(term) < 3 THEN
         RETURN;
     END IF;
     FOR closest IN
-        SELECT query_word.n, length(query_word.word) AS letters,
-               array_agg(crm_like_containing(known.word)) AS patterns
+        SELECT length(query_word.word) AS letters,
+               array_agg('%' || known.word || '%') AS patterns,
+               string_agg(known.word, '|') AS any_of
         FROM regexp_split_to_table(term, '[^[:alnum:]]+') WITH ORDINALITY AS query_word(word, n)
         CROSS JOIN LATERAL (
             SELECT w.word
@@ -148,36 +148,27 @@ BEGIN
         WHERE query_word.word ~ '[[:alpha:]].*[[:alpha:]].*[[:alpha:]]'
         GROUP BY query_word.n, query_word.word
     LOOP
-        patterns := patterns || closest.patterns;
-        word_numbers := word_numbers
-            || array_fill(closest.n::integer, ARRAY[cardinality(closest.patterns)]);
-        query_words := query_words + 1;
+        every_word := every_word || closest.any_of;
         IF closest.letters > lead_length THEN
             lead_patterns := closest.patterns;
             lead_length := closest.letters;
         END IF;
     END LOOP;
-    IF query_words = 0 THEN
+    IF lead_patterns IS NULL THEN
         RETURN;
     END IF;
     RETURN QUERY
         (SELECT i.id, word_similarity(term, i.fuzzy_text) + (i.search_text LIKE pattern)::integer
          FROM investors AS i
          WHERE i.fuzzy_text LIKE ANY (lead_patterns)
-           AND (query_words = 1 OR (
-               SELECT count(DISTINCT known.n)
-               FROM unnest(patterns, word_numbers) AS known(pattern, n)
-               WHERE i.fuzzy_text LIKE known.pattern) = query_words)
+           AND (cardinality(every_word) = 1 OR i.fuzzy_text ~ ALL (every_word))
          LIMIT cap)
         UNION ALL
         (SELECT c.investor_id,
                 word_similarity(term, c.search_text) + (c.search_text LIKE pattern)::integer
          FROM contacts AS c
          WHERE c.search_text LIKE ANY (lead_patterns)
-           AND (query_words = 1 OR (
-               SELECT count(DISTINCT known.n)
-               FROM unnest(patterns, word_numbers) AS known(pattern, n)
-               WHERE c.search_text LIKE known.pattern) = query_words)
+           AND (cardinality(every_word) = 1 OR c.search_text ~ ALL (every_word))
          LIMIT cap)
         LIMIT cap;
 END
