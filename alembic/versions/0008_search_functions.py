@@ -110,10 +110,13 @@ $$
 # A misspelt term: each of its words of three letters or more is matched against the short
 # list of known words (0007), and the rows holding a close word of every such word are found
 # through the trigram indexes, as a literal search would. Words holding the whole term are left
-# out: the literal match finds their rows already. The index serves the close words of the
-# longest query word (the likeliest to be rare); when the term has other words, the rows it
-# finds are checked for them with one regular expression per word (known words hold letters
-# and digits only, nothing a regular expression or LIKE interprets).
+# out: the literal match finds their rows already.
+#
+# The index serves the close words of the three longest query words in one scan, as it would
+# conditions written for them: a condition on a missing word is a constant true, which the
+# planner removes from the plan it makes for these values. The rows it finds are checked for
+# any further word with one regular expression each (known words hold letters and digits only,
+# nothing a regular expression or LIKE interprets).
 CLOSE_WORD_MATCHES = r"""
 CREATE FUNCTION crm_search_close_word_matches(q text, cap integer)
 RETURNS TABLE (investor_id integer, score double precision)
@@ -126,16 +129,17 @@ DECLARE
     term text := lower(crm_unaccent(q));
     pattern text := crm_like_containing(term);
     closest record;
-    lead_patterns text[];
-    lead_length integer := 0;
-    every_word text[] := '{}';
+    query_words integer := 0;
+    first_word text[];
+    second_word text[];
+    third_word text[];
+    other_words text[] := '{}';
 BEGIN
     IF length(term) < 3 THEN
         RETURN;
     END IF;
     FOR closest IN
-        SELECT length(query_word.word) AS letters,
-               array_agg('%' || known.word || '%') AS patterns,
+        SELECT array_agg('%' || known.word || '%') AS patterns,
                string_agg(known.word, '|') AS any_of
         FROM regexp_split_to_table(term, '[^[:alnum:]]+') WITH ORDINALITY AS query_word(word, n)
         CROSS JOIN LATERAL (
@@ -147,28 +151,38 @@ BEGIN
         ) AS known
         WHERE query_word.word ~ '[[:alpha:]].*[[:alpha:]].*[[:alpha:]]'
         GROUP BY query_word.n, query_word.word
+        ORDER BY length(query_word.word) DESC, query_word.n
     LOOP
-        every_word := every_word || closest.any_of;
-        IF closest.letters > lead_length THEN
-            lead_patterns := closest.patterns;
-            lead_length := closest.letters;
+        query_words := query_words + 1;
+        IF query_words = 1 THEN
+            first_word := closest.patterns;
+        ELSIF query_words = 2 THEN
+            second_word := closest.patterns;
+        ELSIF query_words = 3 THEN
+            third_word := closest.patterns;
+        ELSE
+            other_words := other_words || closest.any_of;
         END IF;
     END LOOP;
-    IF lead_patterns IS NULL THEN
+    IF query_words = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY
         (SELECT i.id, word_similarity(term, i.fuzzy_text) + (i.search_text LIKE pattern)::integer
          FROM investors AS i
-         WHERE i.fuzzy_text LIKE ANY (lead_patterns)
-           AND (cardinality(every_word) = 1 OR i.fuzzy_text ~ ALL (every_word))
+         WHERE i.fuzzy_text LIKE ANY (first_word)
+           AND (second_word IS NULL OR i.fuzzy_text LIKE ANY (second_word))
+           AND (third_word IS NULL OR i.fuzzy_text LIKE ANY (third_word))
+           AND (cardinality(other_words) = 0 OR i.fuzzy_text ~ ALL (other_words))
          LIMIT cap)
         UNION ALL
         (SELECT c.investor_id,
                 word_similarity(term, c.search_text) + (c.search_text LIKE pattern)::integer
          FROM contacts AS c
-         WHERE c.search_text LIKE ANY (lead_patterns)
-           AND (cardinality(every_word) = 1 OR c.search_text ~ ALL (every_word))
+         WHERE c.search_text LIKE ANY (first_word)
+           AND (second_word IS NULL OR c.search_text LIKE ANY (second_word))
+           AND (third_word IS NULL OR c.search_text LIKE ANY (third_word))
+           AND (cardinality(other_words) = 0 OR c.search_text ~ ALL (other_words))
          LIMIT cap)
         LIMIT cap;
 END
