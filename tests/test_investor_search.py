@@ -226,6 +226,21 @@ async def test_a_misspelling_finds_names_with_close_words(
     assert await names(client, admin_headers, q) == expected
 
 
+async def test_a_misspelling_of_many_words_needs_a_close_word_for_each(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    # Past three words, the shortest are checked apart from the index: still every one counts.
+    await make_investor(client, admin_headers, name="Jean Dupont Conseil Privé")
+    await make_investor(client, admin_headers, name="Paul Dupont Conseil Privé")
+    await make_investor(client, admin_headers, name="Jean Dupont Conseil Public")
+    assert await names(client, admin_headers, "jean dupond conseill prive") == [
+        "Jean Dupont Conseil Privé"
+    ]
+    assert await names(client, admin_headers, "paul dupond conseill prive") == [
+        "Paul Dupont Conseil Privé"
+    ]
+
+
 async def test_a_word_whose_last_holder_is_gone_finds_nothing(
     client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
 ) -> None:
