@@ -30,8 +30,9 @@ depends_on: str | Sequence[str] | None = None
 # matches before their contacts' (whose scan is skipped once the cap is reached). A literal
 # match scores 1 plus its word similarity, an approximate one its similarity alone.
 #
-# Frozen copies of the rules in services/investor_search.py (term normalisation as in 0002,
-# words split as in 0007).
+# The matching rules live here, frozen like any migration (term normalised as the columns of
+# 0002, words split as in 0007): changing one is a new migration replacing its function.
+# services/investor_search.py combines the three forms, ranks and pages.
 
 LIKE_CONTAINING = r"""
 CREATE FUNCTION crm_like_containing(text) RETURNS text
