@@ -9,8 +9,9 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import services.investors as investors_service
+import services.investor_search as investor_search
 from models.aggregates import REBUILD_DERIVED_SQL
+from tests.conftest import engine_event
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
 
 SEARCH = f"{INVESTORS}/search"
@@ -21,7 +22,7 @@ def cap(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Sets how many candidates search ranks: 5 at first, so that a few rows exceed it."""
 
     def set_cap(candidates: int) -> None:
-        monkeypatch.setattr(investors_service, "SEARCH_CANDIDATES", candidates)
+        monkeypatch.setattr(investor_search, "SEARCH_CANDIDATES", candidates)
 
     set_cap(5)
     return set_cap
@@ -223,6 +224,21 @@ async def test_a_misspelling_finds_names_with_close_words(
     await make_investor(client, admin_headers, name="Paul Dupuis")
     await make_investor(client, admin_headers, name="Carmignac Gestion")
     assert await names(client, admin_headers, q) == expected
+
+
+async def test_a_misspelling_of_many_words_needs_a_close_word_for_each(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    # Past three words, the shortest are checked apart from the index: still every one counts.
+    await make_investor(client, admin_headers, name="Jean Dupont Conseil Privé")
+    await make_investor(client, admin_headers, name="Paul Dupont Conseil Privé")
+    await make_investor(client, admin_headers, name="Jean Dupont Conseil Public")
+    assert await names(client, admin_headers, "jean dupond conseill prive") == [
+        "Jean Dupont Conseil Privé"
+    ]
+    assert await names(client, admin_headers, "paul dupond conseill prive") == [
+        "Paul Dupont Conseil Privé"
+    ]
 
 
 async def test_a_word_whose_last_holder_is_gone_finds_nothing(
@@ -485,8 +501,7 @@ async def test_like_wildcards_are_matched_literally(
 async def test_quotes_and_sql_in_a_term_are_matched_literally(
     client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
 ) -> None:
-    # A term without a quote, backslash or LIKE wildcard is written into the statement; any
-    # other stays a parameter. Both kinds are matched literally.
+    # Every term is a bound parameter, whatever it holds.
     await make_investor(client, admin_headers, name="O'Brien Capital")
     await make_investor(client, admin_headers, name="Brien 1000")
     assert (await names(client, admin_headers, "o'brien"))[0] == "O'Brien Capital"
@@ -513,6 +528,83 @@ async def test_a_literal_percent_sign_is_found(
     assert await names(client, admin_headers, "1%") == []
     await make_investor(client, admin_headers, name="Fonds 5% Europe")
     assert await names(client, admin_headers, "5%") == ["Fonds 5% Europe"]
+
+
+# 200-character terms: SQL, LIKE and regular-expression syntax; a dotless i, an emoji, an
+# accented letter and a combining accent.
+LONG_TERM = ("x'%_\\$1--/*" * 20)[:200]
+LONG_UNICODE = ("ı\U0001f680é'%_\u0301" * 30)[:200]  # noqa: RUF001 (a dotless i on purpose)
+
+
+@pytest.mark.parametrize(
+    ("q", "target", "decoys"),
+    [
+        # Decoys are what the term would find if any of its characters acted as syntax.
+        ("l'or", "Banque L'Or", ["Banque Lor", "Banque L Or"]),
+        ("l''or", "Banque L''Or", ["Banque L'Or", "Banque LOr"]),
+        ('a"b', 'Fonds A"B', ["Fonds AB", "Fonds A B"]),
+        ("a\\b", "Fonds A\\B", ["Fonds AB", "Fonds A/B", "Fonds A\\\\B"]),
+        ("5%x", "Fonds 5%x", ["Fonds 5 x", "Fonds 5ax", "Fonds 50x"]),
+        ("a_b", "Fonds A_B", ["Fonds AXB", "Fonds A B", "Fonds A__B"]),
+        ("\\%_", "Fonds \\%_", ["Fonds \\ab", "Fonds %_", "Fonds \\%"]),
+        ("zq$1", "Zq$1 Holding", ["Zq1 Holding", "Zq$2 Holding", "Zq Holding"]),
+        ("zz--", "Fonds ZZ-- Europe", ["Fonds ZZ Europe", "Fonds ZZ- Europe"]),
+        ("a/*b", "Fonds A/*B", ["Fonds A/B", "Fonds A*B", "Fonds AB"]),
+        ("x'); --", "Fonds X'); -- Y", ["Fonds X", "Fonds X'"]),
+        ("a.*b", "Fonds A.*B", ["Fonds AxB", "Fonds A.B", "Fonds AB"]),
+        ("ışık", "Işık Yatırım", ["Ipek Yatırım", "Isak Yatırım"]),  # noqa: RUF001
+        ("İSTANBUL", "Banque İstanbul", ["Banque Ankara"]),
+        ("ﬁducie", "Fiducie Privée", ["Fidelis Privée", "Fi Duce"]),
+        ("œuvre", "Œuvre d'Orient", ["Manœuvrier", "Oe Uvre"]),
+        ("ge\u0301ne\u0301rale", "Société Générale", ["Société Gérante", "Gen Rale"]),
+        ("x\U0001f680y", "Fonds X\U0001f680Y", ["Fonds XY", "Fonds X Y", "Fonds X\U0001f30dY"]),
+        (
+            "\U0001f680\U0001f680\U0001f680",
+            "Fusée \U0001f680\U0001f680\U0001f680",
+            ["Fusée \U0001f680"],
+        ),
+        ("الاستثمار", "بنك الاستثمار", ["بنك مصر", "مار"]),
+        ("לאומי", "בנק לאומי", ["בנק הפועלים"]),
+        (LONG_TERM, LONG_TERM, [LONG_TERM[:-1] + "y", LONG_TERM[:100]]),
+        (LONG_UNICODE, LONG_UNICODE, [LONG_UNICODE[:-1] + "x", LONG_UNICODE[:100]]),
+    ],
+)
+async def test_any_term_is_matched_literally(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    session: AsyncSession,
+    q: str,
+    target: str,
+    decoys: list[str],
+) -> None:
+    for name in [*decoys, target]:
+        await make_investor(client, admin_headers, name=name)
+    assert await names(client, admin_headers, q) == [target]
+    # Upper case and accents still do not count, whatever else the term holds.
+    assert await names(client, admin_headers, q.upper()) == [target]
+    assert await scalar(session, "SELECT count(*) FROM investors") == len(decoys) + 1
+
+
+@pytest.mark.parametrize("q", ["Rotchild", "ro", "o'brien %_ 1000"])
+async def test_terms_and_known_words_are_never_written_into_sql(
+    client: AsyncClient, admin_headers: dict[str, str], q: str
+) -> None:
+    await make_investor(client, admin_headers, name="Rothschild & Co")
+    await make_investor(client, admin_headers, name="O'Brien 1000")
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        sent.append((sql.lower(), params))
+
+    with engine_event("before_cursor_execute", record):
+        assert (await search(client, admin_headers, q))["total"] == 1
+    searches = [(sql, params) for sql, params in sent if "crm_search_" in sql]
+    assert searches
+    for sql, params in searches:
+        # Neither the term nor a stored word close to it, only placeholders.
+        for written in ("rotchild", "rothschild", "brien", "%_"):
+            assert written not in sql
+        assert q in params
 
 
 async def test_search_pages_return_every_match_once(
@@ -637,5 +729,5 @@ async def test_the_search_description_tells_the_cap_and_the_short_term_rule(
 ) -> None:
     schema = (await client.get("/openapi.json")).json()
     description = schema["paths"][SEARCH]["get"]["description"]
-    assert f"Only the {investors_service.SEARCH_CANDIDATES} best matches" in description
+    assert f"Only the {investor_search.SEARCH_CANDIDATES} best matches" in description
     assert "A term of one or two characters" in description

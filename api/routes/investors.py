@@ -23,7 +23,8 @@ from schemas.investor import (
     SearchText,
     StageChangeRead,
 )
-from services.investors import SEARCH_CANDIDATES
+from services import investor_search
+from services.investor_search import SEARCH_CANDIDATES
 
 router = APIRouter(prefix="/investors", tags=["investors"])
 
@@ -98,7 +99,9 @@ async def search_investors(
     q: Annotated[SearchText, Query(description="Text to look for (1-200 characters)")],
 ) -> Page[InvestorRead]:
     """Search investors and their contacts, ignoring case and accents, tolerating typos."""
-    items, total = await investors.search(q, skip=page.skip, limit=page.limit)
+    items, total = await investor_search.search_investors(
+        investors.session, q, skip=page.skip, limit=page.limit
+    )
     return page.of(InvestorRead, items, total)
 
 
