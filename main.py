@@ -9,11 +9,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import API_PREFIX, include_api
-from api.routes import health
+from api.responses import publish_validation_error_fields
+from api.routes import health, metrics
 from core.config import settings
 from core.db import db
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from core.observability import RequestContextMiddleware, configure_logging
 from services.auth import AuthService
 from services.users import USER_CHANGES_CHANNEL, caller_cache
 
@@ -34,6 +36,8 @@ async def bootstrap_first_admin() -> None:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # Here rather than at import: uvicorn has configured its loggers by now, in every worker.
+    configure_logging(settings.log_format)
     settings.signing_key()  # load or create data/secret_key before the first request
     db.configure(settings)
     db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
@@ -67,13 +71,16 @@ def create_app() -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Retry-After"],
+        expose_headers=["Retry-After", "X-Request-ID"],
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # Added last, so outermost: it also covers the 413 the body limit answers by itself.
+    # Added after the body limit, so outside it: they also cover the 413 it answers by itself.
     app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     include_api(app)
+    app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]
     return app
 
 
@@ -87,7 +94,7 @@ def run() -> None:
     from core.embedded import start_embedded_postgres
     from core.migrations import upgrade_to_head
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
     if settings.database_url is None:
         settings.database_url = start_embedded_postgres()
     upgrade_to_head(settings.database_url)

@@ -18,7 +18,7 @@ import services.users
 from core.db import db
 from models.user import AuthenticatedUser, UserRole
 from services.users import USER_CHANGES_CHANNEL, CallerCache, caller_cache
-from tests.conftest import ADMIN_EMAIL, bearer, create_user
+from tests.conftest import ADMIN_EMAIL, bearer, create_user, error_of
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
 
@@ -132,7 +132,7 @@ async def test_an_admin_demoted_by_plain_sql_is_refused_admin_routes(client: Asy
     await change_elsewhere("UPDATE users SET role = 'user' WHERE id = $1", admin_id)
     response = await client.get(USERS, headers=headers)
     assert response.status_code == 403
-    assert response.json() == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
     me = await client.get(ME, headers=headers)
     assert me.status_code == 200, me.text
     assert (me.json()["role"], me.json()["is_admin"]) == ("user", False)
