@@ -6,8 +6,9 @@ import sys
 import uuid
 from contextvars import ContextVar
 from time import perf_counter
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
+from fastapi.routing import iter_route_contexts
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,6 +60,8 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # id of the matched route -> its whole path template, learnt from the application.
+        self._templates: dict[int, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,10 +88,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = perf_counter() - started
-            # Set by the router once a route (or a route with another method) matched.
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or metrics.UNMATCHED_ROUTE
-            metrics.record_request(method, template, status, elapsed)
+            metrics.record_request(method, self._template(scope), status, elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 duration_ms = round(elapsed * 1000, 2)
                 access_logger.info(
@@ -102,6 +102,23 @@ class RequestContextMiddleware:
         # Left set when the app raised: Starlette's 500 handler, which runs outside every
         # middleware, still reads it; each request runs in its own task, so it goes with it.
         _current.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        # Set by the router once a route (or the same path with another method) matched.
+        route = scope.get("route")
+        if route is None:
+            return metrics.UNMATCHED_ROUTE
+        template = self._templates.get(id(route))
+        return template if template is not None else self._learn(scope["app"], route)
+
+    def _learn(self, app: Any, route: object) -> str:
+        """A route of an included router knows its path without the router's prefix: the
+        application's route contexts hold the whole template."""
+        for context in iter_route_contexts(app.routes):
+            if context.path_format:
+                self._templates[id(context.original_route)] = context.path_format
+        fallback = getattr(route, "path_format", None) or metrics.UNMATCHED_ROUTE
+        return self._templates.setdefault(id(route), fallback)
 
 
 class _RequestFields(logging.Filter):
