@@ -59,7 +59,7 @@ async def test_a_valid_caller_id_is_echoed(client: AsyncClient, caller_id: str) 
 async def test_an_invalid_caller_id_is_replaced_by_a_new_uuid(
     client: AsyncClient, caller_id: str
 ) -> None:
-    response = await client.get("/health", headers={"X-Request-ID": caller_id.encode()})
+    response = await client.get("/health", headers={b"X-Request-ID": caller_id.encode()})
     assert response.status_code == 200
     assert generated_id(response) != caller_id
 
