@@ -1,9 +1,9 @@
 """Request ids, the access line and the log format (text or one JSON object per line)."""
 
 import logging
+import os
 import re
 import sys
-import uuid
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Literal, TextIO
@@ -51,7 +51,15 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _VALID_REQUEST_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return str(uuid.uuid4())
+    return _new_uuid4()
+
+
+def _new_uuid4() -> str:
+    """A random (version 4) UUID in its usual form, at half the cost of str(uuid.uuid4()):
+    most requests come without an id, and this runs on each of them."""
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 class RequestContextMiddleware:

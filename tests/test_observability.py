@@ -25,7 +25,8 @@ USERS = f"{API}/users"
 def generated_id(response: Response) -> str:
     """The response's X-Request-ID, checked to be a new UUID."""
     request_id = response.headers["x-request-id"]
-    assert str(uuid.UUID(request_id)) == request_id
+    parsed = uuid.UUID(request_id)
+    assert (str(parsed), parsed.version, parsed.variant) == (request_id, 4, uuid.RFC_4122)
     return request_id
 
 
