@@ -112,12 +112,12 @@ async def test_unknown_investor_is_404_for_list_and_create(
     expected = {"detail": "Investor not found", "code": "not_found"}
     response = await client.get(f"{CONTACTS}/investor/{investor_id}", headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == expected
+    assert error_of(response) == expected
     response = await client.post(
         f"{CONTACTS}/investor/{investor_id}", json={"name": "A"}, headers=admin_headers
     )
     assert response.status_code == 404
-    assert response.json() == expected
+    assert error_of(response) == expected
 
 
 async def test_non_integer_ids_are_422(client: AsyncClient, admin_headers: dict[str, str]) -> None:
