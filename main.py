@@ -36,7 +36,7 @@ async def bootstrap_first_admin() -> None:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    # Here rather than at import: uvicorn has configured its loggers by now, in every worker.
+    # Again: `uvicorn.run(app)` configures its loggers after the import (create_app).
     configure_logging(settings.log_format)
     settings.signing_key()  # load or create data/secret_key before the first request
     db.configure(settings)
@@ -57,6 +57,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # At import, so that `uvicorn main:app` writes every line (its start-up too) in LOG_FORMAT.
+    configure_logging(settings.log_format)
     app = FastAPI(
         title="TPM Finance CRM API",
         version="1.0.0",
@@ -94,11 +96,12 @@ def run() -> None:
     from core.embedded import start_embedded_postgres
     from core.migrations import upgrade_to_head
 
-    configure_logging(settings.log_format)
     if settings.database_url is None:
         settings.database_url = start_embedded_postgres()
     upgrade_to_head(settings.database_url)
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True)
+    configure_logging(settings.log_format)  # Alembic's env.py installed its own configuration
+    # log_config=None: uvicorn keeps the configuration above instead of installing its own.
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None)
 
 
 if __name__ == "__main__":

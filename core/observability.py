@@ -32,7 +32,6 @@ JSON_FIELDS = (
     "duration_ms",
 )
 _JSON_RENAMES = {"levelname": "level", "name": "logger"}
-_HANDLER_NAME = "tpm_crm"
 
 access_logger = logging.getLogger("tpm_crm.access")
 
@@ -146,14 +145,19 @@ def configure_logging(log_format: LogFormat, stream: TextIO | None = None) -> No
     """One handler on the root logger, in the chosen format, that every logger writes through.
 
     uvicorn's own handlers are replaced so its lines get the same format and request id, and its
-    access log gives way to the one RequestContextMiddleware writes, which stays on exactly when
-    uvicorn's was (`--no-access-log` turns it off).
+    access log gives way to the one RequestContextMiddleware writes, which stays on unless
+    uvicorn's was turned off (`--no-access-log`). Called again after something else configured
+    logging (uvicorn, Alembic's env.py), it takes the process back.
     """
     uvicorn_access = logging.getLogger("uvicorn.access")
-    # Called again (say, by `python main.py` and then by the lifespan), a choice made stays.
-    access_wanted = uvicorn_access.hasHandlers() or access_logger.level == logging.INFO
+    if uvicorn_access.handlers:
+        access_wanted = True  # uvicorn has just configured its access log
+    elif access_logger.level != logging.NOTSET:
+        access_wanted = access_logger.level <= logging.INFO  # as decided by an earlier call
+    else:
+        # --no-access-log leaves uvicorn's access logger without handlers and not propagating.
+        access_wanted = uvicorn_access.propagate
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.set_name(_HANDLER_NAME)
     handler.addFilter(_RequestFields())
     if log_format == "json":
         handler.setFormatter(
@@ -168,7 +172,7 @@ def configure_logging(log_format: LogFormat, stream: TextIO | None = None) -> No
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+    for previous in list(root.handlers):
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -1,11 +1,6 @@
 """GET /metrics: hidden without its token, Prometheus text with it, counters by route template,
 and one count across several uvicorn workers (issue 12 §8)."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from core.config import PROJECT_ROOT, settings
+from core.config import settings
 from main import app as fastapi_app
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.uvicorn_process import uvicorn_process
 
 TOKEN = "metrics-token-for-the-tests-0123456789"
 INVESTORS = "/api/v1/investors"
@@ -150,45 +145,14 @@ async def test_the_pool_is_read_at_scrape_time(client: AsyncClient) -> None:
 # --- several workers ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def two_workers(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`uvicorn main:app --workers 2` on the test database, in multiprocess mode."""
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "METRICS_TOKEN": TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
-        "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
-        "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
-    }
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--port", str(port)]
-    server = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    env = {"METRICS_TOKEN": TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    with uvicorn_process(database_url, "--workers", "2", env=env) as (base, _):
         yield base, multiproc_dir
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_several_workers_answer_one_count(two_workers: tuple[str, Path]) -> None:

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient, Response
@@ -16,6 +17,7 @@ from core.exceptions import InvalidFieldError
 from core.observability import configure_logging
 from main import create_app
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.uvicorn_process import uvicorn_process
 
 API = "/api/v1"
 LOGIN = f"{API}/auth/login"
@@ -240,3 +242,34 @@ async def test_a_log_line_outside_any_request_has_no_request_id(log_output: io.S
     assert line["message"] == "Outside a request"
     assert line["request_id"] == "-"
     assert line["method"] is None
+
+
+def test_under_uvicorn_every_line_is_json_and_the_access_line_is_the_apis(
+    database_url: str,
+) -> None:
+    with uvicorn_process(database_url, env={"LOG_FORMAT": "json"}) as (base, server):
+        response = httpx.get(f"{base}/health", headers={"X-Request-ID": "served-1"})
+        assert response.headers["x-request-id"] == "served-1"
+    assert server.stderr is not None
+    lines = [json.loads(line) for line in server.stderr.read().splitlines()]
+    loggers = {line["logger"] for line in lines}
+    # uvicorn's own lines (start-up, shutdown) in the same format; its access log replaced.
+    assert "uvicorn.error" in loggers
+    assert "uvicorn.access" not in loggers
+    [access] = [line for line in lines if line["request_id"] == "served-1"]
+    assert (access["logger"], access["method"], access["path"]) == (
+        "tpm_crm.access",
+        "GET",
+        "/health",
+    )
+    assert access["status"] == 200
+
+
+def test_no_access_log_turns_the_apis_access_line_off(database_url: str) -> None:
+    with uvicorn_process(database_url, "--no-access-log") as (base, server):
+        response = httpx.get(f"{base}/health", headers={"X-Request-ID": "served-2"})
+        assert response.status_code == 200
+    assert server.stderr is not None
+    output = server.stderr.read()
+    assert "Application startup complete" in output
+    assert "served-2" not in output
