@@ -7,6 +7,7 @@ import sys
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Literal, TextIO
+from urllib.parse import quote
 
 from fastapi.routing import iter_route_contexts
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -101,7 +102,8 @@ class RequestContextMiddleware:
                 access_logger.info(
                     '"%s %s" %d %.2fms',
                     method,
-                    path,
+                    # Quoted as it came: a decoded %0A would otherwise start a forged text line.
+                    quote(path),
                     status,
                     duration_ms,
                     extra={"status": status, "duration_ms": duration_ms},

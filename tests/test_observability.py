@@ -273,3 +273,16 @@ def test_no_access_log_turns_the_apis_access_line_off(database_url: str) -> None
     output = server.stderr.read()
     assert "Application startup complete" in output
     assert "served-2" not in output
+
+
+async def test_a_path_cannot_forge_a_text_log_line(
+    client: AsyncClient, log_output: io.StringIO
+) -> None:
+    configure_logging("text", stream=log_output)
+    forged = "/x%0A2026-01-01 00:00:00,000 INFO tpm_crm.access [admin] forged"
+    response = await client.get(forged, headers={"X-Request-ID": "text-line-2"})
+    assert response.status_code == 404
+    lines = log_output.getvalue().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    [access] = [line for line in lines if "text-line-2" in line]
+    assert '"GET /x%0A2026-01-01%2000%3A00%3A00%2C000%20INFO' in access
