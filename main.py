@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import API_PREFIX, include_api
-from api.routes import health
+from api.responses import publish_validation_error_fields
+from api.routes import health, metrics
 from api.routes.docs import add_offline_docs
 from core.config import settings
 from core.db import db
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from core.observability import RequestContextMiddleware, configure_logging
 from services.auth import AuthService
 from services.users import USER_CHANGES_CHANNEL, caller_cache
 
@@ -35,6 +37,8 @@ async def bootstrap_first_admin() -> None:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # Again: `uvicorn.run(app)` configures its loggers after the import (create_app).
+    configure_logging(settings.log_format)
     settings.signing_key()  # load or create data/secret_key before the first request
     db.configure(settings)
     db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
@@ -54,6 +58,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # At import, so that `uvicorn main:app` writes every line (its start-up too) in LOG_FORMAT.
+    configure_logging(settings.log_format)
     app = FastAPI(
         title="TPM Finance CRM API",
         version="1.0.0",
@@ -71,15 +77,18 @@ def create_app() -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Retry-After"],
+        expose_headers=["Retry-After", "X-Request-ID"],
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # Added last, so outermost: it also covers the 413 the body limit answers by itself.
+    # Added after the body limit, so outside it: they also cover the 413 it answers by itself.
     app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     include_api(app)
     # After the API, so that API requests do not test the documentation paths first.
     add_offline_docs(app)
+    app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]
     return app
 
 
@@ -93,11 +102,12 @@ def run() -> None:
     from core.embedded import start_embedded_postgres
     from core.migrations import upgrade_to_head
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.database_url is None:
         settings.database_url = start_embedded_postgres()
     upgrade_to_head(settings.database_url)
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True)
+    configure_logging(settings.log_format)  # Alembic's env.py installed its own configuration
+    # log_config=None: uvicorn keeps the configuration above instead of installing its own.
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None)
 
 
 if __name__ == "__main__":

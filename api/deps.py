@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.config import settings
 from core.db import get_session
 from core.exceptions import AuthError, PermissionDeniedError
-from core.security import decode_access_token
+from core.security import InvalidTokenError, decode_access_token
 from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
 from services.auth import AuthService
@@ -37,7 +37,7 @@ async def get_current_user(
     user_id = decode_access_token(token, settings)
     user = await UserService(session).get_caller(user_id) if user_id <= PG_INT_MAX else None
     if user is None:
-        raise AuthError("Invalid or expired token", code="invalid_token")
+        raise InvalidTokenError()
     return user
 
 

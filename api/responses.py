@@ -40,3 +40,19 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # What every authenticated operation may answer on top of its own errors.
 AUTHENTICATED = (401, 503)
+
+
+def publish_validation_error_fields(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Add `code` and `request_id` to FastAPI's 422 schema, which every operation refers to."""
+    schema = openapi.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+    if schema is not None:
+        schema["properties"] |= {
+            "code": {
+                "type": "string",
+                "title": "Code",
+                "description": "`validation_error`, or the name of the rule the value broke",
+            },
+            "request_id": {"type": "string", "title": "Request Id"},
+        }
+        schema["required"] = ["detail", "code", "request_id"]
+    return openapi

@@ -1,4 +1,5 @@
-"""Application errors and the handlers that render every error as `{"detail", "code"}`."""
+"""Application errors and the handlers that render every error as
+`{"detail", "code", "request_id"}`."""
 
 import logging
 from typing import Any
@@ -10,6 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.metrics import record_error
+from core.observability import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +49,11 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 
 
 class AppError(Exception):
-    """An expected failure with a human message, an HTTP status and a stable code."""
+    """An expected failure with a human message, an HTTP status and a stable code.
+
+    Raise a fresh one each time, from a subclass per error: an instance kept at module level
+    accumulates the frames of every raise in its traceback (and the values they hold).
+    """
 
     status_code = 400
     code = "bad_request"
@@ -62,6 +70,10 @@ class AppError(Exception):
         self.code = code or self.code
         self.headers = headers
         super().__init__(self.message)
+
+    @property
+    def detail(self) -> str | list[dict[str, Any]]:
+        return self.message
 
 
 class BadRequestError(AppError):
@@ -110,6 +122,25 @@ class TooManyAttemptsError(AppError):
         super().__init__(headers={"Retry-After": str(retry_after_seconds)})
 
 
+class InvalidFieldError(AppError):
+    """A 422 for a value the schema accepts but a rule refuses (an owner that does not exist, a
+    weak password): rendered like a schema failure, with one item whose `type` is the rule's
+    code. A subclass per rule sets `code` and `message`; the raise names the field.
+    """
+
+    status_code = 422
+    code = "validation_error"
+    message = "Invalid value"
+
+    def __init__(self, *loc: str | int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+    @property
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"type": self.code, "loc": list(self.loc), "msg": self.message}]
+
+
 class ServiceUnavailableError(AppError):
     status_code = 503
     code = "service_unavailable"
@@ -128,8 +159,10 @@ _HTTP_STATUS_CODES = {
 }
 
 
-def error_body(detail: str, code: str) -> dict[str, str]:
-    return {"detail": detail, "code": code}
+def error_body(detail: str | list[dict[str, Any]], code: str) -> dict[str, Any]:
+    """The one error body; every error response is built here, so it is counted here too."""
+    record_error(code)
+    return {"detail": detail, "code": code, "request_id": current_request_id()}
 
 
 def sqlstate(exc: DBAPIError) -> str | None:
@@ -150,7 +183,7 @@ def constraint_name(exc: DBAPIError) -> str | None:
 
 def _render(exc: AppError) -> JSONResponse:
     return JSONResponse(
-        error_body(exc.message, exc.code),
+        error_body(exc.detail, exc.code),
         status_code=exc.status_code,
         headers=exc.headers,
     )
@@ -185,7 +218,7 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
         if ctx:
             clean["ctx"] = {k: str(v) for k, v in ctx.items()}
         errors.append(clean)
-    return JSONResponse({"detail": errors}, status_code=422)
+    return JSONResponse(error_body(errors, "validation_error"), status_code=422)
 
 
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -237,11 +270,12 @@ async def connection_error_handler(request: Request, exc: Exception) -> JSONResp
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        error_body("Internal server error", "internal_error"),
-        status_code=500,
-        headers=SECURITY_HEADERS | NO_STORE,
-    )
+    body = error_body("Internal server error", "internal_error")
+    # Starlette sends this response outside every middleware: it carries its own headers.
+    headers = SECURITY_HEADERS | NO_STORE
+    if body["request_id"] is not None:
+        headers = headers | {"X-Request-ID": body["request_id"]}
+    return JSONResponse(body, status_code=500, headers=headers)
 
 
 def register_exception_handlers(app: FastAPI) -> None:

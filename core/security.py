@@ -19,6 +19,11 @@ _DUMMY_HASH = _password_context.hash("not-a-real-password-timing-equaliser")
 TOKEN_TYPE = "access"  # noqa: S105
 
 
+class InvalidTokenError(AuthError):
+    code = "invalid_token"
+    message = "Invalid or expired token"
+
+
 def hash_password(password: str) -> str:
     return _password_context.hash(password)
 
@@ -77,18 +82,17 @@ _verified_tokens = _VerifiedTokens(size=4096)
 
 def decode_access_token(token: str, settings: Settings) -> int:
     """Verify signature, algorithm, expiry, issuer, audience and type; return the user id."""
-    invalid = AuthError("Invalid or expired token", code="invalid_token")
     cache_key = (token, settings.signing_key(), settings.jwt_algorithm)
     cached = _verified_tokens.get(cache_key)
     if cached is not None:
         user_id, expires_at = cached
         if time.time() >= expires_at:
-            raise invalid
+            raise InvalidTokenError()
         return user_id
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") != settings.jwt_algorithm:
-            raise invalid
+            raise InvalidTokenError()
         claims: dict[str, Any] = jwt.decode(
             token,
             settings.signing_key(),
@@ -109,11 +113,11 @@ def decode_access_token(token: str, settings: Settings) -> int:
             },
         )
     except JWTError:
-        raise invalid from None
+        raise InvalidTokenError() from None
     if claims.get("typ") != TOKEN_TYPE:
-        raise invalid
+        raise InvalidTokenError()
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.isdigit():
-        raise invalid
+        raise InvalidTokenError()
     _verified_tokens.put(cache_key, int(subject), int(claims["exp"]))
     return int(subject)

@@ -223,3 +223,4 @@ class Page(BaseModel, Generic[T]):
 class ErrorBody(BaseModel):
     detail: str
     code: str
+    request_id: str

@@ -16,7 +16,11 @@ from services.users import UserService
 
 logger = logging.getLogger(__name__)
 
-INVALID_CREDENTIALS = AuthError("Incorrect email or password", code="invalid_credentials")
+
+class InvalidCredentials(AuthError):
+    code = "invalid_credentials"
+    message = "Incorrect email or password"
+
 
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
 

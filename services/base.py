@@ -85,10 +85,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     async def integrity_guard(
         self,
         *,
-        unique: AppError | None = None,
-        foreign_key: AppError | None = None,
+        unique: type[AppError] | None = None,
+        foreign_key: type[AppError] | None = None,
     ) -> AsyncIterator[None]:
-        """Run writes in a SAVEPOINT and turn unique / foreign-key violations into these errors.
+        """Run writes in a SAVEPOINT and raise these errors on unique / foreign-key violations.
 
         The savepoint keeps the request's transaction usable, and catching the database error
         (rather than checking first) stays correct under concurrent requests.
@@ -99,9 +99,9 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         except IntegrityError as exc:
             state = sqlstate(exc)
             if unique is not None and state == UNIQUE_VIOLATION:
-                raise unique from None
+                raise unique() from None
             if foreign_key is not None and state == FOREIGN_KEY_VIOLATION:
-                raise foreign_key from None
+                raise foreign_key() from None
             raise
 
     async def exists(self, id_: int) -> bool:

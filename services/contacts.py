@@ -11,7 +11,9 @@ from schemas.common import PG_INT_MAX
 from schemas.contact import ContactCreate, ContactUpdate
 from services.base import BaseService
 
-INVESTOR_NOT_FOUND = NotFoundError("Investor not found")
+
+class InvestorNotFound(NotFoundError):
+    message = "Investor not found"
 
 
 class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
@@ -22,14 +24,14 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
 
     async def _ensure_investor(self, investor_id: int, *, lock: bool = False) -> None:
         if not 1 <= investor_id <= PG_INT_MAX:
-            raise INVESTOR_NOT_FOUND
+            raise InvestorNotFound()
         stmt = select(Investor.id).where(Investor.id == investor_id)
         if lock:
             # Key-share lock: a concurrent delete of the investor waits for this request, so the
             # insert never hits a foreign-key error, while other writers are not blocked.
             stmt = stmt.with_for_update(key_share=True)
         if (await self.session.execute(stmt)).first() is None:
-            raise INVESTOR_NOT_FOUND
+            raise InvestorNotFound()
 
     async def list_for_investor(
         self, investor_id: int, *, skip: int, limit: int

@@ -40,9 +40,11 @@ from schemas.investor import (
 )
 from services.base import BaseService
 
-DUPLICATE_EMAIL = ConflictError(
-    "An investor with this email already exists", code="duplicate_email"
-)
+
+class DuplicateInvestorEmail(ConflictError):
+    code = "duplicate_email"
+    message = "An investor with this email already exists"
+
 
 # What pages of investors return: mappings of the read schema's columns, not tracked entities
 # (building 50 ORM instances cost more than the query; Pydantic reads a mapping fastest).
@@ -149,7 +151,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
 
     async def create_investor(self, data: InvestorCreate, *, changed_by: int) -> Investor:
         """Create an investor and its first stage-history entry; taken email → 409."""
-        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+        async with self.integrity_guard(unique=DuplicateInvestorEmail):
             investor = await self.create(data)
             self._record_stage_change(investor, None, changed_by)
             await self.session.flush()
@@ -161,7 +163,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         """Partial update; a changed stage is recorded in the history; taken email → 409."""
         investor = await self.get(investor_id, for_update=True)
         previous_stage = investor.pipeline_stage
-        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+        async with self.integrity_guard(unique=DuplicateInvestorEmail):
             await self.update(investor, data)
             if investor.pipeline_stage != previous_stage:
                 self._record_stage_change(investor, previous_stage, changed_by)

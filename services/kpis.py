@@ -22,9 +22,12 @@ from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, Monthly
 from services.base import BaseService, sets_only
 from services.investors import InvestorService
 
-MONTH_TAKEN = ConflictError(
-    "This investor already has KPIs for that month", code="kpi_month_exists"
-)
+
+class KpiMonthTaken(ConflictError):
+    code = "kpi_month_exists"
+    message = "This investor already has KPIs for that month"
+
+
 _KEY = ("year", "month")
 
 
@@ -118,7 +121,7 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
 
     async def update_kpi(self, kpi: Kpi, data: KpiUpdate) -> Kpi:
         """Partial update; moving the row onto a month the investor already has is 409."""
-        async with self.integrity_guard(unique=MONTH_TAKEN):
+        async with self.integrity_guard(unique=KpiMonthTaken):
             return await self.update(kpi, data)
 
     async def monthly_summary(self, year: int, month: int) -> MonthlySummary:

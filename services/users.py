@@ -12,7 +12,11 @@ from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService
 
-DUPLICATE_EMAIL = ConflictError("A user with this email already exists", code="duplicate_email")
+
+class DuplicateUserEmail(ConflictError):
+    code = "duplicate_email"
+    message = "A user with this email already exists"
+
 
 # Serialises user updates and deletions: two admins demoting each other at once would otherwise
 # lock their own rows first, then each other's, and deadlock.
@@ -100,7 +104,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def create(self, data: UserCreate, **extra: Any) -> User:
         """Create a user; a taken email (any case) is 409 duplicate_email."""
-        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+        async with self.integrity_guard(unique=DuplicateUserEmail):
             return await super().create(data, **extra)
 
     async def get_caller(self, user_id: int) -> AuthenticatedUser | None:
@@ -142,7 +146,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         if user.is_admin and user.is_active and loses_admin:
             await self._ensure_another_active_admin(user)
-        async with self.integrity_guard(unique=DUPLICATE_EMAIL):
+        async with self.integrity_guard(unique=DuplicateUserEmail):
             return await super().update(user, data)
 
     async def delete_user(self, user: User, *, acting_user: AuthenticatedUser) -> None:

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Settings are read at import time: fix the environment before the app is imported.
 os.environ.pop("DATABASE_URL", None)
@@ -18,7 +19,7 @@ os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"
 
 import pytest
 from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import ASGITransport, AsyncClient, Response
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -173,3 +174,10 @@ async def user_id() -> int:
 async def user_headers(user_id: int) -> dict[str, str]:
     """Authorization header of a regular (non-admin) user."""
     return await bearer(user_id)
+
+
+def error_of(response: Response) -> dict[str, Any]:
+    """The error body without its request id, once that id is checked against X-Request-ID."""
+    body: dict[str, Any] = response.json()
+    assert body.pop("request_id") == response.headers["x-request-id"]
+    return body

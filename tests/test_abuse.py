@@ -19,7 +19,7 @@ from core.config import JWT_AUDIENCE, JWT_ISSUER, settings
 from core.db import db
 from models import Base
 from services.users import UserService
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, error_of
 
 API = "/api/v1"
 FORGED_ID = 777_777
@@ -188,7 +188,7 @@ async def test_a_user_cannot_make_themself_admin(
         f"{API}/users/{user_id}", json={"role": "admin", "is_active": True}, headers=user_headers
     )
     assert own.status_code == 403
-    assert own.json() == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(own) == {"detail": "Administrator role required", "code": "forbidden"}
     created = await client.post(
         f"{API}/users",
         json={"email": "evil@crm.test", "full_name": "Evil", "password": "evil-pass-1"}
@@ -277,7 +277,7 @@ async def test_every_admin_route_is_forbidden_to_a_regular_user(
         body = VALID_BODIES["UserCreate"] if method in ("POST", "PUT") else None
         response = await client.request(method, url, json=body, headers=user_headers)
         assert response.status_code == 403, (method, path, response.text)
-        assert response.json() == {"detail": "Administrator role required", "code": "forbidden"}
+        assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
 
     rows = await session.execute(text("SELECT id, email, full_name, role FROM users ORDER BY id"))
     assert [tuple(row)[1:] for row in rows] == [
@@ -329,7 +329,7 @@ async def test_a_cancelled_slow_query_answers_503_json_and_frees_the_connection(
     monkeypatch.setattr(UserService, "list", slow_list)
     response = await client.get(f"{API}/users", headers=admin_headers)
     assert response.status_code == 503
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "The request took too long and was cancelled",
         "code": "service_unavailable",
     }
@@ -360,5 +360,5 @@ async def test_a_token_that_is_not_yet_valid_is_refused(client: AsyncClient, use
     token = jwt.encode(claims, settings.signing_key(), algorithm=settings.jwt_algorithm)
     response = await client.get(f"{API}/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
-    assert response.json() == {"detail": "Invalid or expired token", "code": "invalid_token"}
+    assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}
     assert response.headers["www-authenticate"] == "Bearer"

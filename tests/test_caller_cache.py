@@ -18,7 +18,7 @@ import services.users
 from core.db import db
 from models.user import AuthenticatedUser, UserRole
 from services.users import USER_CHANGES_CHANNEL, CallerCache, caller_cache
-from tests.conftest import ADMIN_EMAIL, bearer, create_user
+from tests.conftest import ADMIN_EMAIL, bearer, create_user, error_of
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
 
@@ -132,7 +132,7 @@ async def test_an_admin_demoted_by_plain_sql_is_refused_admin_routes(client: Asy
     await change_elsewhere("UPDATE users SET role = 'user' WHERE id = $1", admin_id)
     response = await client.get(USERS, headers=headers)
     assert response.status_code == 403
-    assert response.json() == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
     me = await client.get(ME, headers=headers)
     assert me.status_code == 200, me.text
     assert (me.json()["role"], me.json()["is_admin"]) == ("user", False)
@@ -151,7 +151,7 @@ async def test_an_account_removed_by_plain_sql_loses_access(
     await change_elsewhere(change, user_id)
     response = await client.get(ME, headers=headers)
     assert response.status_code == 401
-    assert response.json() == INVALID_TOKEN
+    assert error_of(response) == INVALID_TOKEN
 
 
 async def test_a_name_changed_by_plain_sql_shows_on_the_next_request(client: AsyncClient) -> None:
@@ -177,7 +177,7 @@ async def test_emptying_the_users_table_forgets_every_cached_account(client: Asy
     for headers in cached:
         response = await client.get(ME, headers=headers)
         assert response.status_code == 401
-        assert response.json() == INVALID_TOKEN
+        assert error_of(response) == INVALID_TOKEN
 
 
 # --- the notifications themselves -----------------------------------------------------------
@@ -250,12 +250,12 @@ async def test_while_the_listener_is_lost_the_cache_is_bypassed_then_resumes(
         await conn.close()
     response = await client.get(ME, headers=headers)
     assert response.status_code == 401
-    assert response.json() == INVALID_TOKEN
+    assert error_of(response) == INVALID_TOKEN
     await until(lambda: caller_cache.listening)
     # The deactivation was never notified: nothing cached before the loss may outlive it.
     response = await client.get(ME, headers=headers)
     assert response.status_code == 401
-    assert response.json() == INVALID_TOKEN
+    assert error_of(response) == INVALID_TOKEN
     assert await listener_states() == ["idle"]
     with account_reads() as first:
         assert (await client.get(ME, headers=admin_headers)).status_code == 200

@@ -32,6 +32,8 @@ SETTING_VARIABLES = [
     "LOGIN_MAX_FAILURES",
     "LOGIN_FAILURE_WINDOW_MINUTES",
     "MAX_BODY_BYTES",
+    "LOG_FORMAT",
+    "METRICS_TOKEN",
 ]
 
 
@@ -64,6 +66,7 @@ def test_defaults() -> None:
     assert settings.first_admin_password is None
     assert (settings.login_max_failures, settings.login_failure_window_minutes) == (5, 15)
     assert settings.max_body_bytes == 1024 * 1024
+    assert (settings.log_format, settings.metrics_token) == ("text", None)
 
 
 def test_every_setting_is_documented_in_env_example() -> None:

@@ -7,6 +7,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.conftest import error_of
 from tests.investor_factories import CONTACTS, make_contact, make_investor, scalar
 
 CONTACT_FIELDS = {"name", "email", "phone", "title", "notes"}
@@ -111,12 +112,12 @@ async def test_unknown_investor_is_404_for_list_and_create(
     expected = {"detail": "Investor not found", "code": "not_found"}
     response = await client.get(f"{CONTACTS}/investor/{investor_id}", headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == expected
+    assert error_of(response) == expected
     response = await client.post(
         f"{CONTACTS}/investor/{investor_id}", json={"name": "A"}, headers=admin_headers
     )
     assert response.status_code == 404
-    assert response.json() == expected
+    assert error_of(response) == expected
 
 
 async def test_non_integer_ids_are_422(client: AsyncClient, admin_headers: dict[str, str]) -> None:
@@ -253,7 +254,7 @@ async def test_unknown_contact_is_404(
             method, f"{CONTACTS}/{contact_id}", json=body, headers=admin_headers
         )
         assert response.status_code == 404, method
-        assert response.json() == {"detail": "Contact not found", "code": "not_found"}
+        assert error_of(response) == {"detail": "Contact not found", "code": "not_found"}
 
 
 async def test_contacts_appear_in_the_investor_detail(

@@ -178,7 +178,7 @@ def _assert_unavailable(response: httpx.Response, api: Api) -> None:
     assert response.status_code == 503, (response.request.url, response.text, api.output())
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"detail", "code"}
+    assert set(body) == {"detail", "code", "request_id"}
     assert body["code"] == UNAVAILABLE
 
 

@@ -19,7 +19,7 @@ from core.db import db
 from schemas.common import PG_INT_MAX
 from services.investors import InvestorService
 from tests.activity_factories import insert_investor
-from tests.conftest import engine_event
+from tests.conftest import engine_event, error_of
 from tests.investor_factories import INVESTORS, make_investor, scalar
 
 ME = "/api/v1/auth/me"
@@ -105,7 +105,7 @@ async def test_a_write_failing_half_way_leaves_nothing(
             f"{INVESTORS}/{investor_id}/move-to-next-stage", headers=headers
         )
     assert response.status_code == 409, response.text
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "A referenced record does not exist or is still in use",
         "code": "conflict",
     }
@@ -271,6 +271,6 @@ async def test_a_broken_statement_in_read_row_is_a_json_500_not_an_outage(
         response = await client.get(detail, headers=headers)
     assert response.status_code == 500, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"detail": "Internal server error", "code": "internal_error"}
+    assert error_of(response) == {"detail": "Internal server error", "code": "internal_error"}
     assert pool().checkedout() == 0
     assert assert_ok(await client.get(detail, headers=headers))["name"] == "Amundi"

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from services.base import BaseService
 from services.users import UserService
+from tests.conftest import error_of
 
 USERS = "/api/v1/users"
 ME = "/api/v1/auth/me"
@@ -272,7 +273,7 @@ async def test_huge_path_id_is_404(
         method, f"{USERS}/99999999999999999999", json={"full_name": "X"}, headers=admin_headers
     )
     assert response.status_code == 404
-    assert response.json() == {"detail": "User not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "User not found", "code": "not_found"}
 
 
 # --- routing errors -------------------------------------------------------------------------
@@ -295,7 +296,7 @@ async def test_wrong_method_is_405_json(
 ) -> None:
     response = await client.request(method, path, headers=admin_headers)
     assert response.status_code == 405
-    assert response.json() == {"detail": "Method Not Allowed", "code": "method_not_allowed"}
+    assert error_of(response) == {"detail": "Method Not Allowed", "code": "method_not_allowed"}
     assert "allow" in response.headers
 
 
@@ -307,7 +308,7 @@ async def test_unknown_route_is_404_json(
 ) -> None:
     response = await client.get(path, headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Not Found", "code": "not_found"}
 
 
 # --- database and unexpected errors ---------------------------------------------------------
@@ -321,7 +322,7 @@ async def test_unique_violation_reaching_the_generic_handler_is_409(
     assert (await post_user(client, admin_headers)).status_code == 201
     response = await post_user(client, admin_headers, email="ALICE@crm.test")
     assert response.status_code == 409
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "A record with these values already exists",
         "code": "conflict",
     }
@@ -350,7 +351,7 @@ async def test_unexpected_exception_is_a_bare_json_500(
     monkeypatch.setattr(UserService, "list", boom)
     response = await client.get(USERS, headers=admin_headers)
     assert response.status_code == 500
-    assert response.json() == INTERNAL_ERROR
+    assert error_of(response) == INTERNAL_ERROR
     assert "secret" not in response.text
     assert "Traceback" not in response.text
 
@@ -364,7 +365,7 @@ async def test_unexpected_database_error_is_a_bare_json_500(
     monkeypatch.setattr(UserService, "list", bad_sql)
     response = await client.get(USERS, headers=admin_headers)
     assert response.status_code == 500
-    assert response.json() == INTERNAL_ERROR
+    assert error_of(response) == INTERNAL_ERROR
     assert "no_such_column" not in response.text
 
 
@@ -391,7 +392,10 @@ async def test_body_over_one_mib_is_413(client: AsyncClient, admin_headers: dict
     big = new_user(full_name="x" * (1024 * 1024 + 1))
     response = await client.post(USERS, json=big, headers=admin_headers)
     assert response.status_code == 413
-    assert response.json() == {"detail": "Request body is too large", "code": "payload_too_large"}
+    assert error_of(response) == {
+        "detail": "Request body is too large",
+        "code": "payload_too_large",
+    }
 
 
 async def test_streamed_body_over_one_mib_is_413(

@@ -6,6 +6,7 @@ import pytest
 from httpx import AsyncClient
 
 from tests.activity_factories import execute, fetch, insert_contact, insert_investor
+from tests.conftest import error_of
 
 API = "/api/v1/interactions"
 Headers = dict[str, str]
@@ -102,7 +103,7 @@ async def test_create_for_an_unknown_investor_is_404(
         headers=admin_headers,
     )
     assert response.status_code == 404
-    assert response.json() == {"detail": "Investor not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Investor not found", "code": "not_found"}
 
 
 async def test_create_with_a_non_integer_investor_id_is_422(
@@ -124,7 +125,7 @@ async def test_create_with_a_missing_contact_is_404(
         headers=admin_headers,
     )
     assert response.status_code == 404
-    assert response.json() == {"detail": "Contact not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Contact not found", "code": "not_found"}
     assert await fetch("SELECT id FROM interactions") == []
 
 
@@ -139,7 +140,7 @@ async def test_create_with_another_investors_contact_is_409(
         headers=admin_headers,
     )
     assert response.status_code == 409
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "The contact belongs to another investor",
         "code": "contact_not_of_investor",
     }
@@ -211,7 +212,7 @@ async def test_unknown_interaction_is_404(
             method, f"{API}/{interaction_id}", json={"subject": "x"}, headers=admin_headers
         )
         assert response.status_code == 404
-        assert response.json() == {"detail": "Interaction not found", "code": "not_found"}
+        assert error_of(response) == {"detail": "Interaction not found", "code": "not_found"}
 
 
 async def test_non_integer_interaction_id_is_422(
@@ -286,7 +287,7 @@ async def test_update_checks_the_contact_against_the_interactions_investor(
         f"{API}/{created['id']}", json={"contact_id": 424242}, headers=admin_headers
     )
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "Contact not found", "code": "not_found"}
+    assert error_of(missing) == {"detail": "Contact not found", "code": "not_found"}
 
     own = await client.put(
         f"{API}/{created['id']}", json={"contact_id": own_contact}, headers=admin_headers
@@ -455,7 +456,7 @@ async def test_investor_list_of_an_unknown_investor_is_404(
 ) -> None:
     response = await client.get(f"{API}/investor/424242", headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == {"detail": "Investor not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Investor not found", "code": "not_found"}
 
 
 # --- cascades ---------------------------------------------------------------------------------

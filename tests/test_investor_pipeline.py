@@ -8,7 +8,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.conftest import ADMIN_EMAIL
+from tests.conftest import ADMIN_EMAIL, error_of
 from tests.investor_factories import INVESTORS, make_investor, scalar
 
 PIPELINE = ["prospect_froid", "prospect_tiede", "prospect_chaud", "en_negociation", "client"]
@@ -66,7 +66,7 @@ async def test_move_walks_the_whole_pipeline_then_409(
         f"{INVESTORS}/{investor['id']}/move-to-next-stage", headers=user_headers
     )
     assert response.status_code == 409
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "An investor at stage 'client' has no next stage",
         "code": "no_next_stage",
     }

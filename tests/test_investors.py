@@ -8,6 +8,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.conftest import error_of
 from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
 
 STAGES = [
@@ -168,7 +169,7 @@ async def test_duplicate_email_in_any_case_is_409(
         INVESTORS, json={"name": "B", "email": "IR@Amundi.COM"}, headers=admin_headers
     )
     assert response.status_code == 409
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "An investor with this email already exists",
         "code": "duplicate_email",
     }
@@ -274,7 +275,7 @@ async def test_unknown_or_out_of_range_ids_are_404(
             method, f"{INVESTORS}/{investor_id}{suffix}", json=body, headers=admin_headers
         )
         assert response.status_code == 404, (method, suffix)
-        assert response.json() == {"detail": "Investor not found", "code": "not_found"}
+        assert error_of(response) == {"detail": "Investor not found", "code": "not_found"}
 
 
 @pytest.mark.parametrize("investor_id", ["abc", "1.5", "1e3"])

@@ -10,6 +10,7 @@ import pytest
 from httpx import AsyncClient
 
 from tests.activity_factories import insert_investor
+from tests.conftest import error_of
 
 API = "/api/v1/kpis"
 Headers = dict[str, str]
@@ -253,7 +254,7 @@ async def test_annual_summary_of_an_unknown_investor_is_404(
 ) -> None:
     response = await client.get(f"{API}/summary/annual/{investor_id}/2026", headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == {"detail": "Investor not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Investor not found", "code": "not_found"}
 
 
 @pytest.mark.parametrize("year", ["1999", "2101", "0", "20x6"])

@@ -8,6 +8,7 @@ from httpx import AsyncClient
 
 from main import app
 from tests.activity_factories import execute, fetch, insert_investor
+from tests.conftest import error_of
 
 API = "/api/v1/kpis"
 Headers = dict[str, str]
@@ -176,7 +177,7 @@ async def test_post_for_an_unknown_investor_is_404(
         f"{API}/investor/{investor_id}", json={"year": 2026, "month": 3}, headers=admin_headers
     )
     assert response.status_code == 404
-    assert response.json() == {"detail": "Investor not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "Investor not found", "code": "not_found"}
 
 
 BAD_BODIES = [
@@ -247,7 +248,7 @@ async def test_unknown_kpi_is_404(client: AsyncClient, admin_headers: Headers, k
             method, f"{API}/{kpi_id}", json={"rdv_count": 1}, headers=admin_headers
         )
         assert response.status_code == 404
-        assert response.json() == {"detail": "KPI not found", "code": "not_found"}
+        assert error_of(response) == {"detail": "KPI not found", "code": "not_found"}
 
 
 async def test_update_changes_only_the_fields_sent(
@@ -289,7 +290,7 @@ async def test_update_onto_a_month_already_recorded_is_409(
     april = await upsert(client, admin_headers, investor_id, month=4, rdv_count=7)
     response = await client.put(f"{API}/{april['id']}", json={"month": 3}, headers=admin_headers)
     assert response.status_code == 409
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "This investor already has KPIs for that month",
         "code": "kpi_month_exists",
     }
@@ -408,7 +409,7 @@ async def test_investor_list_by_year(client: AsyncClient, admin_headers: Headers
 async def test_investor_list_errors(client: AsyncClient, admin_headers: Headers) -> None:
     unknown = await client.get(f"{API}/investor/424242", headers=admin_headers)
     assert unknown.status_code == 404
-    assert unknown.json() == {"detail": "Investor not found", "code": "not_found"}
+    assert error_of(unknown) == {"detail": "Investor not found", "code": "not_found"}
     investor_id = await insert_investor()
     for year in (1999, 2101, "abc"):
         response = await client.get(

@@ -1,5 +1,5 @@
 """Logs never hold a password, a password hash or a token, even with every logger at DEBUG
-(uvicorn's access log, SQLAlchemy's SQL echo with its parameters, the app's own loggers)."""
+(the access log, SQLAlchemy's SQL echo with its parameters, the app's own loggers)."""
 
 import asyncio
 import logging
@@ -17,6 +17,7 @@ LOGGERS = (
     "uvicorn",
     "uvicorn.error",
     "uvicorn.access",
+    "tpm_crm.access",
     "sqlalchemy",
     "sqlalchemy.engine",
     "sqlalchemy.pool",
@@ -105,7 +106,7 @@ async def test_no_log_record_holds_a_password_a_hash_or_a_token(
     records = caplog.records
     # The capture really saw the access log, the SQL echo and the app's failed-login line.
     names = {record.name for record in records}
-    assert "uvicorn.access" in names
+    assert "tpm_crm.access" in names
     assert "sqlalchemy.engine.Engine" in names
     assert any(record.getMessage() == "Failed login attempt" for record in records)
 

@@ -11,11 +11,13 @@ from httpx import AsyncClient
 
 from api.deps import get_current_user
 from main import app as fastapi_app
+from tests.conftest import error_of
 
 # Routes that answer without a token. Anything else must depend on get_current_user.
 PUBLIC_PATHS = {
     "/health",
     "/ready",
+    "/metrics",  # its own bearer token (METRICS_TOKEN), 404 without it: tests/test_metrics.py
     "/docs",
     "/docs-assets",
     "/redoc",
@@ -107,7 +109,7 @@ async def test_every_protected_route_without_token_is_401(
 ) -> None:
     response = await client.request(method, path, json={})
     assert response.status_code == 401
-    assert response.json() == {"detail": "Not authenticated", "code": "not_authenticated"}
+    assert error_of(response) == {"detail": "Not authenticated", "code": "not_authenticated"}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -130,7 +132,7 @@ async def test_every_protected_route_with_a_garbage_token_is_401(
         method, path, json={}, headers={"Authorization": "Bearer not-a-jwt"}
     )
     assert response.status_code == 401
-    assert response.json() == {"detail": "Invalid or expired token", "code": "invalid_token"}
+    assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -192,10 +194,11 @@ def test_every_operation_but_login_requires_the_bearer_scheme(
     assert op.get("security") == expected
 
 
-def test_error_body_schema_is_detail_and_code() -> None:
-    schema = fastapi_app.openapi()["components"]["schemas"]["ErrorBody"]
-    assert schema["required"] == ["detail", "code"]
-    assert set(schema["properties"]) == {"detail", "code"}
+def test_error_body_schemas_declare_detail_code_and_request_id() -> None:
+    schemas = fastapi_app.openapi()["components"]["schemas"]
+    for name in ("ErrorBody", "HTTPValidationError"):
+        assert schemas[name]["required"] == ["detail", "code", "request_id"], name
+        assert set(schemas[name]["properties"]) == {"detail", "code", "request_id"}, name
 
 
 def test_login_describes_both_request_bodies() -> None:

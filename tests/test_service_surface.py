@@ -8,6 +8,7 @@ from httpx import AsyncClient
 from core.config import settings
 from core.db import create_engine, create_sessionmaker, db
 from services.users import UserService
+from tests.conftest import error_of
 
 # Port 1 on the loopback: nothing listens there, so connecting fails at once.
 UNREACHABLE_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/crm"
@@ -52,7 +53,7 @@ async def test_health_does_not_touch_the_database(client: AsyncClient) -> None:
 async def test_ready_is_503_json_when_the_database_is_unreachable(client: AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 503
-    assert response.json() == {
+    assert error_of(response) == {
         "detail": "The database is not reachable",
         "code": "service_unavailable",
     }

@@ -12,7 +12,7 @@ import main
 from core.config import settings
 from core.db import db
 from services.auth import DEFAULT_ADMIN_EMAIL, AuthService
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, bearer, create_user
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, bearer, create_user, error_of
 
 USERS = "/api/v1/users"
 LOGIN = "/api/v1/auth/login"
@@ -64,7 +64,7 @@ async def first_admin_id(session: AsyncSession) -> int:
 def assert_conflict(response: Response, code: str = "conflict") -> None:
     assert response.status_code == 409, response.text
     assert response.json()["code"] == code
-    assert set(response.json()) == {"detail", "code"}
+    assert set(response.json()) == {"detail", "code", "request_id"}
 
 
 # --- access ---------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ async def test_regular_user_gets_403_on_every_route(
     body = new_user(email="x@crm.test") if method == "POST" else {"full_name": "X"}
     response = await client.request(method, path, json=body, headers=user_headers)
     assert response.status_code == 403
-    assert response.json() == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
 
 
 @pytest.mark.parametrize(("method", "path"), EVERY_ROUTE)
@@ -178,7 +178,7 @@ async def test_read_unknown_user_is_404(
 ) -> None:
     response = await client.get(f"{USERS}/{user_id}", headers=admin_headers)
     assert response.status_code == 404
-    assert response.json() == {"detail": "User not found", "code": "not_found"}
+    assert error_of(response) == {"detail": "User not found", "code": "not_found"}
 
 
 async def test_list_users_pages_and_sorts(

@@ -10,7 +10,7 @@ from api.deps import AuthServiceDep, CurrentUser, SessionDep
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
 from schemas.user import LoginJSON, Me, PasswordChange, Token
-from services.auth import INVALID_CREDENTIALS
+from services.auth import InvalidCredentials
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -100,7 +100,7 @@ async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> 
     if user is None:
         # Keep the recorded failure: it is what the throttle counts.
         await session.commit()
-        raise INVALID_CREDENTIALS
+        raise InvalidCredentials()
     token, expires_in = auth.issue_token(user, settings)
     return Token(access_token=token, expires_in=expires_in)
 
