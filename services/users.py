@@ -4,7 +4,7 @@ import time
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 
 from core.exceptions import ConflictError
 from core.security import hash_password
@@ -109,14 +109,17 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         if cached is not None:
             return cached
         generation = caller_cache.generation
-        row = await self.read_row(_CALLER_SQL, user_id)
+        # Plain Core on the session's connection, as InvestorService.get_detail.
+        connection = await self.session.connection()
+        result = await connection.execute(_CALLER, {"user_id": user_id})
+        row = result.mappings().one_or_none()
         if row is None or not row["is_active"]:
             return None
         user = AuthenticatedUser(
             id=row["id"],
             email=row["email"],
             full_name=row["full_name"],
-            role=UserRole(row["role"]),
+            role=row["role"],
             is_active=True,
         )
         caller_cache.put(user, generation)
@@ -132,9 +135,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         return await self.get(user_id, for_update=True)
 
-    async def update_user(
-        self, user: User, data: UserUpdate, *, acting_user: AuthenticatedUser
-    ) -> User:
+    async def update_user(self, user: User, data: UserUpdate) -> User:
         """Partial update that never leaves the system without an active admin."""
         values = data.model_dump(exclude_unset=True)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
@@ -170,5 +171,9 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         return (await self.session.execute(select(func.count(User.id)))).scalar_one()
 
 
-# Read on every authenticated request (see BaseService.read_row).
-_CALLER_SQL = "SELECT id, email, full_name, role, is_active FROM users WHERE id = $1"
+_users = User.__table__.c
+# Read on every authenticated request the cache does not answer; built once (see
+# services.investors._STATS).
+_CALLER = select(_users.id, _users.email, _users.full_name, _users.role, _users.is_active).where(
+    _users.id == bindparam("user_id")
+)
