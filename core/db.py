@@ -258,11 +258,13 @@ async def get_read_session() -> AsyncIterator[AsyncReadSession]:
     try:
         yield session
     finally:
-        # A session that ran no statement holds no connection: nothing to hand back (a cached
-        # caller on a route that reads nothing else). __aexit__ is the close that completes
-        # even if the request is cancelled meanwhile.
+        # A session that ran no statement holds no connection: nothing to hand back. One that
+        # did holds no transaction either (autocommit), so closing it sends nothing and never
+        # suspends: a cancellation cannot interrupt it, and the connection is back in the pool
+        # before any other request runs (a shielded close task, as __aexit__ makes, would keep
+        # it out for a trip through the event loop, which under load makes requests queue).
         if session.in_transaction():
-            await session.__aexit__(None, None, None)
+            await session.close()
 
 
 async def get_write_session() -> AsyncIterator[AsyncWriteSession]:

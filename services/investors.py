@@ -361,11 +361,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
 
     async def get_detail(self, investor_id: int) -> InvestorDetail:
         """The investor, its contacts and activity counts, in one SQL statement (no N+1)."""
-        # The session's connection runs the Core statement directly: the ORM's execution
-        # layer (entities, identity map) has nothing to do for plain columns, and skipping it
-        # was most of the gain on this, the SPA's hottest read.
-        connection = await self.session.connection()
-        result = await connection.execute(_DETAIL, {"investor_id": investor_id})
+        result = await self.session.execute(_DETAIL, {"investor_id": investor_id})
         row = result.mappings().one_or_none()
         if row is None:
             raise self.not_found()
@@ -485,7 +481,8 @@ _CLOSE_WORDS = _close_words_statement()
 def _detail_statement() -> Select[Any]:
     """The investor's columns, activity counts and contacts (a JSON array): one round trip.
 
-    On the tables, not the mapped classes: the statement then compiles and runs as plain Core.
+    On the tables, not the mapped classes: plain Core, which the session runs without its ORM
+    layer (no entities, no identity map); rows come back as mappings.
     """
     investor_table = Investor.__table__
     investors, contacts = investor_table.c, Contact.__table__.c

@@ -109,9 +109,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         if cached is not None:
             return cached
         generation = caller_cache.generation
-        # Plain Core on the session's connection, as InvestorService.get_detail.
-        connection = await self.session.connection()
-        result = await connection.execute(_CALLER, {"user_id": user_id})
+        result = await self.session.execute(_CALLER, {"user_id": user_id})
         row = result.mappings().one_or_none()
         if row is None or not row["is_active"]:
             return None
@@ -172,8 +170,8 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
 
 _users = User.__table__.c
-# Read on every authenticated request the cache does not answer; built once (see
-# services.investors._STATS).
+# Read on every authenticated request the cache does not answer: plain Core on the table (see
+# services.investors._detail_statement), built once (see services.investors._STATS).
 _CALLER = select(_users.id, _users.email, _users.full_name, _users.role, _users.is_active).where(
     _users.id == bindparam("user_id")
 )
