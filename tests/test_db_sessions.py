@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from httpx import AsyncClient, Response
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -20,8 +22,9 @@ from sqlalchemy.pool import QueuePool
 
 import services.investors
 from core.config import PROJECT_ROOT, settings
-from core.db import create_engine, db
+from core.db import create_engine, db, get_write_session
 from core.exceptions import sqlstate
+from main import app as fastapi_app
 from schemas.common import PG_INT_MAX
 from services.investors import InvestorService
 from tests.activity_factories import insert_investor
@@ -293,3 +296,28 @@ def test_no_application_module_reaches_the_driver_directly() -> None:
     }
     assert set(found) <= DRIVER_MODULES, found
     assert "asyncpg" not in found.get("core/db.py", []), "core/db.py imports asyncpg"
+
+
+# --- sessions by route ----------------------------------------------------------------------
+
+
+def _calls(dependant: Dependant) -> set[object]:
+    """Every callable `dependant` depends on, however deep."""
+    calls: set[object] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        calls.add(current.call)
+        pending.extend(current.dependencies)
+    return calls
+
+
+def test_reads_take_the_read_session_and_writes_the_write_session() -> None:
+    routes = [route for route in fastapi_app.routes if isinstance(route, APIRoute)]
+    assert routes
+    for route in routes:
+        calls = _calls(route.dependant)
+        if (route.methods or set()) <= {"GET", "HEAD"}:
+            assert get_write_session not in calls, route.path
+        else:
+            assert get_write_session in calls, (route.methods, route.path)
