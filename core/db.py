@@ -262,7 +262,7 @@ async def get_read_session() -> AsyncIterator[AsyncReadSession]:
         # did holds no transaction either (autocommit), so closing it sends nothing and never
         # suspends: a cancellation cannot interrupt it, and the connection is back in the pool
         # before any other request runs (a shielded close task, as __aexit__ makes, would keep
-        # it out for a trip through the event loop, which under load makes requests queue).
+        # it out for a trip through the event loop; see docs/adr/0004).
         if session.in_transaction():
             await session.close()
 
