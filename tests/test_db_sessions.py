@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient, Response
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -313,8 +313,13 @@ def _calls(dependant: Dependant) -> set[object]:
 
 
 def test_reads_take_the_read_session_and_writes_the_write_session() -> None:
-    routes = [route for route in fastapi_app.routes if isinstance(route, APIRoute)]
-    assert routes
+    # Routers included with a prefix are not flattened into app.routes.
+    routes = [
+        route.original_route
+        for route in iter_route_contexts(fastapi_app.routes)
+        if isinstance(route.original_route, APIRoute)
+    ]
+    assert len(routes) > 30
     for route in routes:
         calls = _calls(route.dependant)
         if (route.methods or set()) <= {"GET", "HEAD"}:
