@@ -5,11 +5,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from fastapi.security import OAuth2PasswordBearer
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings
-from core.db import get_session
+from core.db import AsyncReadSession, AsyncWriteSession, get_read_session, get_write_session
 from core.exceptions import AuthError, PermissionDeniedError
 from core.security import InvalidTokenError, decode_access_token
 from models.user import AuthenticatedUser
@@ -21,21 +21,38 @@ from services.investors import InvestorService
 from services.kpis import KpiService
 from services.users import UserService
 
-# scope="function": the transaction is committed before the response is sent.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# Each route declares which session it needs, through the read or write variant of its
+# service. scope="function": a write is committed before the response is sent, and a read
+# hands its connection back before then too.
+ReadSession = Annotated[AsyncReadSession, Depends(get_read_session, scope="function")]
+WriteSession = Annotated[AsyncWriteSession, Depends(get_write_session, scope="function")]
+
+
+def _row_id(value: int) -> int:
+    """`value`, or 0 when no INTEGER column can hold it: 0 names no row either (ids start at 1),
+    so the lookup answers 404 as for any unknown id, and the driver never meets a number too
+    big to bind. The id range is checked here, once, for every id in a path."""
+    return value if -PG_INT_MAX - 1 <= value <= PG_INT_MAX else 0
+
+
+# Every `{..._id:id}` path parameter: an integer (anything else is a 422).
+IdPath = Annotated[int, AfterValidator(_row_id)]
 
 # auto_error=False so a missing token gets our JSON body; tokenUrl drives Swagger's Authorize.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
 async def get_current_user(
-    session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+    session: ReadSession, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> AuthenticatedUser:
     """The active user behind the Bearer token; 401 otherwise, checked on every request."""
     if not token:
         raise AuthError()
-    user_id = decode_access_token(token, settings)
-    user = await UserService(session).get_caller(user_id) if user_id <= PG_INT_MAX else None
+    user = await UserService(session).get_caller(_row_id(decode_access_token(token, settings)))
+    if session.in_transaction():
+        # Not cached: the lookup took a connection. Handed back at once, so that a writing
+        # request holds only its write session's, never two at a time.
+        await session.close()
     if user is None:
         raise InvalidTokenError()
     return user
@@ -56,21 +73,35 @@ AdminUser = Annotated[AuthenticatedUser, Depends(get_admin_user)]
 ServiceT = TypeVar("ServiceT")
 
 
-def _service(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
-    """A dependency building `service_class` on the request's session."""
+def _reader(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
+    """A dependency building `service_class` on the request's read session."""
 
-    async def build(session: SessionDep) -> ServiceT:
+    async def build(session: ReadSession) -> ServiceT:
         return service_class(session)
 
     return build
 
 
-UserServiceDep = Annotated[UserService, Depends(_service(UserService))]
-AuthServiceDep = Annotated[AuthService, Depends(_service(AuthService))]
-InvestorServiceDep = Annotated[InvestorService, Depends(_service(InvestorService))]
-ContactServiceDep = Annotated[ContactService, Depends(_service(ContactService))]
-InteractionServiceDep = Annotated[InteractionService, Depends(_service(InteractionService))]
-KpiServiceDep = Annotated[KpiService, Depends(_service(KpiService))]
+def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
+    """A dependency building `service_class` on the request's write session."""
+
+    async def build(session: WriteSession) -> ServiceT:
+        return service_class(session)
+
+    return build
+
+
+UserReader = Annotated[UserService, Depends(_reader(UserService))]
+UserWriter = Annotated[UserService, Depends(_writer(UserService))]
+AuthWriter = Annotated[AuthService, Depends(_writer(AuthService))]
+InvestorReader = Annotated[InvestorService, Depends(_reader(InvestorService))]
+InvestorWriter = Annotated[InvestorService, Depends(_writer(InvestorService))]
+ContactReader = Annotated[ContactService, Depends(_reader(ContactService))]
+ContactWriter = Annotated[ContactService, Depends(_writer(ContactService))]
+InteractionReader = Annotated[InteractionService, Depends(_reader(InteractionService))]
+InteractionWriter = Annotated[InteractionService, Depends(_writer(InteractionService))]
+KpiReader = Annotated[KpiService, Depends(_reader(KpiService))]
+KpiWriter = Annotated[KpiService, Depends(_writer(KpiService))]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

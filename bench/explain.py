@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings
-from core.db import create_engine, create_sessionmaker, db
+from core.db import create_engine, create_sessionmaker
 from models.interaction import InteractionType
 from schemas.interaction import InteractionCreate
 from schemas.investor import InvestorCursor, InvestorFilters
@@ -141,24 +141,12 @@ async def _capture(
     def record(_conn: object, _cursor: object, statement: str, params: Any, *_: object) -> None:
         captured.append((statement, tuple(params or ())))
 
-    # Hand-written reads (Database.read_row) run on the app's global database, past the
-    # engine's events: point it at the bench database and record them too.
-    db.configure(settings, url)
-    read_row = db.read_row
-
-    async def record_read_row(sql: str, *args: object) -> Any:
-        captured.append((sql, args))
-        return await read_row(sql, *args)
-
-    db.read_row = record_read_row  # type: ignore[method-assign]
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         async with create_sessionmaker(engine)() as session:
             result = await path(session)
             await session.rollback()
     finally:
-        del db.read_row
-        await db.dispose()
         await engine.dispose()
     return result, captured
 

@@ -1,20 +1,21 @@
-"""The async engine, the session factory and the per-request transaction."""
+"""The async engine, the read and write session factories and the per-request sessions."""
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from starlette.requests import Request
 
 from core.config import Settings
 
@@ -65,8 +66,31 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "do_connect", _connect_or_raise_dbapi_error)
     event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
     return engine
+
+
+def _connect_or_raise_dbapi_error(
+    dialect: Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    """Open a connection; whatever stops it is raised as the dialect's OperationalError.
+
+    SQLAlchemy translates the driver's errors while a statement runs, but not while it
+    connects: a refused socket, a timeout, or a server that answers the handshake with an
+    error (starting up, out of slots, database closed to connections) would escape as the
+    driver's own exceptions. Raised as a DBAPI error instead, SQLAlchemy wraps it like any
+    other (sqlalchemy.exc.OperationalError, its SQLSTATE kept), so one handler classifies them.
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except Exception as exc:
+        dbapi: Any = dialect.loaded_dbapi
+        if isinstance(exc, dbapi.Error):
+            raise
+        error = dbapi.OperationalError(f"{type(exc).__name__}: {exc}")
+        error.sqlstate = error.pgcode = getattr(exc, "sqlstate", None)
+        raise error from exc
 
 
 def _discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -79,26 +103,54 @@ def _discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any)
         raise DisconnectionError("connection closed by the server")
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+class AsyncReadSession(AsyncSession):
+    """A read-only request's session: each statement runs in autocommit, no BEGIN or COMMIT.
+
+    Under READ COMMITTED every statement takes its own snapshot even inside a transaction, so
+    a read loses nothing by running outside one, and saves two round trips per request.
+    """
+
+
+class AsyncWriteSession(AsyncSession):
+    """A writing request's session: one transaction, committed before the response is sent."""
+
+
+SessionT = TypeVar("SessionT", bound=AsyncSession)
+Bind = AsyncEngine | AsyncConnection
+
+
+def _sessionmaker(bind: Bind, session_class: type[SessionT]) -> async_sessionmaker[SessionT]:
+    return async_sessionmaker(bind, class_=session_class, expire_on_commit=False, autoflush=False)
+
+
+def create_sessionmaker(bind: Bind) -> async_sessionmaker[AsyncWriteSession]:
+    """Write sessions on `bind`."""
+    return _sessionmaker(bind, AsyncWriteSession)
+
+
+def create_read_sessionmaker(bind: Bind) -> async_sessionmaker[AsyncReadSession]:
+    """Read sessions on `bind`; autocommit is the bind's execution option (Database.configure)."""
+    return _sessionmaker(bind, AsyncReadSession)
 
 
 class Database:
-    """Holds the engine and session factory for the app's lifetime (set up in the lifespan)."""
+    """The engine (one pool) and the two session factories for the app's lifetime.
+
+    Set up in the lifespan. Request code gets its sessions from `sessionmaker` (writes) and
+    `read_sessionmaker` (reads) only, never from the engine, so both can be pointed elsewhere.
+    """
 
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
-        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
-        self._read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._sessionmaker: async_sessionmaker[AsyncWriteSession] | None = None
+        self._read_sessionmaker: async_sessionmaker[AsyncReadSession] | None = None
         self._listeners: list[asyncio.Task[None]] = []
 
     def configure(self, settings: Settings, url: str | None = None) -> None:
         self._engine = create_engine(settings, url)
         self._sessionmaker = create_sessionmaker(self._engine)
-        # Same pool, no BEGIN/COMMIT: under READ COMMITTED every statement takes its own
-        # snapshot even inside a transaction, so a read-only request loses nothing by running
-        # its statements outside one, and saves two round trips.
-        self._read_sessionmaker = create_sessionmaker(
+        # Same pool: the option only changes how a checked-out connection runs statements.
+        self._read_sessionmaker = create_read_sessionmaker(
             self._engine.execution_options(isolation_level="AUTOCOMMIT")
         )
 
@@ -109,36 +161,18 @@ class Database:
         return self._engine
 
     @property
-    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+    def sessionmaker(self) -> async_sessionmaker[AsyncWriteSession]:
+        """Sessions for writing requests: one transaction each."""
         if self._sessionmaker is None:
             raise RuntimeError("Database is not configured")
         return self._sessionmaker
 
     @property
-    def read_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+    def read_sessionmaker(self) -> async_sessionmaker[AsyncReadSession]:
         """Sessions for read-only requests: each statement runs in autocommit."""
         if self._read_sessionmaker is None:
             raise RuntimeError("Database is not configured")
         return self._read_sessionmaker
-
-    async def read_row(self, sql: str, *args: object) -> Mapping[str, Any] | None:
-        """One row of hand-written SQL, run by asyncpg itself on a pooled connection.
-
-        For the reads behind nearly every request (the caller's account, an investor's page):
-        no session, no statement compilation, no ORM result processing, which were most of
-        their cost. The statement runs on its own, outside the request's transaction, so it
-        must never be the read a write depends on. asyncpg prepares it once per connection.
-        """
-        pooled = await self.engine.raw_connection()
-        driver: Any = pooled.driver_connection
-        try:
-            row: Mapping[str, Any] | None = await driver.fetchrow(sql, *args)
-        except BaseException:
-            # Failed or cancelled mid-statement: its state is unknown, never reuse it.
-            pooled.invalidate()
-            raise
-        pooled.close()
-        return row
 
     def listen(
         self,
@@ -182,7 +216,10 @@ class Database:
         pooled.detach()  # its own connection for good, never handed back to the pool
         lost = asyncio.Event()
         try:
-            # Told apart from the pool's connections in pg_stat_activity.
+            # Told apart from the pool's connections in pg_stat_activity. A plain SET is safe
+            # here, and simpler than a second engine with its own server_settings: the
+            # connection left the pool for good above and is terminated, never handed back,
+            # so no other borrower can inherit the setting.
             await driver.execute(f"SET application_name = '{APPLICATION_NAME} listener'")
             driver.add_termination_listener(lambda _connection: lost.set())
             await driver.add_listener(
@@ -214,24 +251,25 @@ class Database:
 
 db = Database()
 
-# HTTP's safe methods: their routes only read, so their statements need no transaction.
-READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+async def get_read_session() -> AsyncIterator[AsyncReadSession]:
+    """The request's read session; its connection (if it took one) goes back at the end."""
+    session = db.read_sessionmaker()
+    try:
+        yield session
+    finally:
+        # A session that ran no statement holds no connection: nothing to hand back. One that
+        # did holds no transaction either (autocommit), so closing it sends nothing and never
+        # suspends: a cancellation cannot interrupt it, and the connection is back in the pool
+        # before any other request runs (a shielded close task, as __aexit__ makes, would keep
+        # it out for a trip through the event loop; see docs/adr/0004).
+        if session.in_transaction():
+            await session.close()
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; a writing request runs in one transaction, committed before
-    the response is sent, and rolled back on any error."""
-    if request.method in READ_ONLY_METHODS:
-        session = db.read_sessionmaker()
-        try:
-            yield session
-        finally:
-            # Only a session that ran a statement holds a connection to hand back, and the
-            # hottest reads never touch theirs (Database.read_row). __aexit__ is the close
-            # that completes even if the request is cancelled meanwhile.
-            if session.in_transaction():
-                await session.__aexit__(None, None, None)
-        return
+async def get_write_session() -> AsyncIterator[AsyncWriteSession]:
+    """The request's write session: committed on success (before the response, with the
+    dependency's function scope), rolled back on any error."""
     async with db.sessionmaker() as session:
         try:
             yield session

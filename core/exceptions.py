@@ -4,7 +4,6 @@
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,20 +31,11 @@ SECURITY_HEADERS = {
 }
 NO_STORE = {"Cache-Control": "no-store"}
 
-# Failures to reach the database that SQLAlchemy does not wrap in DBAPIError: socket errors,
-# asyncpg's client-side errors and the pool's own checkout timeout. Server errors that asyncpg
-# raises itself (while connecting, or in Database.read_row) go by their SQLSTATE instead.
-CONNECTION_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    PoolTimeoutError,
-    asyncpg.InterfaceError,
-)
-DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    DBAPIError,
-    asyncpg.PostgresError,
-    *CONNECTION_ERRORS,
-)
+# Failures to reach the database that are no DBAPIError: the pool's own checkout timeout, and
+# socket errors or timeouts should one ever escape the driver unwrapped. Every driver error,
+# including those raised while connecting (core.db), arrives as a DBAPIError with its SQLSTATE.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError, PoolTimeoutError)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, *CONNECTION_ERRORS)
 
 
 class AppError(Exception):
@@ -166,19 +156,11 @@ def error_body(detail: str | list[dict[str, Any]], code: str) -> dict[str, Any]:
 
 
 def sqlstate(exc: DBAPIError) -> str | None:
-    """The PostgreSQL SQLSTATE behind a SQLAlchemy error raised through asyncpg."""
-    orig: Any = exc.orig
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if state:
-            return str(state)
-    return None
-
-
-def constraint_name(exc: DBAPIError) -> str | None:
-    orig: Any = exc.orig
-    cause = getattr(orig, "__cause__", None)
-    return getattr(cause, "constraint_name", None) or getattr(orig, "constraint_name", None)
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy error (None: no answer from the server)."""
+    # `pgcode`: psycopg's attribute, which SQLAlchemy's asyncpg adapter (and core.db's connect
+    # hook) set on the DBAPI error too.
+    state: Any = getattr(exc.orig, "pgcode", None)
+    return str(state) if state else None
 
 
 def _render(exc: AppError) -> JSONResponse:
@@ -243,12 +225,6 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
     return await _server_state_error(request, exc, state)
 
 
-async def postgres_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """A server error raised by asyncpg itself (Database.read_row, or while connecting)."""
-    assert isinstance(exc, asyncpg.PostgresError)
-    return await _server_state_error(request, exc, exc.sqlstate)
-
-
 async def _server_state_error(request: Request, exc: Exception, state: str) -> JSONResponse:
     if state == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
@@ -285,5 +261,4 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_error_handler)
     for error in CONNECTION_ERRORS:
         app.add_exception_handler(error, connection_error_handler)
-    app.add_exception_handler(asyncpg.PostgresError, postgres_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

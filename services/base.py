@@ -9,9 +9,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.base import ExecutableOption
 
-from core.db import db
 from core.exceptions import (
     FOREIGN_KEY_VIOLATION,
     UNIQUE_VIOLATION,
@@ -20,20 +18,10 @@ from core.exceptions import (
     sqlstate,
 )
 from models.base import Base
-from schemas.common import PG_INT_MAX
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
 UpdateT = TypeVar("UpdateT", bound=BaseModel)
-
-
-def sets_only(filters: BaseModel, *fields: str) -> bool:
-    """Whether `filters` sets none but `fields`: the case a trigger-kept counter can total.
-
-    Asked of the filters set rather than of each field, so that a filter added later falls
-    back to counting rows instead of getting a wrong total from the counters.
-    """
-    return filters.model_dump(exclude_none=True).keys() <= set(fields)
 
 
 class BaseService(Generic[ModelT, CreateT, UpdateT]):
@@ -58,21 +46,9 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     def not_found(self) -> NotFoundError:
         return NotFoundError(self.not_found_message)
 
-    async def read_row(self, sql: str, *args: object) -> Mapping[str, Any] | None:
-        """One row of hand-written SQL outside the session: see Database.read_row."""
-        return await db.read_row(sql, *args)
-
-    async def get(
-        self,
-        id_: int,
-        *,
-        options: Sequence[ExecutableOption] = (),
-        for_update: bool = False,
-    ) -> ModelT:
-        """The row with this id, or NotFoundError (also for ids no INTEGER column can hold)."""
-        if not 1 <= id_ <= PG_INT_MAX:
-            raise self.not_found()
-        stmt = select(self.model).where(self._id_column == id_).options(*options)
+    async def get(self, id_: int, *, for_update: bool = False) -> ModelT:
+        """The row with this id, or NotFoundError."""
+        stmt = select(self.model).where(self._id_column == id_)
         if for_update:
             # A locking read must see the row as it is now, not as the identity map cached it.
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
@@ -104,14 +80,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
                 raise foreign_key() from None
             raise
 
-    async def exists(self, id_: int) -> bool:
-        if not 1 <= id_ <= PG_INT_MAX:
-            return False
-        stmt = select(self._id_column).where(self._id_column == id_)
-        return (await self.session.execute(stmt)).first() is not None
-
     async def ensure_exists(self, id_: int) -> None:
-        if not await self.exists(id_):
+        """NotFoundError unless the row exists (without loading it)."""
+        stmt = select(self._id_column).where(self._id_column == id_)
+        if (await self.session.execute(stmt)).first() is None:
             raise self.not_found()
 
     def order_by(self, sort: str | None) -> list[ColumnElement[Any]]:
@@ -135,8 +107,8 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         limit: int,
         total: int | None = None,
     ) -> tuple[list[Any], int]:
-        """Run a page of `stmt` and a separate COUNT over the same filters, unless the caller
-        already knows the total (say, from trigger-kept counters)."""
+        """Run a page of `stmt` and a separate COUNT over the same filters, unless the entity's
+        service already knows the total (from the counters it keeps)."""
         filtered = stmt.where(*where)
         if total is None:
             count_stmt = select(func.count()).select_from(
@@ -155,12 +127,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         sort: str | None = None,
         skip: int = 0,
         limit: int = 50,
-        options: Sequence[ExecutableOption] = (),
     ) -> tuple[list[ModelT], int]:
         """A page of rows matching `where`, sorted by a whitelisted key, with the total."""
-        stmt = select(self.model).options(*options)
         return await self.paginate(
-            stmt, where=where, order_by=self.order_by(sort), skip=skip, limit=limit
+            select(self.model), where=where, order_by=self.order_by(sort), skip=skip, limit=limit
         )
 
     def _values(self, data: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:

@@ -1,13 +1,12 @@
 """Contacts: the people at an investor."""
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sqlalchemy import select
 
 from core.exceptions import NotFoundError
 from models.contact import Contact
 from models.investor import Investor
-from schemas.common import PG_INT_MAX
 from schemas.contact import ContactCreate, ContactUpdate
 from services.base import BaseService
 
@@ -23,8 +22,6 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
     not_found_message = "Contact not found"
 
     async def _ensure_investor(self, investor_id: int, *, lock: bool = False) -> None:
-        if not 1 <= investor_id <= PG_INT_MAX:
-            raise InvestorNotFound()
         stmt = select(Investor.id).where(Investor.id == investor_id)
         if lock:
             # Key-share lock: a concurrent delete of the investor waits for this request, so the
@@ -40,9 +37,7 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
         await self._ensure_investor(investor_id)
         return await self.list(where=[Contact.investor_id == investor_id], skip=skip, limit=limit)
 
-    async def create_for_investor(
-        self, investor_id: int, data: ContactCreate, **extra: Any
-    ) -> Contact:
+    async def create_for_investor(self, investor_id: int, data: ContactCreate) -> Contact:
         """Add a contact to an investor; 404 when the investor is missing."""
         await self._ensure_investor(investor_id, lock=True)
-        return await self.create(data, investor_id=investor_id, **extra)
+        return await self.create(data, investor_id=investor_id)

@@ -9,8 +9,11 @@ from models.aggregates import InteractionTypeCount
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
-from services.base import BaseService, sets_only
+from services.base import BaseService
 from services.investors import InvestorService
+
+# The filters the type counters can total; with any other set, paginate counts the rows.
+_COUNTED_FILTERS = frozenset({"type"})
 
 
 class InteractionService(BaseService[Interaction, InteractionCreate, InteractionUpdate]):
@@ -33,8 +36,10 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
             where.append(Interaction.date >= filters.date_from)
         if filters.date_to is not None:
             where.append(Interaction.date <= filters.date_to)
-        # Any other filter narrows paginate's COUNT through an index of its own.
-        total = await self.count_by_type(filters.type) if sets_only(filters, "type") else None
+        # Asked of the filters set, not of each field: a filter added later falls back to
+        # counting rows (through an index of its own) instead of a wrong total.
+        counted = filters.model_dump(exclude_none=True).keys() <= _COUNTED_FILTERS
+        total = await self.count_by_type(filters.type) if counted else None
         return await self.paginate(
             select(Interaction),
             where=where,

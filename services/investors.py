@@ -7,12 +7,15 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    bindparam,
     cast,
     func,
     literal,
+    literal_column,
     select,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import RowMapping
 
 from core.exceptions import ConflictError
@@ -20,6 +23,8 @@ from models.aggregates import (
     NO_CLIENT_TYPE_KEY,
     InvestorCount,
 )
+from models.contact import Contact
+from models.interaction import Interaction
 from models.investor import (
     PIPELINE_ORDER,
     ClientType,
@@ -27,7 +32,7 @@ from models.investor import (
     InvestorStageChange,
     PipelineStage,
 )
-from schemas.common import PG_INT_MAX
+from models.kpi import Kpi
 from schemas.contact import ContactRead
 from schemas.investor import (
     InvestorCreate,
@@ -142,12 +147,11 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
 
     async def get_detail(self, investor_id: int) -> InvestorDetail:
         """The investor, its contacts and activity counts, in one SQL statement (no N+1)."""
-        if not 1 <= investor_id <= PG_INT_MAX:
-            raise self.not_found()
-        row = await self.read_row(_DETAIL_SQL, investor_id)
+        result = await self.session.execute(_DETAIL, {"investor_id": investor_id})
+        row = result.mappings().one_or_none()
         if row is None:
             raise self.not_found()
-        return InvestorDetail.model_validate(dict(row))
+        return InvestorDetail.model_validate(row)
 
     async def create_investor(self, data: InvestorCreate, *, changed_by: int) -> Investor:
         """Create an investor and its first stage-history entry; taken email → 409."""
@@ -232,26 +236,45 @@ def _stats_statement() -> Select[Any]:
 _STATS = _stats_statement()
 
 
-def _detail_sql() -> str:
-    """The investor's columns, activity counts and contacts (a JSON array): one round trip."""
-    investor_columns = ", ".join(f"i.{name}" for name in InvestorRead.model_fields)
-    contact_columns = ", ".join(ContactRead.model_fields)
-    # Field names come from the schemas, never from a request.
-    return f"""
-        SELECT {investor_columns},
-            (SELECT count(*) FROM interactions WHERE investor_id = i.id) AS interaction_count,
-            (SELECT max(date) FROM interactions WHERE investor_id = i.id)
-                AS last_interaction_date,
-            (SELECT count(*) FROM kpis WHERE investor_id = i.id) AS kpi_count,
-            coalesce(
-                (SELECT json_agg(c ORDER BY c.name, c.id)
-                 FROM (SELECT {contact_columns} FROM contacts WHERE investor_id = i.id) AS c),
-                '[]'
-            ) AS contacts
-        FROM investors AS i
-        WHERE i.id = $1
-    """  # noqa: S608
+def _detail_statement() -> Select[Any]:
+    """The investor's columns, activity counts and contacts (a JSON array): one round trip.
+
+    On the tables, not the mapped classes: plain Core, which the session runs without its ORM
+    layer (no entities, no identity map); rows come back as mappings.
+    """
+    investor_table = Investor.__table__
+    investors, contacts = investor_table.c, Contact.__table__.c
+    interactions, kpis = Interaction.__table__.c, Kpi.__table__.c
+    # Each contact as the JSON object of its row, in the read schema's columns.
+    contact_rows = (
+        select(*(contacts[name] for name in ContactRead.model_fields))
+        .where(contacts.investor_id == investors.id)
+        .correlate(investor_table)
+        .subquery("c")
+    )
+    contact_list = func.json_agg(
+        aggregate_order_by(contact_rows.table_valued(), contact_rows.c.name, contact_rows.c.id)
+    )
+    return select(
+        *(investors[name] for name in InvestorRead.model_fields),
+        select(func.count())
+        .where(interactions.investor_id == investors.id)
+        .scalar_subquery()
+        .label("interaction_count"),
+        select(func.max(interactions.date))
+        .where(interactions.investor_id == investors.id)
+        .scalar_subquery()
+        .label("last_interaction_date"),
+        select(func.count())
+        .where(kpis.investor_id == investors.id)
+        .scalar_subquery()
+        .label("kpi_count"),
+        select(func.coalesce(contact_list, literal_column("'[]'::json")))
+        .select_from(contact_rows)
+        .scalar_subquery()
+        .label("contacts"),
+    ).where(investors.id == bindparam("investor_id"))
 
 
-# The SPA's hottest read (see BaseService.read_row).
-_DETAIL_SQL = _detail_sql()
+# Built once, as _STATS: the SPA's hottest read.
+_DETAIL = _detail_statement()

@@ -19,7 +19,7 @@ from core.exceptions import ConflictError
 from models.aggregates import KpiMonthTotal
 from models.kpi import Kpi
 from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
-from services.base import BaseService, sets_only
+from services.base import BaseService
 from services.investors import InvestorService
 
 
@@ -29,6 +29,9 @@ class KpiMonthTaken(ConflictError):
 
 
 _KEY = ("year", "month")
+# The filters the month totals can total; an investor's rows are counted by paginate through
+# its (investor_id, year, month) key.
+_COUNTED_FILTERS = frozenset({"year", "month"})
 
 
 def _totals(*where: ColumnElement[bool]) -> Select[Any]:
@@ -85,8 +88,9 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             where.append(Kpi.year == filters.year)
         if filters.month is not None:
             where.append(Kpi.month == filters.month)
-        # An investor's rows are counted by paginate through its (investor_id, year, month) key.
-        counted = sets_only(filters, "year", "month")
+        # Asked of the filters set, not of each field: a filter added later falls back to
+        # counting rows instead of a wrong total.
+        counted = filters.model_dump(exclude_none=True).keys() <= _COUNTED_FILTERS
         total = await self.count_by_month(filters.year, filters.month) if counted else None
         order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
         return await self.paginate(

@@ -4,7 +4,7 @@ import time
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 
 from core.exceptions import ConflictError
 from core.security import hash_password
@@ -113,14 +113,15 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         if cached is not None:
             return cached
         generation = caller_cache.generation
-        row = await self.read_row(_CALLER_SQL, user_id)
+        result = await self.session.execute(_CALLER, {"user_id": user_id})
+        row = result.mappings().one_or_none()
         if row is None or not row["is_active"]:
             return None
         user = AuthenticatedUser(
             id=row["id"],
             email=row["email"],
             full_name=row["full_name"],
-            role=UserRole(row["role"]),
+            role=row["role"],
             is_active=True,
         )
         caller_cache.put(user, generation)
@@ -136,9 +137,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         return await self.get(user_id, for_update=True)
 
-    async def update_user(
-        self, user: User, data: UserUpdate, *, acting_user: AuthenticatedUser
-    ) -> User:
+    async def update_user(self, user: User, data: UserUpdate) -> User:
         """Partial update that never leaves the system without an active admin."""
         values = data.model_dump(exclude_unset=True)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
@@ -174,5 +173,9 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         return (await self.session.execute(select(func.count(User.id)))).scalar_one()
 
 
-# Read on every authenticated request (see BaseService.read_row).
-_CALLER_SQL = "SELECT id, email, full_name, role, is_active FROM users WHERE id = $1"
+_users = User.__table__.c
+# Read on every authenticated request the cache does not answer: plain Core on the table (see
+# services.investors._detail_statement), built once (see services.investors._STATS).
+_CALLER = select(_users.id, _users.email, _users.full_name, _users.role, _users.is_active).where(
+    _users.id == bindparam("user_id")
+)

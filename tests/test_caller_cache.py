@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy.util import await_only
 
 import services.users
-from core.db import db
 from models.user import AuthenticatedUser, UserRole
 from services.users import USER_CHANGES_CHANNEL, CallerCache, caller_cache
-from tests.conftest import ADMIN_EMAIL, bearer, create_user, error_of
+from tests.conftest import ADMIN_EMAIL, bearer, create_user, engine_event, error_of
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
 
@@ -63,23 +63,20 @@ async def cached_caller(client: AsyncClient, user_id: int) -> dict[str, str]:
 def account_reads(
     then: Callable[[], Awaitable[None]] | None = None,
 ) -> Iterator[list[object]]:
-    """The ids of the accounts the app reads from users meanwhile; `then` runs after each read."""
+    """The ids of the accounts the app reads from users meanwhile; `then` runs after each read,
+    before the app goes on."""
     reads: list[object] = []
-    read_row = db.read_row
 
-    async def recording_read_row(sql: str, *args: object) -> Any:
-        row = await read_row(sql, *args)
-        if "FROM users" in sql:
-            reads.append(args[0])
+    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "FROM users" in statement and "WHERE users.id = " in statement:
+            reads.append(params[0])
             if then is not None:
-                await then()
-        return row
+                # The engine runs its events inside SQLAlchemy's greenlet: this waits for the
+                # coroutine on the event loop, with the app's request suspended meanwhile.
+                await_only(then())
 
-    db.read_row = recording_read_row  # type: ignore[method-assign]
-    try:
+    with engine_event("after_cursor_execute", record):
         yield reads
-    finally:
-        del db.read_row
 
 
 async def listener_states() -> list[str]:

@@ -1,21 +1,30 @@
 """The per-request database machinery: reads outside a transaction and writes inside one, no
 connection left checked out, connections the server closed replaced before a request meets
-them, and Database.read_row handing back a clean pool after an error."""
+them, errors met while connecting classified like any other, and one way to the database."""
 
+import ast
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient, Response
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import QueuePool
 
 import services.investors
-from core.db import db
+from core.config import PROJECT_ROOT, settings
+from core.db import create_engine, db, get_write_session
+from core.exceptions import sqlstate
+from main import app as fastapi_app
 from schemas.common import PG_INT_MAX
 from services.investors import InvestorService
 from tests.activity_factories import insert_investor
@@ -80,7 +89,11 @@ async def test_a_writing_request_runs_its_statements_inside_a_transaction(
         response = await client.post(INVESTORS, json={"name": "Amundi"}, headers=headers)
     assert response.status_code == 201, response.text
     assert any(statement.startswith("INSERT INTO investors") for statement, _ in states)
-    assert [in_transaction for _, in_transaction in states] == [True] * len(states)
+    # The caller's account is looked up on the read session, whatever the route: a read.
+    writes = [
+        in_transaction for statement, in_transaction in states if "FROM users" not in statement
+    ]
+    assert writes == [True] * len(writes)
 
 
 async def test_a_write_failing_half_way_leaves_nothing(
@@ -124,8 +137,8 @@ async def test_no_connection_stays_checked_out_after_requests(
     investor = await make_investor(client, headers, name="Amundi", email="ir@amundi.com")
     detail = f"{INVESTORS}/{investor['id']}"
     responses = [
-        await client.get(detail, headers=headers),  # read_row only: the session stays unused
-        await client.get(INVESTORS, headers=headers),  # the session runs statements
+        await client.get(detail, headers=headers),  # on the read session's connection
+        await client.get(INVESTORS, headers=headers),  # through the read session
         await client.get(f"{INVESTORS}/{PG_INT_MAX}", headers=headers),
         await client.get(f"{INVESTORS}/abc", headers=headers),
         await client.get(INVESTORS, params={"limit": 0}, headers=headers),
@@ -201,76 +214,115 @@ async def test_connections_the_server_closed_are_replaced_before_a_request_uses_
     assert pool().checkedout() == 0
 
 
-# --- Database.read_row ----------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------
 
 
-@contextmanager
-def invalidated_connections() -> Iterator[list[Any]]:
-    """The DBAPI connections the pool invalidates meanwhile."""
-    invalidated: list[Any] = []
-
-    def record(dbapi_connection: Any, _record: Any, _exception: Any) -> None:
-        invalidated.append(dbapi_connection)
-
-    with engine_event("invalidate", record):
-        yield invalidated
-
-
-async def test_read_row_discards_its_connection_after_an_error(app: object) -> None:
-    # A fresh pool: a connection an earlier test left dead would be discarded (and counted)
-    # at checkout, before the statement under test even runs.
-    await db.engine.dispose()
-    with invalidated_connections() as invalidated, pytest.raises(asyncpg.DivisionByZeroError):
-        await db.read_row("SELECT 1/0")
-    assert len(invalidated) == 1
-    assert invalidated[0].driver_connection.is_closed()
-    assert pool().checkedout() == 0
-    row = await db.read_row("SELECT 1 AS one")
-    assert row is not None
-    assert dict(row) == {"one": 1}
-
-
-async def test_read_row_discards_its_connection_when_cancelled(app: object) -> None:
-    with invalidated_connections() as invalidated:
-        sleeping = asyncio.create_task(db.read_row("SELECT pg_sleep(5)"))
-        conn = await connect_directly()
-        try:
-            for _ in range(200):
-                running = await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = $1 AND query = 'SELECT pg_sleep(5)' "
-                    "AND state = 'active'",
-                    APPLICATION_NAME,
-                )
-                if running:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("the statement never started")
-        finally:
-            await conn.close()
-        sleeping.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await sleeping
-    assert len(invalidated) == 1
-    assert pool().checkedout() == 0
-    row = await db.read_row("SELECT 2 AS two")
-    assert row is not None
-    assert dict(row) == {"two": 2}
-
-
-async def test_a_broken_statement_in_read_row_is_a_json_500_not_an_outage(
+async def test_a_broken_read_statement_is_a_json_500_not_an_outage(
     client: AsyncClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A bug in hand-written SQL (say, a column a migration renamed) must not pass for a
-    # database outage: it is a 500, logged with its traceback.
+    # A bug in a statement (say, a column a migration renamed) must not pass for a database
+    # outage: it is a 500, logged with its traceback, and the pool stays clean.
     investor = await make_investor(client, headers, name="Amundi")
     detail = f"{INVESTORS}/{investor['id']}"
     with monkeypatch.context() as patch:
-        patch.setattr(services.investors, "_DETAIL_SQL", "SELECT $1::int / 0 AS id")
+        patch.setattr(services.investors, "_DETAIL", text("SELECT :investor_id / 0 AS id"))
         response = await client.get(detail, headers=headers)
     assert response.status_code == 500, response.text
     assert response.headers["content-type"] == "application/json"
     assert error_of(response) == {"detail": "Internal server error", "code": "internal_error"}
     assert pool().checkedout() == 0
     assert assert_ok(await client.get(detail, headers=headers))["name"] == "Amundi"
+
+
+async def test_a_server_refusing_the_connection_raises_a_wrapped_error_with_its_sqlstate(
+    app: object,
+) -> None:
+    # The driver raises errors met while connecting as they are, outside SQLAlchemy's
+    # wrappers; the engine wraps them like any other, so one handler classifies them.
+    url = make_url(db.engine.url).set(database="crm_no_such_database")
+    engine = create_engine(settings, url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(OperationalError) as raised:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert sqlstate(raised.value) == "3D000"  # invalid_catalog_name
+
+
+async def test_a_refused_socket_raises_a_wrapped_error_without_sqlstate(app: object) -> None:
+    engine = create_engine(settings, "postgresql+asyncpg://postgres@127.0.0.1:1/crm")
+    try:
+        with pytest.raises(OperationalError) as raised:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert sqlstate(raised.value) is None
+    assert isinstance(getattr(raised.value.orig, "__cause__", None), OSError)
+
+
+# --- one way to the database ----------------------------------------------------------------
+
+APPLICATION_PACKAGES = ("api", "core", "models", "schemas", "services")
+# core/db.py alone uses the driver's own API: asyncpg's listeners for the LISTEN connection,
+# and its socket state in the pool's checkout check. It never imports the driver.
+DRIVER_MODULES = {"core/db.py"}
+
+
+def _application_modules() -> Iterator[Path]:
+    yield PROJECT_ROOT / "main.py"
+    for package in APPLICATION_PACKAGES:
+        yield from sorted((PROJECT_ROOT / package).rglob("*.py"))
+
+
+def _driver_uses(tree: ast.AST) -> list[str]:
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            uses += [alias.name for alias in node.names if alias.name.split(".")[0] == "asyncpg"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "asyncpg":
+            uses.append(node.module or "")
+        elif isinstance(node, ast.Attribute) and node.attr == "driver_connection":
+            uses.append("driver_connection")
+    return uses
+
+
+def test_no_application_module_reaches_the_driver_directly() -> None:
+    found = {
+        str(path.relative_to(PROJECT_ROOT)): uses
+        for path in _application_modules()
+        if (uses := _driver_uses(ast.parse(path.read_text(), str(path))))
+    }
+    assert set(found) <= DRIVER_MODULES, found
+    assert "asyncpg" not in found.get("core/db.py", []), "core/db.py imports asyncpg"
+
+
+# --- sessions by route ----------------------------------------------------------------------
+
+
+def _calls(dependant: Dependant) -> set[object]:
+    """Every callable `dependant` depends on, however deep."""
+    calls: set[object] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        calls.add(current.call)
+        pending.extend(current.dependencies)
+    return calls
+
+
+def test_reads_take_the_read_session_and_writes_the_write_session() -> None:
+    # Routers included with a prefix are not flattened into app.routes.
+    routes = [
+        route.original_route
+        for route in iter_route_contexts(fastapi_app.routes)
+        if isinstance(route.original_route, APIRoute)
+    ]
+    assert len(routes) > 30
+    for route in routes:
+        calls = _calls(route.dependant)
+        if (route.methods or set()) <= {"GET", "HEAD"}:
+            assert get_write_session not in calls, route.path
+        else:
+            assert get_write_session in calls, (route.methods, route.path)

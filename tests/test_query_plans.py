@@ -84,22 +84,10 @@ def captured_statements() -> Iterator[list[Statement]]:
     def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
         statements.append((sql, params))
 
-    read_row = db.read_row
-
-    async def capture_read_row(sql: str, *args: object) -> Any:
-        # Hand-written reads run on asyncpg directly, past the engine's events; their $n
-        # placeholders are the dialect's own (numeric_dollar), so they EXPLAIN as they are.
-        statements.append((sql, args))
-        return await read_row(sql, *args)
-
-    db.read_row = capture_read_row  # type: ignore[method-assign]
     # The caller's account is normally cached: forget it, so its lookup is planned too.
     caller_cache.clear()
-    try:
-        with engine_event("before_cursor_execute", capture):
-            yield statements
-    finally:
-        del db.read_row
+    with engine_event("before_cursor_execute", capture):
+        yield statements
 
 
 async def plans(statements: list[Statement]) -> list[tuple[str, PlanNode]]:

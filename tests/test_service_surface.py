@@ -6,7 +6,7 @@ import pytest
 from httpx import AsyncClient
 
 from core.config import settings
-from core.db import create_engine, create_sessionmaker, db
+from core.db import db
 from services.users import UserService
 from tests.conftest import error_of
 
@@ -15,16 +15,17 @@ UNREACHABLE_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/crm"
 
 
 @pytest.fixture
-async def database_down(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """Point the app's engine at a closed port for one test; the real engine comes back after."""
-    engine = create_engine(settings, UNREACHABLE_URL)
-    monkeypatch.setattr(db, "_engine", engine)
-    monkeypatch.setattr(db, "_sessionmaker", create_sessionmaker(engine))
+async def database_down() -> AsyncIterator[None]:
+    """Point the app at a closed port for one test, as the lifespan configures it; the real
+    database comes back after."""
+    working = db.engine
+    db.configure(settings, UNREACHABLE_URL)
     try:
         yield
     finally:
-        monkeypatch.undo()
-        await engine.dispose()
+        await db.engine.dispose()
+        db.configure(settings, working.url.render_as_string(hide_password=False))
+        await working.dispose()
 
 
 # --- /health and /ready ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import AuthServiceDep, CurrentUser, SessionDep
+from api.deps import AuthWriter, CurrentUser, WriteSession
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
 from schemas.user import LoginJSON, Me, PasswordChange, Token
@@ -93,7 +93,7 @@ async def _read_credentials(request: Request) -> LoginJSON:
     openapi_extra=_LOGIN_BODY,
     responses=errors(401, 413, 422, 429, 503),
 )
-async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> Token:
+async def login(request: Request, session: WriteSession, auth: AuthWriter) -> Token:
     """Exchange email and password for a Bearer access token."""
     credentials = await _read_credentials(request)
     user = await auth.authenticate(credentials.email, credentials.password, settings)
@@ -116,6 +116,6 @@ async def read_me(user: CurrentUser) -> Me:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(400, *AUTHENTICATED),
 )
-async def change_my_password(body: PasswordChange, user: CurrentUser, auth: AuthServiceDep) -> None:
+async def change_my_password(body: PasswordChange, user: CurrentUser, auth: AuthWriter) -> None:
     """Change the authenticated user's password."""
     await auth.change_password(user.id, body.current_password, body.new_password)

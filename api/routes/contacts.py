@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, status
 
-from api.deps import ContactServiceDep, CurrentUser, PageParams
+from api.deps import ContactReader, ContactWriter, CurrentUser, IdPath, PageParams
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.contact import ContactCreate, ContactRead, ContactUpdate
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/contacts", tags=["contacts"])
     responses=errors(*AUTHENTICATED, 404),
 )
 async def list_investor_contacts(
-    investor_id: int, _: CurrentUser, contacts: ContactServiceDep, page: PageParams
+    investor_id: IdPath, _: CurrentUser, contacts: ContactReader, page: PageParams
 ) -> Page[ContactRead]:
     """List an investor's contacts, by name."""
     items, total = await contacts.list_for_investor(investor_id, skip=page.skip, limit=page.limit)
@@ -30,14 +30,14 @@ async def list_investor_contacts(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def create_contact(
-    investor_id: int, body: ContactCreate, _: CurrentUser, contacts: ContactServiceDep
+    investor_id: IdPath, body: ContactCreate, _: CurrentUser, contacts: ContactWriter
 ) -> ContactRead:
     """Add a contact to an investor."""
     return ContactRead.model_validate(await contacts.create_for_investor(investor_id, body))
 
 
 @router.get("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
-async def read_contact(contact_id: int, _: CurrentUser, contacts: ContactServiceDep) -> ContactRead:
+async def read_contact(contact_id: IdPath, _: CurrentUser, contacts: ContactReader) -> ContactRead:
     """Read a contact."""
     return ContactRead.model_validate(await contacts.get(contact_id))
 
@@ -45,7 +45,7 @@ async def read_contact(contact_id: int, _: CurrentUser, contacts: ContactService
 @router.put("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
 @router.patch("/{contact_id:id}", response_model=ContactRead, responses=errors(*AUTHENTICATED, 404))
 async def update_contact(
-    contact_id: int, body: ContactUpdate, _: CurrentUser, contacts: ContactServiceDep
+    contact_id: IdPath, body: ContactUpdate, _: CurrentUser, contacts: ContactWriter
 ) -> ContactRead:
     """Update a contact (only the fields sent change)."""
     contact = await contacts.get(contact_id, for_update=True)
@@ -57,6 +57,6 @@ async def update_contact(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(*AUTHENTICATED, 404),
 )
-async def delete_contact(contact_id: int, _: CurrentUser, contacts: ContactServiceDep) -> None:
+async def delete_contact(contact_id: IdPath, _: CurrentUser, contacts: ContactWriter) -> None:
     """Delete a contact."""
     await contacts.delete(await contacts.get(contact_id, for_update=True))

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.deps import ReadSession
 from api.responses import errors
 from core.config import settings
-from core.db import db
 from core.exceptions import ServiceUnavailableError
 
 router = APIRouter(tags=["health"])
@@ -20,16 +20,12 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _ping() -> None:
-    async with db.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-
-
 @router.get("/ready", responses=errors(503))
-async def ready() -> JSONResponse:
+async def ready(session: ReadSession) -> JSONResponse:
     """The database answers `SELECT 1` within a short timeout."""
     try:
-        await asyncio.wait_for(_ping(), timeout=settings.database_ready_timeout_s)
+        ping = session.execute(text("SELECT 1"))
+        await asyncio.wait_for(ping, timeout=settings.database_ready_timeout_s)
     except Exception as exc:
         raise ServiceUnavailableError("The database is not reachable") from exc
     return JSONResponse({"status": "ok", "database": "ok"})

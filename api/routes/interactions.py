@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import CurrentUser, InteractionServiceDep, PageParams
+from api.deps import CurrentUser, IdPath, InteractionReader, InteractionWriter, PageParams
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.interaction import (
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/interactions", tags=["interactions"])
 @router.get("", response_model=Page[InteractionRead], responses=errors(*AUTHENTICATED))
 async def list_interactions(
     _: CurrentUser,
-    interactions: InteractionServiceDep,
+    interactions: InteractionReader,
     page: PageParams,
     filters: Annotated[InteractionFilters, Query()],
 ) -> Page[InteractionRead]:
@@ -35,7 +35,7 @@ async def list_interactions(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def list_investor_interactions(
-    investor_id: int, _: CurrentUser, interactions: InteractionServiceDep, page: PageParams
+    investor_id: IdPath, _: CurrentUser, interactions: InteractionReader, page: PageParams
 ) -> Page[InteractionRead]:
     """List one investor's interactions, newest first."""
     items, total = await interactions.list_for_investor(
@@ -51,10 +51,10 @@ async def list_investor_interactions(
     responses=errors(*AUTHENTICATED, 404, 409),
 )
 async def create_interaction(
-    investor_id: int,
+    investor_id: IdPath,
     body: InteractionCreate,
     user: CurrentUser,
-    interactions: InteractionServiceDep,
+    interactions: InteractionWriter,
 ) -> InteractionRead:
     """Log an interaction with an investor (the contact, if any, must be one of its contacts)."""
     interaction = await interactions.create_for_investor(investor_id, body, created_by=user.id)
@@ -65,7 +65,7 @@ async def create_interaction(
     "/{interaction_id:id}", response_model=InteractionRead, responses=errors(*AUTHENTICATED, 404)
 )
 async def read_interaction(
-    interaction_id: int, _: CurrentUser, interactions: InteractionServiceDep
+    interaction_id: IdPath, _: CurrentUser, interactions: InteractionReader
 ) -> InteractionRead:
     """Read an interaction."""
     return InteractionRead.model_validate(await interactions.get(interaction_id))
@@ -77,10 +77,10 @@ async def read_interaction(
     responses=errors(*AUTHENTICATED, 404, 409),
 )
 async def update_interaction(
-    interaction_id: int,
+    interaction_id: IdPath,
     body: InteractionUpdate,
     _: CurrentUser,
-    interactions: InteractionServiceDep,
+    interactions: InteractionWriter,
 ) -> InteractionRead:
     """Update an interaction (only the fields sent change)."""
     interaction = await interactions.get(interaction_id, for_update=True)
@@ -93,7 +93,7 @@ async def update_interaction(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def delete_interaction(
-    interaction_id: int, _: CurrentUser, interactions: InteractionServiceDep
+    interaction_id: IdPath, _: CurrentUser, interactions: InteractionWriter
 ) -> None:
     """Delete an interaction."""
     await interactions.delete(await interactions.get(interaction_id))

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from fastapi.exceptions import RequestValidationError
 
-from api.deps import CurrentUser, InvestorServiceDep, PageParams
+from api.deps import CurrentUser, IdPath, InvestorReader, InvestorWriter, PageParams
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.investor import (
@@ -53,7 +53,7 @@ def _invalid(parameter: str, message: str) -> RequestValidationError:
 @router.get("", response_model=InvestorPage, responses=errors(*AUTHENTICATED))
 async def list_investors(
     _: CurrentUser,
-    investors: InvestorServiceDep,
+    investors: InvestorReader,
     page: PageParams,
     filters: Annotated[InvestorFilters, Query()],
     sort: Annotated[InvestorSort, Query(description="Sort key, `-` for descending")] = "name",
@@ -94,7 +94,7 @@ async def list_investors(
 )
 async def search_investors(
     _: CurrentUser,
-    investors: InvestorServiceDep,
+    investors: InvestorReader,
     page: PageParams,
     q: Annotated[SearchText, Query(description="Text to look for (1-200 characters)")],
 ) -> Page[InvestorRead]:
@@ -106,7 +106,7 @@ async def search_investors(
 
 
 @router.get("/stats", response_model=InvestorStats, responses=errors(*AUTHENTICATED))
-async def investor_stats(_: CurrentUser, investors: InvestorServiceDep) -> InvestorStats:
+async def investor_stats(_: CurrentUser, investors: InvestorReader) -> InvestorStats:
     """Investor counts: total, active, by pipeline stage and by client type."""
     return await investors.stats()
 
@@ -115,7 +115,7 @@ async def investor_stats(_: CurrentUser, investors: InvestorServiceDep) -> Inves
     "/{investor_id:id}", response_model=InvestorDetail, responses=errors(*AUTHENTICATED, 404)
 )
 async def read_investor(
-    investor_id: int, _: CurrentUser, investors: InvestorServiceDep
+    investor_id: IdPath, _: CurrentUser, investors: InvestorReader
 ) -> InvestorDetail:
     """Read an investor with its contacts and activity counts."""
     return await investors.get_detail(investor_id)
@@ -128,7 +128,7 @@ async def read_investor(
     responses=errors(*AUTHENTICATED, 409),
 )
 async def create_investor(
-    body: InvestorCreate, user: CurrentUser, investors: InvestorServiceDep
+    body: InvestorCreate, user: CurrentUser, investors: InvestorWriter
 ) -> InvestorRead:
     """Create an investor."""
     return InvestorRead.model_validate(await investors.create_investor(body, changed_by=user.id))
@@ -141,7 +141,7 @@ async def create_investor(
     "/{investor_id:id}", response_model=InvestorRead, responses=errors(*AUTHENTICATED, 404, 409)
 )
 async def update_investor(
-    investor_id: int, body: InvestorUpdate, user: CurrentUser, investors: InvestorServiceDep
+    investor_id: IdPath, body: InvestorUpdate, user: CurrentUser, investors: InvestorWriter
 ) -> InvestorRead:
     """Update an investor (only the fields sent change)."""
     investor = await investors.update_investor(investor_id, body, changed_by=user.id)
@@ -154,7 +154,7 @@ async def update_investor(
     responses=errors(*AUTHENTICATED, 404, 409),
 )
 async def move_to_next_stage(
-    investor_id: int, user: CurrentUser, investors: InvestorServiceDep
+    investor_id: IdPath, user: CurrentUser, investors: InvestorWriter
 ) -> InvestorRead:
     """Move an investor one step along the pipeline (409 from client or perdu)."""
     investor = await investors.move_to_next_stage(investor_id, changed_by=user.id)
@@ -167,7 +167,7 @@ async def move_to_next_stage(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def stage_history(
-    investor_id: int, _: CurrentUser, investors: InvestorServiceDep
+    investor_id: IdPath, _: CurrentUser, investors: InvestorReader
 ) -> list[StageChangeRead]:
     """The investor's pipeline stage changes, oldest first."""
     changes = await investors.stage_history(investor_id)
@@ -179,6 +179,6 @@ async def stage_history(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(*AUTHENTICATED, 404),
 )
-async def delete_investor(investor_id: int, _: CurrentUser, investors: InvestorServiceDep) -> None:
+async def delete_investor(investor_id: IdPath, _: CurrentUser, investors: InvestorWriter) -> None:
     """Delete an investor with its contacts, interactions and KPIs."""
     await investors.delete_investor(investor_id)

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from api.deps import CurrentUser, KpiServiceDep, PageParams
+from api.deps import CurrentUser, IdPath, KpiReader, KpiWriter, PageParams
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.kpi import (
@@ -33,7 +33,7 @@ UPSERT_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("", response_model=Page[KpiRead], responses=errors(*AUTHENTICATED))
 async def list_kpis(
     _: CurrentUser,
-    kpis: KpiServiceDep,
+    kpis: KpiReader,
     page: PageParams,
     filters: Annotated[KpiFilters, Query()],
 ) -> Page[KpiRead]:
@@ -48,7 +48,7 @@ async def list_kpis(
     responses=errors(*AUTHENTICATED),
 )
 async def monthly_summary(
-    year: YearPath, month: MonthPath, _: CurrentUser, kpis: KpiServiceDep
+    year: YearPath, month: MonthPath, _: CurrentUser, kpis: KpiReader
 ) -> MonthlySummary:
     """Totals of one month across all investors."""
     return await kpis.monthly_summary(year, month)
@@ -60,7 +60,7 @@ async def monthly_summary(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def annual_summary(
-    investor_id: int, year: YearPath, _: CurrentUser, kpis: KpiServiceDep
+    investor_id: IdPath, year: YearPath, _: CurrentUser, kpis: KpiReader
 ) -> AnnualSummary:
     """One investor's year: totals and the 12 months, with zeros for months without figures."""
     return await kpis.annual_summary(investor_id, year)
@@ -72,9 +72,9 @@ async def annual_summary(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def list_investor_kpis(
-    investor_id: int,
+    investor_id: IdPath,
     _: CurrentUser,
-    kpis: KpiServiceDep,
+    kpis: KpiReader,
     page: PageParams,
     year: Annotated[int | None, Query(ge=YEAR_MIN, le=YEAR_MAX)] = None,
 ) -> Page[KpiRead]:
@@ -90,7 +90,7 @@ async def list_investor_kpis(
     responses=UPSERT_RESPONSES,
 )
 async def upsert_kpi(
-    investor_id: int, body: KpiUpsert, response: Response, _: CurrentUser, kpis: KpiServiceDep
+    investor_id: IdPath, body: KpiUpsert, response: Response, _: CurrentUser, kpis: KpiWriter
 ) -> KpiRead:
     """Record an investor's month: 201 when created, 200 when updated (only sent metrics change)."""
     kpi, created = await kpis.upsert_month(investor_id, body)
@@ -99,13 +99,13 @@ async def upsert_kpi(
 
 
 @router.get("/{kpi_id:id}", response_model=KpiRead, responses=errors(*AUTHENTICATED, 404))
-async def read_kpi(kpi_id: int, _: CurrentUser, kpis: KpiServiceDep) -> KpiRead:
+async def read_kpi(kpi_id: IdPath, _: CurrentUser, kpis: KpiReader) -> KpiRead:
     """Read a KPI row."""
     return KpiRead.model_validate(await kpis.get(kpi_id))
 
 
 @router.put("/{kpi_id:id}", response_model=KpiRead, responses=errors(*AUTHENTICATED, 404, 409))
-async def update_kpi(kpi_id: int, body: KpiUpdate, _: CurrentUser, kpis: KpiServiceDep) -> KpiRead:
+async def update_kpi(kpi_id: IdPath, body: KpiUpdate, _: CurrentUser, kpis: KpiWriter) -> KpiRead:
     """Update a KPI row (only the fields sent change; another month already recorded is 409)."""
     kpi = await kpis.get(kpi_id, for_update=True)
     return KpiRead.model_validate(await kpis.update_kpi(kpi, body))
@@ -114,6 +114,6 @@ async def update_kpi(kpi_id: int, body: KpiUpdate, _: CurrentUser, kpis: KpiServ
 @router.delete(
     "/{kpi_id:id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(*AUTHENTICATED, 404)
 )
-async def delete_kpi(kpi_id: int, _: CurrentUser, kpis: KpiServiceDep) -> None:
+async def delete_kpi(kpi_id: IdPath, _: CurrentUser, kpis: KpiWriter) -> None:
     """Delete a KPI row."""
     await kpis.delete(await kpis.get(kpi_id))
