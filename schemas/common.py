@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
     Strict,
@@ -18,7 +19,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, core_schema
 
 # PostgreSQL INTEGER bounds: ids beyond them cannot exist.
 PG_INT_MAX = 2**31 - 1
@@ -170,8 +171,34 @@ def _strict_decimal(value: Any) -> Any:
     return Decimal(str(value))
 
 
-# Strict: JSON `true` or `"3"` is not an integer, `0` is not a boolean.
-Count = Annotated[int, Strict(), Field(ge=0, le=PG_INT_MAX)]
+def _integral_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class Integer:
+    """`Annotated[int, Integer(ge=..., le=...)]`: an integer of a JSON body, within bounds.
+
+    JSON Schema calls 406.0 an integer, so the published `integer` accepts it, as 406; 406.5,
+    JSON `true` and `"3"` stay 422. Query parameters keep plain `int`: their value is text, and
+    Pydantic already reads "406.0" as 406 and refuses "406.5" there.
+    """
+
+    def __init__(self, *, ge: int, le: int) -> None:
+        self.ge, self.le = ge, le
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # The bounds live here rather than in a `Field` around the conversion: there, Pydantic
+        # checks them but leaves them out of the published schema.
+        strict_int = core_schema.int_schema(strict=True, ge=self.ge, le=self.le)
+        return core_schema.no_info_before_validator_function(_integral_number, strict_int)
+
+
+Count = Annotated[int, Integer(ge=0, le=PG_INT_MAX)]
+# Strict: `0` is not a boolean.
 StrictBool = Annotated[bool, Strict()]
 StrictDate = Annotated[date, BeforeValidator(_strict_date)]
 
