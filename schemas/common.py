@@ -41,12 +41,20 @@ _SPACE_CLASS = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).i
 
 
 class _NulFreeJsonSchema:
-    """Publishes in the JSON schema what the validators refuse: NUL bytes and, for a required
-    text, a value that is blank once trimmed, so the schema is as strict as the code."""
+    """Publishes in the JSON schema what the validators refuse: NUL bytes and, for a text with
+    a minimum length, a value shorter than that once trimmed, so the schema is as strict as the
+    code."""
 
-    def __init__(self, *, non_blank: bool = False) -> None:
-        text = f"[^\\u0000{_SPACE_CLASS}]" if non_blank else ""
-        self.pattern = f"^[^\\u0000]*{text}[^\\u0000]*$" if non_blank else "^[^\\u0000]*$"
+    def __init__(self, *, min_trimmed_length: int = 0) -> None:
+        edge = f"[^\\u0000{_SPACE_CLASS}]"
+        if min_trimmed_length == 0:
+            self.pattern = "^[^\\u0000]*$"
+        elif min_trimmed_length == 1:
+            self.pattern = f"^[^\\u0000]*{edge}[^\\u0000]*$"
+        else:
+            # Spaces, a first and a last character that are not, and enough in between.
+            middle = f"[^\\u0000]{{{min_trimmed_length - 2},}}"
+            self.pattern = f"^[{_SPACE_CLASS}]*{edge}{middle}{edge}[{_SPACE_CLASS}]*$"
 
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -57,7 +65,7 @@ class _NulFreeJsonSchema:
 
 
 _NUL_FREE = _NulFreeJsonSchema()
-_NON_BLANK = _NulFreeJsonSchema(non_blank=True)
+_NON_BLANK = _NulFreeJsonSchema(min_trimmed_length=1)
 
 
 def _check_email(value: str) -> str:
@@ -94,7 +102,7 @@ def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(_reject_nul),
-        _NUL_FREE,
+        _NulFreeJsonSchema(min_trimmed_length=min_length),
     ]
 
 
@@ -146,11 +154,21 @@ OptionalEmail = Annotated[
     ),
 ]
 
+PASSWORD_MIN_LENGTH = 8
+# Trimmed like every input text (at login too): the length counts once trimmed.
 Password = Annotated[
     str,
-    StringConstraints(min_length=8, max_length=128),
+    StringConstraints(min_length=PASSWORD_MIN_LENGTH, max_length=128),
     AfterValidator(_reject_nul),
-    _NUL_FREE,
+    _NulFreeJsonSchema(min_trimmed_length=PASSWORD_MIN_LENGTH),
+]
+# A password typed to prove who one is (login, current password): not bounded by the policy,
+# so an old or wrong password still gets a 401.
+SubmittedPassword = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
+    AfterValidator(_reject_nul),
+    _NON_BLANK,
 ]
 
 

@@ -11,6 +11,7 @@ FUZZ_STATEFUL_EXAMPLES) for a deeper one. The module prints its figures."""
 import asyncio
 import io
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from pydantic import BaseModel, ValidationError
 from requests.adapters import BaseAdapter, HTTPAdapter
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
@@ -32,6 +34,8 @@ from core.config import PROJECT_ROOT, settings
 from core.db import db
 from core.security import create_access_token
 from models import Base
+from schemas.investor import InvestorCreate
+from schemas.user import LoginJSON, PasswordChange, UserCreate
 from tests.activity_factories import fetch, insert_investor
 from tests.conftest import ADMIN_EMAIL
 
@@ -271,6 +275,46 @@ async def test_a_query_integer_refuses_fractions_and_booleans(
 
     assert response.status_code == 422, response.text
     assert [error["loc"] for error in response.json()["detail"]] == [["query", name]]
+
+
+# Each model with a valid body, and the text field whose published pattern is checked.
+TRIMMED_TEXTS = [
+    (UserCreate, {"email": "a@crm.test", "full_name": "A"}, "password"),
+    (LoginJSON, {"email": "a@crm.test"}, "password"),
+    (PasswordChange, {"new_password": "long-enough"}, "current_password"),
+    (InvestorCreate, {}, "name"),
+]
+TEXT_VALUES = [
+    "abcdefgh",
+    "  abcdefgh  ",
+    "a      b",
+    "\u3000abcdefg\n",
+    "  abcdefg ",
+    "x",
+    " ",
+    "",
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [pytest.param(*text, id=f"{text[0].__name__}.{text[2]}") for text in TRIMMED_TEXTS],
+)
+@pytest.mark.parametrize("value", TEXT_VALUES)
+def test_a_trimmed_text_publishes_the_length_it_needs_once_trimmed(
+    model: type[BaseModel], body: dict[str, Any], field: str, value: str
+) -> None:
+    published = model.model_json_schema()["properties"][field]
+    allowed = (
+        published.get("minLength", 0) <= len(value) <= published["maxLength"]
+        and re.search(published["pattern"], value) is not None
+    )
+    try:
+        model.model_validate({**body, field: value})
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == allowed
 
 
 async def test_a_405_lists_every_method_of_the_path(
