@@ -19,7 +19,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 # PostgreSQL INTEGER bounds: ids beyond them cannot exist.
 PG_INT_MAX = 2**31 - 1
@@ -96,6 +96,22 @@ def omittable() -> Any:
     return Field(default=None)
 
 
+def _untrimmed_max_length(max_length: int) -> BeforeValidator:
+    """The maximum length checked before trimming as well: the published `maxLength` counts
+    every character sent, spaces around included. Goes last in the `Annotated`, to run first."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > max_length:
+            raise PydanticCustomError(
+                "string_too_long",
+                "String should have at most {max_length} characters",
+                {"max_length": max_length},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
 def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
     """A trimmed, NUL-free string type with these bounds (for query parameters)."""
     return Annotated[
@@ -103,6 +119,7 @@ def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(_reject_nul),
         _NulFreeJsonSchema(min_trimmed_length=min_length),
+        _untrimmed_max_length(max_length),
     ]
 
 
@@ -112,24 +129,28 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
     AfterValidator(_reject_nul),
     _NON_BLANK,
+    _untrimmed_max_length(255),
 ]
 ShortText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=255),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(255),
 ]
 Phone = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=50),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(50),
 ]
 LongText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=10_000),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(10_000),
 ]
 
 Email = Annotated[
@@ -138,6 +159,7 @@ Email = Annotated[
     AfterValidator(_reject_nul),
     AfterValidator(_check_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+    _untrimmed_max_length(254),
 ]
 # An optional email where an empty string means "none".
 OptionalEmail = Annotated[
@@ -161,6 +183,7 @@ Password = Annotated[
     StringConstraints(min_length=PASSWORD_MIN_LENGTH, max_length=128),
     AfterValidator(_reject_nul),
     _NulFreeJsonSchema(min_trimmed_length=PASSWORD_MIN_LENGTH),
+    _untrimmed_max_length(128),
 ]
 # A password typed to prove who one is (login, current password): not bounded by the policy,
 # so an old or wrong password still gets a 401.
@@ -169,6 +192,7 @@ SubmittedPassword = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
     AfterValidator(_reject_nul),
     _NON_BLANK,
+    _untrimmed_max_length(1024),
 ]
 
 

@@ -317,6 +317,20 @@ def test_a_trimmed_text_publishes_the_length_it_needs_once_trimmed(
     assert accepted == allowed
 
 
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [pytest.param(*text, id=f"{text[0].__name__}.{text[2]}") for text in TRIMMED_TEXTS],
+)
+def test_a_trimmed_text_counts_its_maximum_length_before_trimming(
+    model: type[BaseModel], body: dict[str, Any], field: str
+) -> None:
+    longest = model.model_json_schema()["properties"][field]["maxLength"]
+    model.model_validate({**body, field: "x" * longest})
+    # One character more than published, if only a space, is refused as the schema says.
+    with pytest.raises(ValidationError, match="string_too_long"):
+        model.model_validate({**body, field: " " + "x" * longest})
+
+
 async def test_a_405_lists_every_method_of_the_path(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
