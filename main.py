@@ -2,9 +2,11 @@
 
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -94,20 +96,54 @@ def create_app() -> FastAPI:
 
 app = create_app()
 
+# What a terminal, systemd, `timeout` or a process manager sends to stop `python main.py`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def run() -> None:
-    """Start an embedded PostgreSQL if needed, apply migrations, serve with uvicorn."""
-    import uvicorn
+    """Start an embedded PostgreSQL if needed, apply migrations, serve with uvicorn.
 
-    from core.embedded import start_embedded_postgres
+    SIGINT, SIGTERM and SIGHUP stop the API gracefully, then the embedded server, and the
+    process exits with status 0; a failed start-up stops the embedded server too.
+    """
+    from core.embedded import EmbeddedCluster, start_embedded_postgres
     from core.migrations import upgrade_to_head
 
-    if settings.database_url is None:
-        settings.database_url = start_embedded_postgres()
-    upgrade_to_head(settings.database_url)
-    configure_logging(settings.log_format)  # Alembic's env.py installed its own configuration
-    # log_config=None: uvicorn keeps the configuration above instead of installing its own.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None)
+    # log_config=None: uvicorn keeps the application's logging configuration.
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None
+    )
+    server = _Server(config)
+    # From the first step: a signal while the cluster starts or the migrations run is kept
+    # and acted on between steps, so nothing is left half started.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, server.handle_exit)
+    cluster: EmbeddedCluster | None = None
+    try:
+        if settings.database_url is None:
+            cluster = start_embedded_postgres(settings.embedded_pgdata)
+            settings.database_url = cluster.url
+        if not server.should_exit:
+            upgrade_to_head(settings.database_url)
+            configure_logging(settings.log_format)  # Alembic's env.py installed its own
+        if not server.should_exit:
+            server.run()
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with the signal handlers left to `run()`.
+
+    uvicorn's own handlers cover SIGINT and SIGTERM only, and raise the signal again once the
+    server has shut down: the process then dies of it, before anything can stop the embedded
+    PostgreSQL, and with a signal status instead of 0.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 if __name__ == "__main__":

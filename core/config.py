@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Server-side cap on any single statement, so one slow query cannot hold a connection.
     database_statement_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     database_ready_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # Where `python main.py` keeps its embedded PostgreSQL when DATABASE_URL is unset.
+    embedded_pgdata: Path = DATA_DIR / "postgres"
 
     debug: bool = False
     secret_key: SecretStr | None = None

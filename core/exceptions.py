@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -176,8 +177,25 @@ async def app_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return _render(exc)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route accepts on this path.
+
+    The 405 names only the methods of the first route matching the path, while a path often
+    has one route per method (GET and POST on a collection).
+    """
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        path_regex = getattr(route, "path_regex", None)
+        if route.methods and path_regex is not None and path_regex.match(path):
+            methods.update(route.methods)
+    return ", ".join(sorted(methods))
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        exc = StarletteHTTPException(405, exc.detail, {"Allow": _allowed_methods(request)})
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI answers malformed JSON with 422 json_invalid, but a body that is not even UTF-8
         # with a bare 400 no operation declares: both are the same client error.

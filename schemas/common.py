@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
     Strict,
@@ -18,7 +19,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 # PostgreSQL INTEGER bounds: ids beyond them cannot exist.
 PG_INT_MAX = 2**31 - 1
@@ -40,12 +41,20 @@ _SPACE_CLASS = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).i
 
 
 class _NulFreeJsonSchema:
-    """Publishes in the JSON schema what the validators refuse: NUL bytes and, for a required
-    text, a value that is blank once trimmed, so the schema is as strict as the code."""
+    """Publishes in the JSON schema what the validators refuse: NUL bytes and, for a text with
+    a minimum length, a value shorter than that once trimmed, so the schema is as strict as the
+    code."""
 
-    def __init__(self, *, non_blank: bool = False) -> None:
-        text = f"[^\\u0000{_SPACE_CLASS}]" if non_blank else ""
-        self.pattern = f"^[^\\u0000]*{text}[^\\u0000]*$" if non_blank else "^[^\\u0000]*$"
+    def __init__(self, *, min_trimmed_length: int = 0) -> None:
+        edge = f"[^\\u0000{_SPACE_CLASS}]"
+        if min_trimmed_length == 0:
+            self.pattern = "^[^\\u0000]*$"
+        elif min_trimmed_length == 1:
+            self.pattern = f"^[^\\u0000]*{edge}[^\\u0000]*$"
+        else:
+            # Spaces, a first and a last character that are not, and enough in between.
+            middle = f"[^\\u0000]{{{min_trimmed_length - 2},}}"
+            self.pattern = f"^[{_SPACE_CLASS}]*{edge}{middle}{edge}[{_SPACE_CLASS}]*$"
 
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -56,7 +65,7 @@ class _NulFreeJsonSchema:
 
 
 _NUL_FREE = _NulFreeJsonSchema()
-_NON_BLANK = _NulFreeJsonSchema(non_blank=True)
+_NON_BLANK = _NulFreeJsonSchema(min_trimmed_length=1)
 
 
 def _check_email(value: str) -> str:
@@ -87,13 +96,30 @@ def omittable() -> Any:
     return Field(default=None)
 
 
+def _untrimmed_max_length(max_length: int) -> BeforeValidator:
+    """The maximum length checked before trimming as well: the published `maxLength` counts
+    every character sent, spaces around included. Goes last in the `Annotated`, to run first."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > max_length:
+            raise PydanticCustomError(
+                "string_too_long",
+                "String should have at most {max_length} characters",
+                {"max_length": max_length},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
 def bounded_str(max_length: int, *, min_length: int = 0) -> Any:
     """A trimmed, NUL-free string type with these bounds (for query parameters)."""
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(_reject_nul),
-        _NUL_FREE,
+        _NulFreeJsonSchema(min_trimmed_length=min_length),
+        _untrimmed_max_length(max_length),
     ]
 
 
@@ -103,24 +129,28 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
     AfterValidator(_reject_nul),
     _NON_BLANK,
+    _untrimmed_max_length(255),
 ]
 ShortText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=255),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(255),
 ]
 Phone = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=50),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(50),
 ]
 LongText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=10_000),
     AfterValidator(_reject_nul),
     _NUL_FREE,
+    _untrimmed_max_length(10_000),
 ]
 
 Email = Annotated[
@@ -129,6 +159,7 @@ Email = Annotated[
     AfterValidator(_reject_nul),
     AfterValidator(_check_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+    _untrimmed_max_length(254),
 ]
 # An optional email where an empty string means "none".
 OptionalEmail = Annotated[
@@ -145,11 +176,23 @@ OptionalEmail = Annotated[
     ),
 ]
 
+PASSWORD_MIN_LENGTH = 8
+# Trimmed like every input text (at login too): the length counts once trimmed.
 Password = Annotated[
     str,
-    StringConstraints(min_length=8, max_length=128),
+    StringConstraints(min_length=PASSWORD_MIN_LENGTH, max_length=128),
     AfterValidator(_reject_nul),
-    _NUL_FREE,
+    _NulFreeJsonSchema(min_trimmed_length=PASSWORD_MIN_LENGTH),
+    _untrimmed_max_length(128),
+]
+# A password typed to prove who one is (login, current password): not bounded by the policy,
+# so an old or wrong password still gets a 401.
+SubmittedPassword = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024),
+    AfterValidator(_reject_nul),
+    _NON_BLANK,
+    _untrimmed_max_length(1024),
 ]
 
 
@@ -170,8 +213,34 @@ def _strict_decimal(value: Any) -> Any:
     return Decimal(str(value))
 
 
-# Strict: JSON `true` or `"3"` is not an integer, `0` is not a boolean.
-Count = Annotated[int, Strict(), Field(ge=0, le=PG_INT_MAX)]
+def _integral_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class Integer:
+    """`Annotated[int, Integer(ge=..., le=...)]`: an integer of a JSON body, within bounds.
+
+    JSON Schema calls 406.0 an integer, so the published `integer` accepts it, as 406; 406.5,
+    JSON `true` and `"3"` stay 422. Query parameters keep plain `int`: their value is text, and
+    Pydantic already reads "406.0" as 406 and refuses "406.5" there.
+    """
+
+    def __init__(self, *, ge: int, le: int) -> None:
+        self.ge, self.le = ge, le
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # The bounds live here rather than in a `Field` around the conversion: there, Pydantic
+        # checks them but leaves them out of the published schema.
+        strict_int = core_schema.int_schema(strict=True, ge=self.ge, le=self.le)
+        return core_schema.no_info_before_validator_function(_integral_number, strict_int)
+
+
+Count = Annotated[int, Integer(ge=0, le=PG_INT_MAX)]
+# Strict: `0` is not a boolean.
 StrictBool = Annotated[bool, Strict()]
 StrictDate = Annotated[date, BeforeValidator(_strict_date)]
 

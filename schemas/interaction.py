@@ -6,8 +6,8 @@ from pydantic import BaseModel, Field
 from models.interaction import InteractionType
 from schemas.common import (
     PG_INT_MAX,
-    Count,
     InputModel,
+    Integer,
     LongText,
     ReadModel,
     ShortText,
@@ -15,8 +15,8 @@ from schemas.common import (
     omittable,
 )
 
-ContactId = Annotated[Count, Field(ge=1)]
-DurationMinutes = Annotated[Count, Field(le=1440)]
+ContactId = Annotated[int, Integer(ge=1, le=PG_INT_MAX)]
+DurationMinutes = Annotated[int, Integer(ge=0, le=1440)]
 
 
 class InteractionCreate(InputModel):

@@ -101,9 +101,23 @@ InvestorSort = Literal[
 INVESTOR_SORTS: tuple[str, ...] = get_args(InvestorSort)
 
 
-# A cursor is base64url (no padding) JSON; this bound fits a 255-character name even when every
-# character is JSON-escaped.
-CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+def _cursor_pattern() -> str:
+    """What a cursor looks like: the canonical base64url (no padding) of `InvestorCursor.encode`'s
+    JSON, which always begins `{"sort":"<a sort key>","key":`. What follows (the row's sort
+    value and id) is checked by `InvestorCursor.decode`: no pattern can say which rows exist."""
+    heads = []
+    for sort in INVESTOR_SORTS:
+        head = f'{{"sort":{json.dumps(sort)},"key":'.encode()
+        # The whole 3-byte groups of the head encode to the same characters in every cursor.
+        heads.append(base64.urlsafe_b64encode(head[: len(head) - len(head) % 3]).decode())
+    char = "[A-Za-z0-9_-]"
+    # A final group of 2 or 3 characters ends in one whose unused low bits are zero.
+    tail = f"(?:{char}{{4}})*(?:{char}{{2}}[AEIMQUYcgkosw048]|{char}[AQgw])?"
+    return f"^(?:{'|'.join(heads)}){tail}$"
+
+
+CURSOR_PATTERN = _cursor_pattern()
+# Fits a 255-character name even when every character is JSON-escaped.
 CURSOR_MAX_LENGTH = 2400
 
 # What the last row's sort value must be, per sort key (NUL-free: Postgres text cannot hold it).

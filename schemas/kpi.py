@@ -7,6 +7,7 @@ from schemas.common import (
     PG_INT_MAX,
     Count,
     InputModel,
+    Integer,
     JsonDecimal,
     LongText,
     Money,
@@ -16,8 +17,8 @@ from schemas.common import (
 )
 
 YEAR_MIN, YEAR_MAX = 2000, 2100
-Year = Annotated[Count, Field(ge=YEAR_MIN, le=YEAR_MAX)]
-Month = Annotated[Count, Field(ge=1, le=12)]
+Year = Annotated[int, Integer(ge=YEAR_MIN, le=YEAR_MAX)]
+Month = Annotated[int, Integer(ge=1, le=12)]
 
 
 class KpiMetrics(InputModel):

