@@ -18,9 +18,13 @@ import services.users
 from core.db import db
 from models.user import AuthenticatedUser, UserRole
 from services.users import USER_CHANGES_CHANNEL, CallerCache, caller_cache
-from tests.conftest import ADMIN_EMAIL, bearer, create_user
+from tests.conftest import ADMIN_EMAIL
+from tests.factories import bearer, create_user
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
+
+# Changes reach the cache by notification, and only committed changes are notified.
+pytestmark = pytest.mark.committing
 
 ME = "/api/v1/auth/me"
 USERS = "/api/v1/users"

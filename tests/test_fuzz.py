@@ -34,6 +34,9 @@ from models import Base
 from schemas.investor import InvestorCursor
 from tests.conftest import ADMIN_EMAIL
 
+# Each case starts from emptied tables (reset_database) on a connection of its own.
+pytestmark = pytest.mark.committing
+
 BASE_URL = "http://fuzz.test"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "4"))
