@@ -220,18 +220,18 @@ class Database:
         What the sessions commit is only released into that transaction, so the caller can undo
         all of it with one rollback: how the tests isolate themselves without emptying tables.
         """
-        makers = (self.sessionmaker, self.read_sessionmaker)
+        write, read = self.sessionmaker, self.read_sessionmaker
 
         def on_connection(maker: async_sessionmaker[Any]) -> async_sessionmaker[Any]:
             # The app's own session class and options; only where they run differs.
             options = {**maker.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
             return async_sessionmaker(class_=maker.class_, **options)
 
-        self._sessionmaker, self._read_sessionmaker = map(on_connection, makers)
+        self._sessionmaker, self._read_sessionmaker = on_connection(write), on_connection(read)
         try:
             yield
         finally:
-            self._sessionmaker, self._read_sessionmaker = makers
+            self._sessionmaker, self._read_sessionmaker = write, read
 
 
 db = Database()
