@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -247,6 +247,27 @@ class Database:
         self._engine = None
         self._sessionmaker = None
         self._read_sessionmaker = None
+
+    @contextlib.contextmanager
+    def sessions_on(self, connection: AsyncConnection) -> Iterator[None]:
+        """For the block, every session (read and write) runs on `connection`, each inside a
+        SAVEPOINT of the transaction the caller holds there.
+
+        What the sessions commit is only released into that transaction, so the caller can undo
+        all of it with one rollback: how the tests isolate themselves without emptying tables.
+        """
+        write, read = self.sessionmaker, self.read_sessionmaker
+
+        def on_connection(maker: async_sessionmaker[Any]) -> async_sessionmaker[Any]:
+            # The app's own session class and options; only where they run differs.
+            options = {**maker.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
+            return async_sessionmaker(class_=maker.class_, **options)
+
+        self._sessionmaker, self._read_sessionmaker = on_connection(write), on_connection(read)
+        try:
+            yield
+        finally:
+            self._sessionmaker, self._read_sessionmaker = write, read
 
 
 db = Database()

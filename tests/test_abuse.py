@@ -19,7 +19,8 @@ from core.config import JWT_AUDIENCE, JWT_ISSUER, settings
 from core.db import db
 from models import Base
 from services.users import UserService
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, error_of
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
+from tests.factories import USER_PASSWORD
 
 API = "/api/v1"
 FORGED_ID = 777_777
@@ -317,6 +318,7 @@ async def test_every_connection_carries_the_configured_statement_timeout(
     assert value == f"{settings.database_statement_timeout_ms // 1000}s"
 
 
+@pytest.mark.committing
 async def test_a_cancelled_slow_query_answers_503_json_and_frees_the_connection(
     client: AsyncClient, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,12 +12,13 @@ import random
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ClientType, InteractionType, PipelineStage
-from tests.investor_factories import INVESTORS, make_investor
+from tests.factories import INVESTORS, make_investor
 
 KPIS = "/api/v1/kpis"
 INTERACTIONS = "/api/v1/interactions"
@@ -362,6 +363,7 @@ async def test_multi_row_statements_update_counters_once_per_key(
     assert await fetch(session, "SELECT count(*) FROM investor_counts WHERE n < 0") == [(0,)]
 
 
+@pytest.mark.committing
 async def test_concurrent_writers_lose_no_count(
     client: AsyncClient, admin_headers: Headers, session: AsyncSession
 ) -> None:

@@ -19,14 +19,8 @@ import core.security
 from core.config import JWT_AUDIENCE, JWT_ISSUER, MIN_SECRET_KEY_BYTES, settings
 from core.db import db
 from services.users import caller_cache
-from tests.conftest import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    USER_PASSWORD,
-    create_user,
-    error_of,
-    password_hash,
-)
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
+from tests.factories import USER_PASSWORD, create_user, first_admin_id, password_hash
 
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/auth/me"
@@ -289,11 +283,6 @@ async def test_throttled_attempts_are_not_recorded(
 # --- JWT ------------------------------------------------------------------------------------
 
 
-async def admin_id(session: AsyncSession) -> int:
-    stmt = text("SELECT id FROM users WHERE email = :e")
-    return int((await session.execute(stmt, {"e": ADMIN_EMAIL})).scalar_one())
-
-
 def claims_for(user_id: int, **overrides: Any) -> dict[str, Any]:
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
@@ -319,14 +308,12 @@ def unsigned_token(claims: dict[str, Any]) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
-async def test_issued_token_carries_the_expected_claims(
-    client: AsyncClient, session: AsyncSession
-) -> None:
+async def test_issued_token_carries_the_expected_claims(client: AsyncClient) -> None:
     before = int(datetime.now(UTC).timestamp())
     token = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     claims = jwt.get_unverified_claims(token)
-    assert claims["sub"] == str(await admin_id(session))
+    assert claims["sub"] == str(await first_admin_id())
     assert claims["iss"] == "tpm-finance-crm"
     assert claims["aud"] == "tpm-finance-crm-api"
     assert claims["typ"] == "access"
@@ -334,11 +321,9 @@ async def test_issued_token_carries_the_expected_claims(
     assert claims["exp"] - claims["iat"] == 86400
 
 
-async def test_a_hand_built_valid_token_is_accepted(
-    client: AsyncClient, session: AsyncSession
-) -> None:
+async def test_a_hand_built_valid_token_is_accepted(client: AsyncClient) -> None:
     # The baseline for the rejections below: only the one altered claim makes them fail.
-    token = sign(claims_for(await admin_id(session)))
+    token = sign(claims_for(await first_admin_id()))
     response = await client.get(ME, headers=bearer_header(token))
     assert response.status_code == 200
 
@@ -373,16 +358,15 @@ BAD_TOKENS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
-async def test_invalid_tokens_are_refused(
-    client: AsyncClient, session: AsyncSession, case: str
-) -> None:
-    token = BAD_TOKENS[case](await admin_id(session))
+async def test_invalid_tokens_are_refused(client: AsyncClient, case: str) -> None:
+    token = BAD_TOKENS[case](await first_admin_id())
     response = await client.get(ME, headers=bearer_header(token))
     assert response.status_code == 401
     assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.committing
 async def test_token_of_a_disabled_user_stops_working_at_once(
     client: AsyncClient, session: AsyncSession
 ) -> None:
@@ -533,7 +517,7 @@ async def test_a_cached_token_is_refused_once_it_expires(
 
 
 async def test_a_cached_token_is_refused_once_the_signing_key_changes(
-    client: AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
     assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
@@ -544,10 +528,11 @@ async def test_a_cached_token_is_refused_once_the_signing_key_changes(
     assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}
     # Only the old key's tokens are refused: one signed with the new key is accepted.
     fresh = assert_token(await login_json(client, ADMIN_EMAIL, ADMIN_PASSWORD))
-    assert jwt.get_unverified_claims(fresh)["sub"] == str(await admin_id(session))
+    assert jwt.get_unverified_claims(fresh)["sub"] == str(await first_admin_id())
     assert (await client.get(ME, headers=bearer_header(fresh))).status_code == 200
 
 
+@pytest.mark.committing
 async def test_change_password_locks_the_account_against_a_concurrent_change(
     client: AsyncClient, user_id: int, user_headers: dict[str, str], session: AsyncSession
 ) -> None:

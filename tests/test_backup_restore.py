@@ -21,6 +21,9 @@ from core.db import db
 from models import Base
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
+# The scripts run in subprocesses and only see committed rows.
+pytestmark = pytest.mark.committing
+
 ROOT = Path(__file__).resolve().parent.parent
 BACKUP_SH = ROOT / "scripts" / "backup.sh"
 RESTORE_SH = ROOT / "scripts" / "restore.sh"

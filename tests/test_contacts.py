@@ -5,10 +5,9 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import error_of
-from tests.investor_factories import CONTACTS, make_contact, make_investor, scalar
+from tests.factories import CONTACTS, make_contact, make_investor, scalar
 
 CONTACT_FIELDS = {"name", "email", "phone", "title", "notes"}
 
@@ -95,14 +94,14 @@ async def test_email_is_optional_and_not_unique(
     ],
 )
 async def test_create_rejects_bad_input(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, payload: Any
+    client: AsyncClient, admin_headers: dict[str, str], payload: Any
 ) -> None:
     investor = await make_investor(client, admin_headers)
     response = await client.post(
         f"{CONTACTS}/investor/{investor['id']}", json=payload, headers=admin_headers
     )
     assert response.status_code == 422
-    assert await scalar(session, "SELECT count(*) FROM contacts") == 0
+    assert await scalar("SELECT count(*) FROM contacts") == 0
 
 
 @pytest.mark.parametrize("investor_id", ["999", "0", str(2**31), "99999999999999999999"])
@@ -266,8 +265,9 @@ async def test_contacts_appear_in_the_investor_detail(
     assert detail["contacts"] == [contact]
 
 
+@pytest.mark.committing
 async def test_adding_contacts_while_the_investor_is_deleted_never_fails_with_500(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     investor = await make_investor(client, admin_headers)
     url = f"{CONTACTS}/investor/{investor['id']}"
@@ -280,4 +280,4 @@ async def test_adding_contacts_while_the_investor_is_deleted_never_fails_with_50
     creates = responses[:5] + responses[6:]
     assert {r.status_code for r in creates} <= {201, 404}
     # Whatever the interleaving, no contact outlives its investor.
-    assert await scalar(session, "SELECT count(*) FROM contacts") == 0
+    assert await scalar("SELECT count(*) FROM contacts") == 0

@@ -5,7 +5,6 @@ them, errors met while connecting classified like any other, and one way to the 
 import ast
 import asyncio
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,11 @@ from core.exceptions import sqlstate
 from main import app as fastapi_app
 from schemas.common import PG_INT_MAX
 from services.investors import InvestorService
-from tests.activity_factories import insert_investor
-from tests.conftest import engine_event, error_of
-from tests.investor_factories import INVESTORS, make_investor, scalar
+from tests.conftest import error_of
+from tests.factories import INVESTORS, insert_investor, make_investor, scalar
+
+# These tests count, kill and replace the pool's connections.
+pytestmark = pytest.mark.committing
 
 ME = "/api/v1/auth/me"
 APPLICATION_NAME = "tpm-finance-crm"
@@ -57,53 +58,13 @@ def assert_ok(response: Response) -> Any:
 # --- transactions ---------------------------------------------------------------------------
 
 
-@contextmanager
-def transaction_states() -> Iterator[list[tuple[str, bool]]]:
-    """Each statement the engine runs, with whether asyncpg had a transaction open for it."""
-    states: list[tuple[str, bool]] = []
-
-    # After the statement, not before: the dialect opens its transaction lazily, on the first
-    # statement's execution.
-    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        states.append((statement, conn.connection.driver_connection.is_in_transaction()))
-
-    with engine_event("after_cursor_execute", record):
-        yield states
-
-
-async def test_a_read_only_request_runs_its_statements_outside_a_transaction(
-    client: AsyncClient, headers: dict[str, str]
-) -> None:
-    await make_investor(client, headers, name="Amundi")
-    with transaction_states() as states:
-        body = assert_ok(await client.get(INVESTORS, headers=headers))
-    assert [item["name"] for item in body["items"]] == ["Amundi"]
-    assert states, "the list ran no statement through the session"
-    assert [in_transaction for _, in_transaction in states] == [False] * len(states)
-
-
-async def test_a_writing_request_runs_its_statements_inside_a_transaction(
-    client: AsyncClient, headers: dict[str, str]
-) -> None:
-    with transaction_states() as states:
-        response = await client.post(INVESTORS, json={"name": "Amundi"}, headers=headers)
-    assert response.status_code == 201, response.text
-    assert any(statement.startswith("INSERT INTO investors") for statement, _ in states)
-    # The caller's account is looked up on the read session, whatever the route: a read.
-    writes = [
-        in_transaction for statement, in_transaction in states if "FROM users" not in statement
-    ]
-    assert writes == [True] * len(writes)
-
-
 async def test_a_write_failing_half_way_leaves_nothing(
     client: AsyncClient,
     headers: dict[str, str],
-    session: AsyncSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     investor_id = await insert_investor("Amundi")
-    stage_before = await scalar(session, "SELECT pipeline_stage::text FROM investors")
+    stage_before = await scalar("SELECT pipeline_stage::text FROM investors")
     move = InvestorService.move_to_next_stage
 
     async def move_for_an_unknown_user(
@@ -113,19 +74,14 @@ async def test_a_write_failing_half_way_leaves_nothing(
         return await move(self, investor_id, changed_by=PG_INT_MAX)
 
     monkeypatch.setattr(InvestorService, "move_to_next_stage", move_for_an_unknown_user)
-    with transaction_states() as states:
-        response = await client.put(
-            f"{INVESTORS}/{investor_id}/move-to-next-stage", headers=headers
-        )
+    response = await client.put(f"{INVESTORS}/{investor_id}/move-to-next-stage", headers=headers)
     assert response.status_code == 409, response.text
     assert error_of(response) == {
         "detail": "A referenced record does not exist or is still in use",
         "code": "conflict",
     }
-    executed = [statement for statement, _ in states]
-    assert any(statement.startswith("UPDATE investors") for statement in executed)
-    assert await scalar(session, "SELECT pipeline_stage::text FROM investors") == stage_before
-    assert await scalar(session, "SELECT count(*) FROM investor_stage_changes") == 0
+    assert await scalar("SELECT pipeline_stage::text FROM investors") == stage_before
+    assert await scalar("SELECT count(*) FROM investor_stage_changes") == 0
 
 
 # --- pool -----------------------------------------------------------------------------------

@@ -36,8 +36,11 @@ from core.security import create_access_token
 from models import Base
 from schemas.investor import InvestorCreate
 from schemas.user import LoginJSON, PasswordChange, UserCreate
-from tests.activity_factories import fetch, insert_investor
 from tests.conftest import ADMIN_EMAIL
+from tests.factories import fetch, insert_investor
+
+# Each case starts from emptied tables (reset_database) on a connection of its own.
+pytestmark = pytest.mark.committing
 
 BASE_URL = "http://fuzz.test"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))

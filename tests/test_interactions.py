@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
-from tests.activity_factories import execute, fetch, insert_contact, insert_investor
 from tests.conftest import error_of
+from tests.factories import execute, fetch, first_admin_id, insert_contact, insert_investor
 
 API = "/api/v1/interactions"
 Headers = dict[str, str]
@@ -19,11 +19,6 @@ async def create(
     response = await client.post(f"{API}/investor/{investor_id}", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
-
-
-async def admin_id() -> int:
-    rows = await fetch("SELECT id FROM users WHERE email = 'admin@crm.test'")
-    return int(rows[0].id)
 
 
 # --- auth -------------------------------------------------------------------------------------
@@ -73,7 +68,7 @@ async def test_create_returns_the_row_owned_by_the_current_user(
     assert data["duration_minutes"] == 45
     assert data["subject"] == "Présentation du fonds"
     assert data["notes"] == "Intéressé par la part B"
-    assert data["created_by"] == await admin_id()
+    assert data["created_by"] == await first_admin_id()
     assert data["created_at"] and data["updated_at"]
     stored = await client.get(f"{API}/{data['id']}", headers=admin_headers)
     assert stored.status_code == 200

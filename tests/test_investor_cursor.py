@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.investor_factories import INVESTORS, execute
+from tests.factories import INVESTORS, execute, fetch
 
 SORTS = [
     "name",
@@ -22,16 +21,21 @@ SORTS = [
 ]
 
 
-async def seed_ties(session: AsyncSession) -> None:
+async def seed_ties() -> None:
     """23 investors whose every sort key repeats, so only the id tiebreaker orders them."""
     await execute(
-        session,
         "INSERT INTO investors (name, pipeline_stage, is_active, created_at, updated_at) "
         "SELECT 'Fonds ' || (g % 3), "
         "(ARRAY['prospect_froid','client','perdu','prospect_chaud'])[g % 4 + 1], "
         "g % 2 = 0, now() - (g % 4) * interval '1 day', now() - (g % 5) * interval '1 hour' "
         "FROM generate_series(1, 23) AS g",
     )
+
+
+async def insert_investors(count: int) -> list[int]:
+    """`count` investors of one name, inserted at one time: their ids, ascending."""
+    sql = "INSERT INTO investors (name) SELECT 'F' FROM generate_series(1, :n) RETURNING id"
+    return sorted(row.id for row in await fetch(sql, n=count))
 
 
 async def get_page(client: AsyncClient, headers: dict[str, str], **params: Any) -> Any:
@@ -66,9 +70,9 @@ async def walk_by_cursor(
 
 @pytest.mark.parametrize("sort", SORTS)
 async def test_walking_by_cursor_gives_the_skip_order_with_every_row_once(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, sort: str
+    client: AsyncClient, admin_headers: dict[str, str], sort: str
 ) -> None:
-    await seed_ties(session)
+    await seed_ties()
     by_skip = await walk_by_skip(client, admin_headers, sort=sort)
     by_cursor = await walk_by_cursor(client, admin_headers, 23, sort=sort)
     assert len(by_skip) == 23
@@ -78,9 +82,9 @@ async def test_walking_by_cursor_gives_the_skip_order_with_every_row_once(
 
 @pytest.mark.parametrize("sort", ["name", "-created_at", "pipeline_stage", "-updated_at"])
 async def test_filters_combine_with_the_cursor(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, sort: str
+    client: AsyncClient, admin_headers: dict[str, str], sort: str
 ) -> None:
-    await seed_ties(session)
+    await seed_ties()
     # The clients are the g with g % 4 == 1, all odd, so all inactive: 1, 5, 9, 13, 17, 21.
     filters = {"is_active": "false", "pipeline_stage": "client"}
     by_skip = await walk_by_skip(client, admin_headers, sort=sort, **filters)
@@ -89,13 +93,13 @@ async def test_filters_combine_with_the_cursor(
 
 
 async def test_the_last_page_has_no_next_cursor_and_an_exact_fit_ends_there(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    await execute(session, "INSERT INTO investors (name) SELECT 'F' FROM generate_series(1, 8)")
+    ids = await insert_investors(8)
     first = await get_page(client, admin_headers, limit=4)
     assert first["total"] == 8
     second = await get_page(client, admin_headers, limit=4, cursor=first["next_cursor"])
-    assert [item["id"] for item in second["items"]] == [5, 6, 7, 8]
+    assert [item["id"] for item in second["items"]] == ids[4:]
     assert set(second) == {"items", "total", "skip", "limit"}
     everything = await get_page(client, admin_headers, limit=8)
     assert "next_cursor" not in everything
@@ -104,13 +108,13 @@ async def test_the_last_page_has_no_next_cursor_and_an_exact_fit_ends_there(
 
 
 async def test_a_cursor_past_a_deleted_row_still_resumes_after_it(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    await execute(session, "INSERT INTO investors (name) SELECT 'F' FROM generate_series(1, 6)")
+    ids = await insert_investors(6)
     first = await get_page(client, admin_headers, limit=3)
-    assert (await client.delete(f"{INVESTORS}/3", headers=admin_headers)).status_code == 204
+    assert (await client.delete(f"{INVESTORS}/{ids[2]}", headers=admin_headers)).status_code == 204
     rest = await get_page(client, admin_headers, limit=3, cursor=first["next_cursor"])
-    assert [item["id"] for item in rest["items"]] == [4, 5, 6]
+    assert [item["id"] for item in rest["items"]] == ids[3:]
     assert rest["total"] == 5
 
 
@@ -160,9 +164,9 @@ async def test_a_malformed_or_tampered_cursor_is_422(
 
 
 async def test_a_cursor_only_works_with_its_own_sort_and_skip_zero(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    await execute(session, "INSERT INTO investors (name) SELECT 'F' FROM generate_series(1, 4)")
+    ids = await insert_investors(4)
     cursor = (await get_page(client, admin_headers, limit=2, sort="-created_at"))["next_cursor"]
 
     response = await client.get(
@@ -185,7 +189,7 @@ async def test_a_cursor_only_works_with_its_own_sort_and_skip_zero(
     assert response.json()["detail"][0]["loc"] == ["query", "skip"]
 
     page = await get_page(client, admin_headers, cursor=cursor, sort="-created_at", skip=0)
-    assert [item["id"] for item in page["items"]] == [2, 1]
+    assert [item["id"] for item in page["items"]] == [ids[1], ids[0]]
 
 
 async def test_a_valid_looking_cursor_says_why_it_is_refused(

@@ -6,17 +6,12 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.conftest import ADMIN_EMAIL, error_of
-from tests.investor_factories import INVESTORS, make_investor, scalar
+from tests.conftest import error_of
+from tests.factories import INVESTORS, first_admin_id, make_investor
 
 PIPELINE = ["prospect_froid", "prospect_tiede", "prospect_chaud", "en_negociation", "client"]
 FULL_WALK = [(None, "prospect_froid"), *pairwise(PIPELINE)]
-
-
-async def admin_id(session: AsyncSession) -> int:
-    return int(await scalar(session, "SELECT id FROM users WHERE email = :e", e=ADMIN_EMAIL))
 
 
 async def history(
@@ -34,7 +29,7 @@ def transitions(changes: list[dict[str, Any]]) -> list[tuple[str | None, str]]:
 
 
 async def test_creation_records_the_first_stage(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     investor = await make_investor(client, admin_headers, pipeline_stage="prospect_chaud")
     changes = await history(client, admin_headers, investor["id"])
@@ -43,7 +38,7 @@ async def test_creation_records_the_first_stage(
     assert change["investor_id"] == investor["id"]
     assert change["from_stage"] is None
     assert change["to_stage"] == "prospect_chaud"
-    assert change["changed_by"] == await admin_id(session)
+    assert change["changed_by"] == await first_admin_id()
     assert change["changed_at"]
     assert isinstance(change["id"], int)
 
@@ -102,6 +97,7 @@ async def test_move_to_next_stage_accepts_only_put(
     assert response.status_code == 405
 
 
+@pytest.mark.committing
 async def test_concurrent_moves_never_skip_a_stage(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:

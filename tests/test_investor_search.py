@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import services.investor_search as investor_search
 from models.aggregates import REBUILD_DERIVED_SQL
 from tests.conftest import engine_event
-from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
+from tests.factories import INVESTORS, execute, make_contact, make_investor, scalar
 
 SEARCH = f"{INVESTORS}/search"
 
@@ -151,7 +151,6 @@ async def test_the_words_of_names_companies_and_contacts_are_kept_as_they_are_wr
         f"{INVESTORS}/{investor['id']}", json={"name": "Natixis"}, headers=admin_headers
     )
     await execute(
-        session,
         "INSERT INTO contacts (investor_id, name) SELECT :id, 'Édouard Mercier ' || g "
         "FROM generate_series(1, 3) g",
         id=investor["id"],
@@ -169,6 +168,7 @@ async def test_the_words_of_names_companies_and_contacts_are_kept_as_they_are_wr
     }
 
 
+@pytest.mark.committing
 async def test_concurrent_writers_of_the_same_new_words_all_succeed(
     client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
 ) -> None:
@@ -266,15 +266,11 @@ async def test_the_cap_takes_investors_own_matches_before_their_contacts(
 ) -> None:
     # Investors matching through a contact, with the lowest ids: with equal scores, the id
     # would rank them first if they were candidates.
+    await execute("INSERT INTO investors (name) SELECT 'Other ' || g FROM generate_series(1, 3) g")
     await execute(
-        session, "INSERT INTO investors (name) SELECT 'Other ' || g FROM generate_series(1, 3) g"
-    )
-    await execute(
-        session,
         "INSERT INTO contacts (investor_id, name) SELECT id, 'Durand' FROM investors",
     )
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Durand ' || g FROM generate_series(1, 6) g",
     )
     for q in ("durand", "durant"):  # literally, then through the close word "durand"
@@ -433,16 +429,13 @@ async def test_short_term_pages_return_every_match_once(
     client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
 ) -> None:
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 7) g",
     )
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Cabinet ' || g FROM generate_series(1, 4) g",
     )
     # Found by a contact only, and by two of them.
     await execute(
-        session,
         "INSERT INTO contacts (investor_id, name) SELECT id, n FROM investors, "
         "(VALUES ('Bastien Roy'), ('Béatrice Roy')) AS contact(n) WHERE name = 'Cabinet 1'",
     )
@@ -460,9 +453,7 @@ async def test_a_short_term_ranks_only_the_capped_best_candidates(
     session: AsyncSession,
     cap: Callable[[int], None],
 ) -> None:
-    await execute(
-        session, "INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 9) g"
-    )
+    await execute("INSERT INTO investors (name) SELECT 'Banque ' || g FROM generate_series(1, 9) g")
     body = await search(client, admin_headers, "ba")
     assert body["total"] == 5
     assert len({item["id"] for item in body["items"]}) == 5
@@ -513,7 +504,7 @@ async def test_quotes_and_sql_in_a_term_are_matched_literally(
         "x$$; DELETE FROM investors; --",
     ):
         assert (await search(client, admin_headers, q))["total"] == 0
-    assert await scalar(session, "SELECT count(*) FROM investors") == 2
+    assert await scalar("SELECT count(*) FROM investors") == 2
 
 
 async def test_a_literal_percent_sign_is_found(
@@ -582,7 +573,7 @@ async def test_any_term_is_matched_literally(
     assert await names(client, admin_headers, q) == [target]
     # Upper case and accents still do not count, whatever else the term holds.
     assert await names(client, admin_headers, q.upper()) == [target]
-    assert await scalar(session, "SELECT count(*) FROM investors") == len(decoys) + 1
+    assert await scalar("SELECT count(*) FROM investors") == len(decoys) + 1
 
 
 @pytest.mark.parametrize("q", ["Rotchild", "ro", "o'brien %_ 1000"])
@@ -612,7 +603,6 @@ async def test_search_pages_return_every_match_once(
 ) -> None:
     # Equal scores everywhere: only the id tiebreaker orders the pages.
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Carmignac Gestion' FROM generate_series(1, 10)",
     )
     await make_investor(client, admin_headers, name="Other")
@@ -671,12 +661,9 @@ async def test_a_common_term_ranks_only_the_capped_best_candidates(
 ) -> None:
     # Literal matches are fewer than the cap and inserted last, behind more approximate ones.
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Durant Capital ' || g FROM generate_series(1, 10) g",
     )
-    await execute(
-        session, "INSERT INTO investors (name) SELECT 'Banque Durand' FROM generate_series(1, 2)"
-    )
+    await execute("INSERT INTO investors (name) SELECT 'Banque Durand' FROM generate_series(1, 2)")
     body = await search(client, admin_headers, "durand", limit=3)
     assert body["total"] == 5
     names = [item["name"] for item in body["items"]]
@@ -701,14 +688,10 @@ async def test_the_cap_keeps_literal_matches_when_they_alone_exceed_it(
 ) -> None:
     # cap + 5 literal matches (investors and contacts), and close ones that must not get in.
     await execute(
-        session,
         "INSERT INTO investors (name) SELECT 'Durant ' || g FROM generate_series(1, 10) g",
     )
+    await execute("INSERT INTO investors (name) SELECT 'Durand ' || g FROM generate_series(1, 8) g")
     await execute(
-        session, "INSERT INTO investors (name) SELECT 'Durand ' || g FROM generate_series(1, 8) g"
-    )
-    await execute(
-        session,
         "INSERT INTO contacts (investor_id, name) SELECT id, 'Marc Durand' FROM investors "
         "WHERE name IN ('Durant 1', 'Durant 2')",
     )

@@ -6,10 +6,17 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import error_of
-from tests.investor_factories import INVESTORS, execute, make_contact, make_investor, scalar
+from tests.factories import (
+    INVESTORS,
+    execute,
+    insert_interaction,
+    insert_kpi,
+    make_contact,
+    make_investor,
+    scalar,
+)
 
 STAGES = [
     "prospect_froid",
@@ -142,12 +149,12 @@ async def test_a_blank_email_is_stored_as_none(
     ],
 )
 async def test_create_rejects_bad_input(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, payload: Any
+    client: AsyncClient, admin_headers: dict[str, str], payload: Any
 ) -> None:
     response = await client.post(INVESTORS, json=payload, headers=admin_headers)
     assert response.status_code == 422
     assert isinstance(response.json()["detail"], list)
-    assert await scalar(session, "SELECT count(*) FROM investors") == 0
+    assert await scalar("SELECT count(*) FROM investors") == 0
 
 
 async def test_create_rejects_a_body_that_is_not_json(
@@ -182,8 +189,9 @@ async def test_investors_without_email_do_not_conflict(
     await make_investor(client, admin_headers, name="B")
 
 
+@pytest.mark.committing
 async def test_concurrent_creates_with_one_email_give_one_201_and_409s(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     responses = await asyncio.gather(
         *(
@@ -201,8 +209,8 @@ async def test_concurrent_creates_with_one_email_give_one_201_and_409s(
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * 19
     assert all(r.json()["code"] == "duplicate_email" for r in responses if r.status_code == 409)
-    assert await scalar(session, "SELECT count(*) FROM investors") == 1
-    assert await scalar(session, "SELECT count(*) FROM investor_stage_changes") == 1
+    assert await scalar("SELECT count(*) FROM investors") == 1
+    assert await scalar("SELECT count(*) FROM investor_stage_changes") == 1
 
 
 # --- read -----------------------------------------------------------------------------------
@@ -229,7 +237,7 @@ async def test_detail_includes_sorted_contacts_and_zero_activity(
 
 
 async def test_detail_counts_interactions_and_kpis_in_sql(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     investor = await make_investor(client, admin_headers)
     other = await make_investor(client, admin_headers, name="Other")
@@ -239,19 +247,9 @@ async def test_detail_counts_interactions_and_kpis_in_sql(
         (investor["id"], date(2024, 4, 2)),
         (other["id"], date(2025, 1, 1)),
     ):
-        await execute(
-            session,
-            "INSERT INTO interactions (investor_id, type, date) VALUES (:i, 'appel', :d)",
-            i=investor_id,
-            d=day,
-        )
+        await insert_interaction(investor_id, day)
     for month in (1, 2):
-        await execute(
-            session,
-            "INSERT INTO kpis (investor_id, year, month) VALUES (:i, 2024, :m)",
-            i=investor["id"],
-            m=month,
-        )
+        await insert_kpi(investor["id"], 2024, month)
 
     body = (await client.get(f"{INVESTORS}/{investor['id']}", headers=admin_headers)).json()
     assert body["interaction_count"] == 3
@@ -405,24 +403,14 @@ async def test_update_to_a_taken_email_is_409(
 
 
 async def test_delete_cascades_to_contacts_interactions_kpis_and_history(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     investor = await make_investor(client, admin_headers)
     kept = await make_investor(client, admin_headers, name="Kept")
     contact = await make_contact(client, admin_headers, investor["id"])
     await make_contact(client, admin_headers, kept["id"])
-    await execute(
-        session,
-        "INSERT INTO interactions (investor_id, contact_id, type, date) "
-        "VALUES (:i, :c, 'reunion', '2024-01-01')",
-        i=investor["id"],
-        c=contact["id"],
-    )
-    await execute(
-        session,
-        "INSERT INTO kpis (investor_id, year, month) VALUES (:i, 2024, 1)",
-        i=investor["id"],
-    )
+    await insert_interaction(investor["id"], type_="reunion", contact_id=contact["id"])
+    await insert_kpi(investor["id"])
 
     response = await client.delete(f"{INVESTORS}/{investor['id']}", headers=admin_headers)
     assert response.status_code == 204
@@ -431,11 +419,11 @@ async def test_delete_cascades_to_contacts_interactions_kpis_and_history(
     assert response.status_code == 404
     for table in ("contacts", "interactions", "kpis", "investor_stage_changes"):
         count = await scalar(
-            session, f"SELECT count(*) FROM {table} WHERE investor_id = :i", i=investor["id"]
+            f"SELECT count(*) FROM {table} WHERE investor_id = :i", i=investor["id"]
         )
         assert count == 0, table
-    assert await scalar(session, "SELECT count(*) FROM contacts") == 1
-    assert await scalar(session, "SELECT count(*) FROM investors") == 1
+    assert await scalar("SELECT count(*) FROM contacts") == 1
+    assert await scalar("SELECT count(*) FROM investors") == 1
 
 
 # --- list -----------------------------------------------------------------------------------
@@ -564,11 +552,10 @@ async def test_sorting_by_each_key_both_ways(
     ],
 )
 async def test_walking_pages_returns_every_row_once_when_sort_keys_tie(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, sort: str
+    client: AsyncClient, admin_headers: dict[str, str], sort: str
 ) -> None:
     # One statement: every row shares the same name, stage and timestamps.
     await execute(
-        session,
         "INSERT INTO investors (name, pipeline_stage) "
         "SELECT 'Same name', 'prospect_tiede' FROM generate_series(1, 11)",
     )

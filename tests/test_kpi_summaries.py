@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
-from tests.activity_factories import insert_investor
 from tests.conftest import error_of
+from tests.factories import insert_investor
 
 API = "/api/v1/kpis"
 Headers = dict[str, str]

@@ -7,8 +7,8 @@ import pytest
 from httpx import AsyncClient
 
 from main import app
-from tests.activity_factories import execute, fetch, insert_investor
 from tests.conftest import error_of
+from tests.factories import execute, fetch, insert_investor
 
 API = "/api/v1/kpis"
 Headers = dict[str, str]
@@ -149,6 +149,7 @@ async def test_limits_are_accepted(client: AsyncClient, admin_headers: Headers) 
     assert low["revenue"] == 0.01
 
 
+@pytest.mark.committing
 async def test_concurrent_posts_for_one_month_leave_exactly_one_row(
     client: AsyncClient, admin_headers: Headers
 ) -> None:

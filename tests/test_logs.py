@@ -58,6 +58,8 @@ async def served(app: object) -> AsyncIterator[AsyncClient]:
         await task
 
 
+# SQL echo is decided when a connection opens: the requests need connections of their own.
+@pytest.mark.committing
 async def test_no_log_record_holds_a_password_a_hash_or_a_token(
     served: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -134,6 +134,7 @@ async def test_errors_are_counted_by_code(client: AsyncClient) -> None:
         assert moved == count, code
 
 
+@pytest.mark.committing
 @pytest.mark.usefixtures("metrics_token")
 async def test_the_pool_is_read_at_scrape_time(client: AsyncClient) -> None:
     scraped = await scrape(client)

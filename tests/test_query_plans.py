@@ -46,8 +46,18 @@ from main import app as fastapi_app
 from models import Base
 from schemas.investor import InvestorSort
 from services.users import caller_cache
-from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, create_user, engine_event
-from tests.investor_factories import CONTACTS, INVESTORS, make_contact, make_investor
+from tests.conftest import ADMIN_PASSWORD, engine_event
+from tests.factories import (
+    CONTACTS,
+    INVESTORS,
+    USER_PASSWORD,
+    create_user,
+    make_contact,
+    make_investor,
+)
+
+# Statements are EXPLAINed on a connection of their own.
+pytestmark = pytest.mark.committing
 
 Statement = tuple[str, Any]
 PlanNode = dict[str, Any]

@@ -12,7 +12,8 @@ import main
 from core.config import settings
 from core.db import db
 from services.auth import DEFAULT_ADMIN_EMAIL, AuthService
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD, bearer, create_user, error_of
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
+from tests.factories import USER_PASSWORD, bearer, create_user, first_admin_id
 
 USERS = "/api/v1/users"
 LOGIN = "/api/v1/auth/login"
@@ -54,11 +55,6 @@ async def make_user(client: AsyncClient, headers: dict[str, str], **overrides: A
 async def login_status(client: AsyncClient, email: str, password: str) -> int:
     response = await client.post(LOGIN, json={"email": email, "password": password})
     return response.status_code
-
-
-async def first_admin_id(session: AsyncSession) -> int:
-    stmt = text("SELECT id FROM users WHERE email = :e")
-    return int((await session.execute(stmt, {"e": ADMIN_EMAIL})).scalar_one())
 
 
 def assert_conflict(response: Response, code: str = "conflict") -> None:
@@ -143,6 +139,7 @@ async def test_create_with_a_taken_email_is_409(
     assert response.json()["detail"] == "A user with this email already exists"
 
 
+@pytest.mark.committing
 async def test_concurrent_creates_with_the_same_email_give_one_201_and_one_409(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
@@ -336,9 +333,9 @@ async def test_update_unknown_user_is_404(
 
 @pytest.mark.parametrize("change", [{"role": "user"}, {"is_active": False}])
 async def test_the_last_active_admin_cannot_be_demoted(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, change: Any
+    client: AsyncClient, admin_headers: dict[str, str], change: Any
 ) -> None:
-    admin_id = await first_admin_id(session)
+    admin_id = await first_admin_id()
     response = await client.put(f"{USERS}/{admin_id}", json=change, headers=admin_headers)
     assert_conflict(response)
     assert response.json()["detail"] == "The last active admin cannot be removed or demoted"
@@ -347,20 +344,20 @@ async def test_the_last_active_admin_cannot_be_demoted(
 
 
 async def test_an_inactive_admin_does_not_count_as_another_admin(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
+    client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     await create_user("sleeping-admin@crm.test", role="admin", is_active=False)
-    admin_id = await first_admin_id(session)
+    admin_id = await first_admin_id()
     response = await client.put(f"{USERS}/{admin_id}", json={"role": "user"}, headers=admin_headers)
     assert_conflict(response)
 
 
 @pytest.mark.parametrize("change", [{"role": "user"}, {"is_active": False}])
 async def test_with_two_admins_one_can_be_demoted(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession, change: Any
+    client: AsyncClient, admin_headers: dict[str, str], change: Any
 ) -> None:
     await create_user("second-admin@crm.test", role="admin")
-    admin_id = await first_admin_id(session)
+    admin_id = await first_admin_id()
     response = await client.put(f"{USERS}/{admin_id}", json=change, headers=admin_headers)
     assert response.status_code == 200
     assert response.json()[next(iter(change))] == next(iter(change.values()))
@@ -375,10 +372,11 @@ async def test_a_user_that_is_not_admin_can_be_disabled_freely(
     assert response.status_code == 200
 
 
+@pytest.mark.committing
 async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     client: AsyncClient, session: AsyncSession
 ) -> None:
-    first = await first_admin_id(session)
+    first = await first_admin_id()
     second = await create_user("second-admin@crm.test", role="admin")
     responses = await asyncio.gather(
         client.put(f"{USERS}/{second}", json={"role": "user"}, headers=await bearer(first)),
@@ -392,10 +390,11 @@ async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     assert admins.scalar_one() == 1
 
 
+@pytest.mark.committing
 async def test_two_admins_deleting_each_other_at_once_leave_one_admin(
     client: AsyncClient, session: AsyncSession
 ) -> None:
-    first = await first_admin_id(session)
+    first = await first_admin_id()
     second = await create_user("second-admin@crm.test", role="admin")
     responses = await asyncio.gather(
         client.delete(f"{USERS}/{second}", headers=await bearer(first)),
@@ -422,11 +421,9 @@ async def test_delete_user(client: AsyncClient, admin_headers: dict[str, str]) -
     assert await login_status(client, "alice@crm.test", "alice-password-1") == 401
 
 
-async def test_deleting_yourself_is_409(
-    client: AsyncClient, admin_headers: dict[str, str], session: AsyncSession
-) -> None:
+async def test_deleting_yourself_is_409(client: AsyncClient, admin_headers: dict[str, str]) -> None:
     await create_user("second-admin@crm.test", role="admin")
-    admin_id = await first_admin_id(session)
+    admin_id = await first_admin_id()
     response = await client.delete(f"{USERS}/{admin_id}", headers=admin_headers)
     assert_conflict(response)
     assert response.json()["detail"] == "You cannot delete your own account"
@@ -462,6 +459,7 @@ async def users_in_db() -> list[tuple[str, str, bool]]:
         return [(r.email, r.role, r.is_active) for r in rows]
 
 
+@pytest.mark.committing
 async def test_first_admin_is_created_from_settings(client: AsyncClient) -> None:
     await empty_users_table()
     async with db.sessionmaker() as session, session.begin():
@@ -471,6 +469,7 @@ async def test_first_admin_is_created_from_settings(client: AsyncClient) -> None
     assert await login_status(client, ADMIN_EMAIL, ADMIN_PASSWORD) == 200
 
 
+@pytest.mark.committing
 async def test_first_admin_without_password_gets_a_printed_random_one(
     client: AsyncClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -488,6 +487,7 @@ async def test_first_admin_without_password_gets_a_printed_random_one(
     assert len(await users_in_db()) == 1
 
 
+@pytest.mark.committing
 async def test_first_admin_defaults_to_the_documented_email(
     client: AsyncClient,
 ) -> None:
@@ -500,6 +500,7 @@ async def test_first_admin_defaults_to_the_documented_email(
     assert await login_status(client, DEFAULT_ADMIN_EMAIL, generated) == 200
 
 
+@pytest.mark.committing
 async def test_no_first_admin_when_users_exist(client: AsyncClient) -> None:
     await empty_users_table()
     await create_user("someone@crm.test", password=USER_PASSWORD)
@@ -509,6 +510,7 @@ async def test_no_first_admin_when_users_exist(client: AsyncClient) -> None:
     assert await users_in_db() == [("someone@crm.test", "user", True)]
 
 
+@pytest.mark.committing
 async def test_concurrent_bootstraps_create_one_admin() -> None:
     await empty_users_table()
 
