@@ -69,6 +69,7 @@ def create_app() -> FastAPI:
         # Served by api/routes/docs.py from local assets, not by FastAPI from a CDN.
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     register_exception_handlers(app)
     app.add_middleware(
@@ -87,7 +88,8 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     include_api(app)
     # After the API, so that API requests do not test the documentation paths first.
-    add_offline_docs(app)
+    if settings.docs_enabled:
+        add_offline_docs(app)
     app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]
     return app
 
@@ -107,7 +109,14 @@ def run() -> None:
     upgrade_to_head(settings.database_url)
     configure_logging(settings.log_format)  # Alembic's env.py installed its own configuration
     # log_config=None: uvicorn keeps the configuration above instead of installing its own.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=True,
+        log_config=None,
+        server_header=False,  # no `server: uvicorn` banner telling what to attack
+    )
 
 
 if __name__ == "__main__":
