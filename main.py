@@ -27,7 +27,8 @@ async def bootstrap_first_admin() -> None:
     async with db.sessionmaker() as session, session.begin():
         generated = await AuthService(session).ensure_first_admin(settings)
     if generated is not None:
-        # Printed once, on the console only: the admin must change it after logging in.
+        # Printed once, on the console only: the admin must change it after logging in. print,
+        # not logging, whose handlers may write (JSON) lines to files that outlive the console.
         print(  # noqa: T201
             f"\n  First admin created: {settings.first_admin_email or 'admin@example.com'}"
             f"\n  Password (shown once, change it): {generated}\n",

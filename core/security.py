@@ -123,7 +123,7 @@ def decode_access_token(token: str, settings: Settings) -> int:
     if claims.get("typ") != TOKEN_TYPE:
         raise InvalidTokenError()
     issued_at = claims.get("iat")
-    # jose only checks that iat is a number; a bool is not one here.
+    # jose only checks that int(iat) succeeds, which a string or a bool passes.
     if type(issued_at) is not int or issued_at > time.time() + IAT_LEEWAY_SECONDS:
         raise InvalidTokenError()
     user_id = _user_id(claims.get("sub"))
