@@ -1,5 +1,5 @@
 # The API image: `docker compose up -d` builds it (see docker-compose.yml). No secret is baked in:
-# SECRET_KEY, DATABASE_URL and the rest come from the environment at run time.
+# the settings come from the environment at run time, the secrets from files (<NAME>_FILE).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -36,5 +36,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 
 # Migrations first (idempotent, and a failure stops the start), then uvicorn; exec so uvicorn
 # is PID 1 and receives SIGTERM. Proxy headers are trusted because only nginx on the host
-# reaches the published port (bound to 127.0.0.1 in docker-compose.yml).
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn main:app --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers --forwarded-allow-ips '*'"]
+# reaches the published port (bound to 127.0.0.1 in docker-compose.yml). No `server: uvicorn`
+# banner: it only tells an attacker what to look up.
+CMD ["sh", "-c", "alembic upgrade head && exec uvicorn main:app --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers --forwarded-allow-ips '*' --no-server-header"]

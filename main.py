@@ -29,7 +29,8 @@ async def bootstrap_first_admin() -> None:
     async with db.sessionmaker() as session, session.begin():
         generated = await AuthService(session).ensure_first_admin(settings)
     if generated is not None:
-        # Printed once, on the console only: the admin must change it after logging in.
+        # Printed once, on the console only: the admin must change it after logging in. print,
+        # not logging, whose handlers may write (JSON) lines to files that outlive the console.
         print(  # noqa: T201
             f"\n  First admin created: {settings.first_admin_email or 'admin@example.com'}"
             f"\n  Password (shown once, change it): {generated}\n",
@@ -71,6 +72,7 @@ def create_app() -> FastAPI:
         # Served by api/routes/docs.py from local assets, not by FastAPI from a CDN.
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     register_exception_handlers(app)
     app.add_middleware(
@@ -89,7 +91,8 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     include_api(app)
     # After the API, so that API requests do not test the documentation paths first.
-    add_offline_docs(app)
+    if settings.docs_enabled:
+        add_offline_docs(app)
     app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]
     return app
 
@@ -111,7 +114,12 @@ def run() -> None:
 
     # log_config=None: uvicorn keeps the application's logging configuration.
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=True,
+        log_config=None,
+        server_header=False,  # no `server: uvicorn` banner telling what to attack
     )
     server = _Server(config)
     # From the first step: a signal while the cluster starts or the migrations run is kept

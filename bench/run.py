@@ -48,6 +48,7 @@ UVICORN = [
     "--http",
     "httptools",
     "--no-access-log",
+    "--no-server-header",
     "--workers",
     "1",
     "--host",

@@ -3,20 +3,31 @@
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 
-# The placeholder shipped in .env.example: never acceptable outside debug mode.
+# The placeholder shipped in .env.example: never acceptable, whatever DEBUG says.
 EXAMPLE_SECRET_KEY = "change-me-to-a-long-random-string-of-at-least-32-bytes"  # noqa: S105
 MIN_SECRET_KEY_BYTES = 32
 
 JWT_ISSUER = "tpm-finance-crm"
 JWT_AUDIENCE = "tpm-finance-crm-api"
+
+SECRET_FILE_SUFFIX = "_FILE"  # noqa: S105
+# A secret is a few bytes: the cap keeps a mistaken SECRET_KEY_FILE=/dev/zero from hanging.
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 def to_async_url(url: str) -> str:
@@ -27,10 +38,81 @@ def to_async_url(url: str) -> str:
     raise ValueError("DATABASE_URL must start with postgresql:// or postgresql+asyncpg://")
 
 
+class SecretFileError(ValueError):
+    """A `<NAME>_FILE` setting that cannot be used (unreadable, empty, or set beside NAME)."""
+
+
+def is_secret_field(field: FieldInfo) -> bool:
+    """A SecretStr setting, optional or not: the settings `<NAME>_FILE` applies to."""
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret held in `path`, without the one newline editors and `echo` put at the end."""
+    try:
+        with open(path, "rb") as secret_file:
+            raw = secret_file.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SecretFileError(f"{variable}: cannot read {path} ({exc.strerror})") from None
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise SecretFileError(f"{variable}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{variable}: {path} is not UTF-8 text") from None
+    value = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not value.strip():
+        # An empty file is a mistake, not "unset": it would silently fall back to a default.
+        raise SecretFileError(f"{variable}: {path} is empty")
+    return value
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Every secret setting can come from the file named by `<NAME>_FILE` (Docker and Compose
+    secrets under /run/secrets), so that it need not sit in the process environment.
+
+    Keyed on the SecretStr type: a secret setting added later gets it with no further code.
+    """
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], *variables: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        # The environment and .env sources: where NAME and NAME_FILE are looked up.
+        self._variables = variables
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def _lookup(self, name: str) -> str | None:
+        for source in self._variables:
+            # Sources that are not case-sensitive (the default) keep lower-cased names.
+            value = getattr(source, "env_vars", {}).get(name.lower())
+            if isinstance(value, str) and value.strip():
+                return value
+        return None
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            if not is_secret_field(field):
+                continue
+            variable = name.upper() + SECRET_FILE_SUFFIX
+            path = self._lookup(variable)
+            if path is None:
+                continue
+            if self._lookup(name.upper()) is not None:
+                raise SecretFileError(f"{name.upper()} and {variable} are both set; keep one")
+            values[name] = read_secret_file(variable, path.strip())
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str | None = None
+    # Kept out of DATABASE_URL so that it can come from DATABASE_PASSWORD_FILE.
+    database_password: SecretStr | None = None
     database_echo: bool = False
     database_pool_size: int = Field(default=20, ge=1, le=100)
     database_max_overflow: int = Field(default=0, ge=0, le=100)
@@ -62,6 +144,20 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # GET /metrics answers only to this bearer token; unset, it answers 404 like any unknown path.
     metrics_token: SecretStr | None = None
+    # False hides /docs, /redoc and /openapi.json (404) where the API surface is not to be shown.
+    docs_enabled: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        secret_files = SecretFilesSource(settings_cls, env_settings, dotenv_settings)
+        return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod
@@ -99,13 +195,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_key(self) -> "Settings":
-        if self.debug or self.secret_key is None:
+        # Whatever DEBUG says: a debug instance reachable from a network is still forgeable.
+        if self.secret_key is None:
             return self
         key = self.secret_key.get_secret_value()
         if key == EXAMPLE_SECRET_KEY:
             raise ValueError("SECRET_KEY is the example value; set a random key or unset it")
         if len(key.encode()) < MIN_SECRET_KEY_BYTES:
             raise ValueError(f"SECRET_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _password_into_database_url(self) -> "Settings":
+        if self.database_password is None:
+            return self
+        if self.database_url is None:
+            raise ValueError("DATABASE_PASSWORD is set but DATABASE_URL is not")
+        url = make_url(self.database_url)
+        if url.password is not None:
+            raise ValueError("DATABASE_URL already holds a password; set it in one place")
+        password = self.database_password.get_secret_value()
+        # Quoted by SQLAlchemy: any character is fine, unlike a password typed into the URL.
+        self.database_url = url.set(password=password).render_as_string(hide_password=False)
         return self
 
     def signing_key(self) -> str:
@@ -139,6 +250,8 @@ def load_settings() -> Settings:
     """Read the settings, turning a validation failure into one clear line and exit code 1."""
     try:
         return Settings()
+    except SecretFileError as exc:
+        raise SystemExit(f"Invalid configuration: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"

@@ -196,9 +196,10 @@ async def http_exception_handler(request: Request, exc: Exception) -> JSONRespon
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 405:
         exc = StarletteHTTPException(405, exc.detail, {"Allow": _allowed_methods(request)})
-    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-        # FastAPI answers malformed JSON with 422 json_invalid, but a body that is not even UTF-8
-        # with a bare 400 no operation declares: both are the same client error.
+    if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
+        # FastAPI answers malformed JSON with 422 json_invalid, but a body that is not even UTF-8,
+        # or nested deeper than the parser recurses, with a bare 400 no operation declares: all
+        # are the same client error.
         invalid = RequestValidationError(
             [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}]
         )

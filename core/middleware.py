@@ -11,12 +11,17 @@ def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
 
 
+# JSON only: an API response rendered as a document (a browser opening a URL) may load and
+# frame nothing. The documentation pages send their own policy, which this one does not replace.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
 _SECURITY_HEADERS = _raw(SECURITY_HEADERS)
-_NO_STORE = _raw(NO_STORE)
+_API_HEADERS = _raw(NO_STORE | {"Content-Security-Policy": API_CSP})
 
 
 class SecurityHeadersMiddleware:
-    """Adds security headers everywhere, and `Cache-Control: no-store` on API responses."""
+    """Adds security headers everywhere, and `Cache-Control: no-store` and a deny-all
+    Content-Security-Policy on API responses."""
 
     def __init__(self, app: ASGIApp, api_prefix: str) -> None:
         self.app = app
@@ -28,7 +33,7 @@ class SecurityHeadersMiddleware:
             return
         extra = list(_SECURITY_HEADERS)
         if scope["path"].startswith(self.api_prefix):
-            extra += _NO_STORE
+            extra += _API_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,5 +1,6 @@
 """Password hashing (argon2 only) and JWT access tokens with pinned algorithm and claims."""
 
+import re
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from passlib.context import CryptContext
 
 from core.config import JWT_AUDIENCE, JWT_ISSUER, Settings
 from core.exceptions import AuthError
+from schemas.common import PG_INT_MAX
 
 _password_context = CryptContext(schemes=["argon2"], deprecated="auto")
 
@@ -17,6 +19,10 @@ _password_context = CryptContext(schemes=["argon2"], deprecated="auto")
 _DUMMY_HASH = _password_context.hash("not-a-real-password-timing-equaliser")
 
 TOKEN_TYPE = "access"  # noqa: S105
+# ASCII digits only: str.isdigit() also accepts "²" (int() then fails) and "٢" (read as 2).
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+# Clock skew tolerated between the servers that sign and check: an iat further ahead is forged.
+IAT_LEEWAY_SECONDS = 30
 
 
 class InvalidTokenError(AuthError):
@@ -116,8 +122,19 @@ def decode_access_token(token: str, settings: Settings) -> int:
         raise InvalidTokenError() from None
     if claims.get("typ") != TOKEN_TYPE:
         raise InvalidTokenError()
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.isdigit():
+    issued_at = claims.get("iat")
+    # jose only checks that int(iat) succeeds, which a string or a bool passes.
+    if type(issued_at) is not int or issued_at > time.time() + IAT_LEEWAY_SECONDS:
         raise InvalidTokenError()
-    _verified_tokens.put(cache_key, int(subject), int(claims["exp"]))
-    return int(subject)
+    user_id = _user_id(claims.get("sub"))
+    _verified_tokens.put(cache_key, user_id, int(claims["exp"]))
+    return user_id
+
+
+def _user_id(subject: object) -> int:
+    if not isinstance(subject, str) or not _USER_ID.fullmatch(subject):
+        raise InvalidTokenError()
+    user_id = int(subject)
+    if user_id > PG_INT_MAX:  # users.id is an INTEGER
+        raise InvalidTokenError()
+    return user_id

@@ -1,39 +1,30 @@
 """Settings: safe production keys, URL and origin parsing, empty values, the generated key file."""
 
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 
 import core.config
 from core.config import (
     EXAMPLE_SECRET_KEY,
+    MAX_SECRET_FILE_BYTES,
+    SECRET_FILE_SUFFIX,
     Settings,
+    is_secret_field,
     load_or_create_secret_key,
     load_settings,
     to_async_url,
 )
 
 GOOD_KEY = "k" * 32
-SETTING_VARIABLES = [
-    "DATABASE_URL",
-    "DATABASE_ECHO",
-    "DEBUG",
-    "SECRET_KEY",
-    "JWT_ALGORITHM",
-    "JWT_EXPIRATION_HOURS",
-    "ALLOWED_ORIGINS",
-    "HOST",
-    "PORT",
-    "FIRST_ADMIN_EMAIL",
-    "FIRST_ADMIN_PASSWORD",
-    "LOGIN_MAX_FAILURES",
-    "LOGIN_FAILURE_WINDOW_MINUTES",
-    "MAX_BODY_BYTES",
-    "LOG_FORMAT",
-    "METRICS_TOKEN",
+SECRET_SETTINGS = [name for name, field in Settings.model_fields.items() if is_secret_field(field)]
+SETTING_VARIABLES = [name.upper() for name in Settings.model_fields] + [
+    name.upper() + SECRET_FILE_SUFFIX for name in SECRET_SETTINGS
 ]
 
 
@@ -67,6 +58,7 @@ def test_defaults() -> None:
     assert (settings.login_max_failures, settings.login_failure_window_minutes) == (5, 15)
     assert settings.max_body_bytes == 1024 * 1024
     assert (settings.log_format, settings.metrics_token) == ("text", None)
+    assert (settings.database_password, settings.docs_enabled) == (None, True)
 
 
 def test_every_setting_is_documented_in_env_example() -> None:
@@ -77,22 +69,18 @@ def test_every_setting_is_documented_in_env_example() -> None:
         if line and not line.startswith("#") and "=" in line
     }
     # Beside the API's settings, .env also feeds Docker Compose and the backup script.
-    deployment_only = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "BACKUP_KEEP"}
+    deployment_only = {"POSTGRES_USER", "POSTGRES_DB", "BACKUP_KEEP"}
     assert documented - deployment_only == {name.upper() for name in Settings.model_fields}
 
 
 # --- secret key safety ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", [EXAMPLE_SECRET_KEY, "short", "k" * 31, "é" * 15])
-def test_production_refuses_an_unsafe_secret_key(key: str) -> None:
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("key", [EXAMPLE_SECRET_KEY, "short", "k", "k" * 31, "é" * 15])
+def test_an_unsafe_secret_key_is_refused_whatever_debug_says(debug: bool, key: str) -> None:
     with pytest.raises(ValidationError, match="SECRET_KEY"):
-        make(debug=False, secret_key=key)
-
-
-@pytest.mark.parametrize("key", [EXAMPLE_SECRET_KEY, "short"])
-def test_debug_accepts_any_secret_key(key: str) -> None:
-    assert make(debug=True, secret_key=key).signing_key() == key
+        make(debug=debug, secret_key=key)
 
 
 def test_production_accepts_a_key_of_32_bytes() -> None:
@@ -145,8 +133,10 @@ def test_load_settings_reads_a_dot_env_file(tmp_path: Path) -> None:
     assert settings.port == 9000
 
 
-def test_dot_env_with_the_example_key_refuses_to_start(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text(f"DEBUG=false\nSECRET_KEY={EXAMPLE_SECRET_KEY}\n")
+@pytest.mark.parametrize("debug", ["false", "true"])
+def test_dot_env_with_the_example_key_refuses_to_start(tmp_path: Path, debug: str) -> None:
+    # .env.example copied as it is, DEBUG=true included: the example key still stops the start.
+    (tmp_path / ".env").write_text(f"DEBUG={debug}\nSECRET_KEY={EXAMPLE_SECRET_KEY}\n")
     with pytest.raises(SystemExit, match="example value"):
         load_settings()
 
@@ -276,3 +266,160 @@ def test_an_empty_or_short_key_file_is_refused(tmp_path: Path, content: str) -> 
     path.write_text(content)
     with pytest.raises(SystemExit, match="secret_key"):
         load_or_create_secret_key(path)
+
+
+# --- secrets from files (<NAME>_FILE) -------------------------------------------------------
+
+# Fits any secret: 44 URL-safe characters, 32 bytes once decoded (an HMAC or a Fernet key).
+SECRET_VALUE = "a3-Zl5Gq0vQe9sTn7yXc1uB4hJ2kW8mR6pD0fL3oN5i="
+
+
+def test_the_known_secrets_are_secret_settings() -> None:
+    # What the walk below covers: a secret typed `str` would escape it, and print in full.
+    assert {"secret_key", "first_admin_password", "metrics_token", "database_password"} <= set(
+        SECRET_SETTINGS
+    )
+    for name in Settings.model_fields:
+        if re.search(r"password|secret|token|_key$", name):
+            assert name in SECRET_SETTINGS, f"{name} looks like a secret but is not a SecretStr"
+
+
+@pytest.mark.parametrize("name", SECRET_SETTINGS)
+def test_every_secret_setting_can_be_read_from_its_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / f"{name}.secret"
+    path.write_text(SECRET_VALUE + "\n")
+    monkeypatch.setenv(name.upper() + SECRET_FILE_SUFFIX, str(path))
+    # DATABASE_PASSWORD goes with a URL; the others ignore it.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://crm@db/crm")
+    value = getattr(make(), name)
+    assert value is not None
+    assert value.get_secret_value() == SECRET_VALUE
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("s3cret-value", "s3cret-value"),
+        ("s3cret-value\n", "s3cret-value"),
+        ("s3cret-value\r\n", "s3cret-value"),
+        # One newline, the one editors and `echo` add: the rest belongs to the secret.
+        ("s3cret-value\n\n", "s3cret-value\n"),
+        (" s3cret value ", " s3cret value "),
+    ],
+)
+def test_a_secret_file_loses_one_trailing_newline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str, expected: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(content.encode())
+    monkeypatch.setenv("METRICS_TOKEN_FILE", str(path))
+    token = make().metrics_token
+    assert token is not None and token.get_secret_value() == expected
+
+
+def test_a_secret_file_named_in_dot_env_is_read(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(GOOD_KEY + "\n")
+    (tmp_path / ".env").write_text(f"SECRET_KEY_FILE={tmp_path / 'key'}\n")
+    assert load_settings().signing_key() == GOOD_KEY
+
+
+def secret_file_error(monkeypatch: pytest.MonkeyPatch, **variables: str) -> str:
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exc_info:
+        load_settings()
+    message = str(exc_info.value.code)
+    assert message.startswith("Invalid configuration: ")
+    assert "\n" not in message
+    return message
+
+
+def test_a_missing_secret_file_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-file"
+    message = secret_file_error(monkeypatch, SECRET_KEY_FILE=str(missing))
+    assert f"SECRET_KEY_FILE: cannot read {missing}" in message
+
+
+def test_a_directory_is_not_a_secret_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    message = secret_file_error(monkeypatch, SECRET_KEY_FILE=str(tmp_path))
+    assert "SECRET_KEY_FILE: cannot read" in message
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"   \n"])
+def test_an_empty_secret_file_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes
+) -> None:
+    # Not "unset": that would silently fall back to a generated key or password.
+    (tmp_path / "empty").write_bytes(content)
+    message = secret_file_error(monkeypatch, FIRST_ADMIN_PASSWORD_FILE=str(tmp_path / "empty"))
+    assert "FIRST_ADMIN_PASSWORD_FILE" in message and "is empty" in message
+
+
+def test_an_oversized_or_binary_secret_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "big").write_bytes(b"k" * (MAX_SECRET_FILE_BYTES + 1))
+    assert "larger than" in secret_file_error(monkeypatch, SECRET_KEY_FILE=str(tmp_path / "big"))
+    (tmp_path / "binary").write_bytes(b"\xff" * 40)
+    assert "not UTF-8" in secret_file_error(monkeypatch, SECRET_KEY_FILE=str(tmp_path / "binary"))
+
+
+def test_a_secret_set_both_directly_and_from_a_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "key").write_text(GOOD_KEY)
+    message = secret_file_error(
+        monkeypatch, SECRET_KEY=GOOD_KEY, SECRET_KEY_FILE=str(tmp_path / "key")
+    )
+    assert "SECRET_KEY and SECRET_KEY_FILE are both set" in message
+
+
+def test_a_secret_in_dot_env_beside_its_file_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The Compose case: SECRET_KEY_FILE from docker-compose.yml, an old SECRET_KEY left in .env.
+    (tmp_path / "key").write_text(GOOD_KEY)
+    (tmp_path / ".env").write_text(f"SECRET_KEY={GOOD_KEY}\n")
+    message = secret_file_error(monkeypatch, SECRET_KEY_FILE=str(tmp_path / "key"))
+    assert "are both set" in message
+
+
+def test_the_secret_file_rules_hold_the_key_rules_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "key").write_text(EXAMPLE_SECRET_KEY + "\n")
+    message = secret_file_error(monkeypatch, SECRET_KEY_FILE=str(tmp_path / "key"))
+    assert "SECRET_KEY is the example value" in message
+
+
+# --- the database password ------------------------------------------------------------------
+
+
+def test_the_database_password_goes_into_the_url_quoted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "pg").write_text("p@ss:w/rd?#%\n")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://crm@postgres:5432/crm")
+    monkeypatch.setenv("DATABASE_PASSWORD_FILE", str(tmp_path / "pg"))
+    url = make().database_url
+    assert url == "postgresql+asyncpg://crm:p%40ss%3Aw%2Frd%3F%23%25@postgres:5432/crm"
+    assert make_url(url).password == "p@ss:w/rd?#%"
+
+
+def test_a_database_password_beside_a_url_that_has_one_is_refused() -> None:
+    with pytest.raises(ValidationError, match="already holds a password"):
+        make(database_url="postgresql://crm:old@db/crm", database_password="new")
+
+
+def test_a_database_password_without_a_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="DATABASE_PASSWORD is set but DATABASE_URL"):
+        make(database_password="lonely")
+
+
+def test_docs_enabled_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCS_ENABLED", "false")
+    assert make().docs_enabled is False

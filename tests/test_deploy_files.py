@@ -7,8 +7,16 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+
+from core.config import SECRET_FILE_SUFFIX, Settings, is_secret_field
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET_VARIABLES = {
+    name.upper() for name, field in Settings.model_fields.items() if is_secret_field(field)
+}
+# A Compose variable whose value is a secret, interpolated from .env or the shell.
+SECRET_INTERPOLATION = re.compile(r"\$\{?\w*(PASSWORD|SECRET|TOKEN|KEY)", re.I)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -45,6 +53,7 @@ def assert_migrates_then_serves(line: str) -> None:
     assert "--proxy-headers" in line
     assert "--forwarded-allow-ips" in line
     assert "--host 0.0.0.0" in line
+    assert "--no-server-header" in line
 
 
 class TestDockerfile:
@@ -103,7 +112,9 @@ class TestCompose:
         assert volume in compose["volumes"]  # a named volume, not a bind mount
         assert target == "/var/lib/postgresql/data"
         assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
-        assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+        assert "POSTGRES_PASSWORD" not in postgres["environment"]
+        assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert "postgres_password" in postgres["secrets"]
 
     def test_postgres_is_not_published_on_a_public_interface(self, compose: Any) -> None:
         for mapping in compose["services"]["postgres"].get("ports", []):
@@ -118,14 +129,47 @@ class TestCompose:
         assert "healthcheck" in api
         assert_migrates_then_serves(serve_command(api["command"]))
 
-    def test_api_reaches_the_postgres_service_and_needs_a_secret_key(self, compose: Any) -> None:
+    def test_api_reaches_the_postgres_service_with_secrets_from_files(self, compose: Any) -> None:
         environment = compose["services"]["api"]["environment"]
         assert re.fullmatch(
-            r"postgresql\+asyncpg://\$\{POSTGRES_USER:-crm\}:\$\{POSTGRES_PASSWORD:\?[^}]*\}"
-            r"@postgres:5432/\$\{POSTGRES_DB:-crm\}",
+            r"postgresql\+asyncpg://\$\{POSTGRES_USER:-crm\}@postgres:5432/\$\{POSTGRES_DB:-crm\}",
             environment["DATABASE_URL"],
         )
-        assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")
+        assert environment["DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert environment["SECRET_KEY_FILE"] == "/run/secrets/secret_key"
+        # Known in advance: no password is generated, so none is printed into the container log.
+        assert environment["FIRST_ADMIN_PASSWORD_FILE"] == "/run/secrets/first_admin_password"
+
+    @pytest.mark.parametrize("service", ["api", "postgres"])
+    def test_no_secret_value_in_a_containers_environment(self, compose: Any, service: str) -> None:
+        # `docker inspect` and every child process see the environment; secrets are files.
+        environment = compose["services"][service]["environment"]
+        for name, value in environment.items():
+            assert name not in SECRET_VARIABLES | {"POSTGRES_PASSWORD"}, name
+            assert not SECRET_INTERPOLATION.search(str(value)), (name, value)
+            if name == "DATABASE_URL":
+                with_defaults = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+                assert make_url(with_defaults).password is None
+
+    @pytest.mark.parametrize("service", ["api", "postgres"])
+    def test_each_secret_file_is_a_mounted_compose_secret(self, compose: Any, service: str) -> None:
+        definition = compose["services"][service]
+        files = {
+            name: value
+            for name, value in definition["environment"].items()
+            if name.endswith(SECRET_FILE_SUFFIX)
+        }
+        assert files
+        for name, path in files.items():
+            secret = path.removeprefix("/run/secrets/")
+            assert path == f"/run/secrets/{secret}", name
+            assert secret in definition["secrets"], name
+            # A file of the operator's, under secrets/ (ignored by git and by the image).
+            assert compose["secrets"][secret] == {"file": f"./secrets/{secret}"}
+
+    def test_secret_files_stay_out_of_git_and_of_the_image(self) -> None:
+        assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+        assert "secrets" in (ROOT / ".dockerignore").read_text().split()
 
     def test_api_port_is_bound_to_loopback_only(self, compose: Any) -> None:
         assert compose["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]

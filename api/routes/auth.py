@@ -49,7 +49,7 @@ async def _read_credentials(request: Request) -> LoginJSON:
         if content_type == "application/json":
             try:
                 payload = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # nested deeper than the parser recurses
                 raise RequestValidationError(
                     [
                         {
