@@ -107,7 +107,14 @@ def run() -> None:
     upgrade_to_head(settings.database_url)
     configure_logging(settings.log_format)  # Alembic's env.py installed its own configuration
     # log_config=None: uvicorn keeps the configuration above instead of installing its own.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=True, log_config=None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=None,
+    )
 
 
 if __name__ == "__main__":

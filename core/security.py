@@ -1,14 +1,19 @@
 """Password hashing (argon2 only) and JWT access tokens with pinned algorithm and claims."""
 
+import asyncio
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from jose import JWTError, jwt
 from passlib.context import CryptContext
 
-from core.config import JWT_AUDIENCE, JWT_ISSUER, Settings
+from core.config import JWT_AUDIENCE, JWT_ISSUER, Settings, settings
 from core.exceptions import AuthError
 
 _password_context = CryptContext(schemes=["argon2"], deprecated="auto")
@@ -25,23 +30,68 @@ class InvalidTokenError(AuthError):
 
 
 def hash_password(password: str) -> str:
+    """Blocking: for scripts and fixtures outside the event loop; the app uses `passwords`."""
     return _password_context.hash(password)
 
 
-def verify_password(password: str, hashed: str | None) -> bool:
-    """Check a password; with no hash, still spend the same time and answer False."""
+def _verify(password: str, hashed: str | None) -> bool:
     if hashed is None:
         _password_context.verify(password, _DUMMY_HASH)
         return False
     return bool(_password_context.verify(password, hashed))
 
 
-def create_access_token(user_id: int, settings: Settings) -> tuple[str, int]:
+class PasswordHashing:
+    """argon2 off the event loop: each hash or check runs in a worker thread (argon2 releases
+    the GIL), at most `concurrency` at a time per process, so a flood of logins queues in
+    memory instead of stalling every request or allocating 64 MiB per attempt at once."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._holding: ContextVar[bool] = ContextVar("holding_hashing_slot", default=False)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one hashing slot for the block (a login takes it before any connection or lock,
+        so that the logins waiting for one hold neither)."""
+        if self._holding.get():
+            yield
+            return
+        async with self._slots:
+            reset = self._holding.set(True)
+            try:
+                yield
+            finally:
+                self._holding.reset(reset)
+
+    async def hash(self, password: str) -> str:
+        async with self.slot():
+            return await asyncio.to_thread(_password_context.hash, password)
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """Check a password; with no hash, still spend the same time and answer False."""
+        async with self.slot():
+            return await asyncio.to_thread(_verify, password, hashed)
+
+
+passwords = PasswordHashing(settings.password_hashing_concurrency)
+
+
+class AccessClaims(NamedTuple):
+    user_id: int
+    # The account's security stamp when the token was issued (models.user.User).
+    stamp: uuid.UUID
+
+
+def create_access_token(
+    user_id: int, security_stamp: uuid.UUID, settings: Settings
+) -> tuple[str, int]:
     """Sign a token for the user; returns it with its lifetime in seconds."""
     now = datetime.now(UTC)
     lifetime = timedelta(hours=settings.jwt_expiration_hours)
     claims = {
         "sub": str(user_id),
+        "stamp": security_stamp.hex,
         "iat": int(now.timestamp()),
         "nbf": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()),
@@ -63,16 +113,16 @@ class _VerifiedTokens:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], tuple[int, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], tuple[AccessClaims, int]] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str]) -> tuple[int, int] | None:
+    def get(self, key: tuple[str, str, str]) -> tuple[AccessClaims, int] | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: tuple[str, str, str], user_id: int, expires_at: int) -> None:
-        self._entries[key] = (user_id, expires_at)
+    def put(self, key: tuple[str, str, str], claims: AccessClaims, expires_at: int) -> None:
+        self._entries[key] = (claims, expires_at)
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -80,15 +130,16 @@ class _VerifiedTokens:
 _verified_tokens = _VerifiedTokens(size=4096)
 
 
-def decode_access_token(token: str, settings: Settings) -> int:
-    """Verify signature, algorithm, expiry, issuer, audience and type; return the user id."""
+def decode_access_token(token: str, settings: Settings) -> AccessClaims:
+    """Verify signature, algorithm, expiry, issuer, audience and type; return the user id and
+    the security stamp, which the caller compares with the account's."""
     cache_key = (token, settings.signing_key(), settings.jwt_algorithm)
     cached = _verified_tokens.get(cache_key)
     if cached is not None:
-        user_id, expires_at = cached
+        verified, expires_at = cached
         if time.time() >= expires_at:
             raise InvalidTokenError()
-        return user_id
+        return verified
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") != settings.jwt_algorithm:
@@ -119,5 +170,16 @@ def decode_access_token(token: str, settings: Settings) -> int:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.isdigit():
         raise InvalidTokenError()
-    _verified_tokens.put(cache_key, int(subject), int(claims["exp"]))
-    return int(subject)
+    verified = AccessClaims(int(subject), _security_stamp(claims.get("stamp")))
+    _verified_tokens.put(cache_key, verified, int(claims["exp"]))
+    return verified
+
+
+def _security_stamp(claim: object) -> uuid.UUID:
+    # A token without one predates the stamps (migration 0009): refused like a revoked one.
+    if not isinstance(claim, str) or len(claim) != 32:
+        raise InvalidTokenError()
+    try:
+        return uuid.UUID(hex=claim)
+    except ValueError:
+        raise InvalidTokenError() from None

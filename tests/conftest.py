@@ -125,9 +125,16 @@ async def session(app: object) -> AsyncIterator[AsyncSession]:
 
 
 async def bearer(user_id: int) -> dict[str, str]:
+    """An Authorization header for this user, as a login would give (with its security stamp)."""
     from core.security import create_access_token
 
-    token, _ = create_access_token(user_id, settings)
+    async with db.sessionmaker() as db_session:
+        stamp = (
+            await db_session.execute(
+                text("SELECT security_stamp FROM users WHERE id = :id"), {"id": user_id}
+            )
+        ).scalar_one()
+    token, _ = create_access_token(user_id, stamp, settings)
     return {"Authorization": f"Bearer {token}"}
 
 
