@@ -1,14 +1,18 @@
 """Password hashing (argon2 only) and JWT access tokens with pinned algorithm and claims."""
 
 import asyncio
+import os
+import sys
+import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from jose import JWTError, jwt
 from passlib.context import CryptContext
@@ -22,6 +26,7 @@ _password_context = CryptContext(schemes=["argon2"], deprecated="auto")
 _DUMMY_HASH = _password_context.hash("not-a-real-password-timing-equaliser")
 
 TOKEN_TYPE = "access"  # noqa: S105
+ResultT = TypeVar("ResultT")
 
 
 class InvalidTokenError(AuthError):
@@ -41,14 +46,28 @@ def _verify(password: str, hashed: str | None) -> bool:
     return bool(_password_context.verify(password, hashed))
 
 
+# Niceness of the hashing threads (and of the threads argon2 starts for its lanes, which inherit
+# it): on a busy machine, serving requests comes before checking passwords.
+HASHING_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    if sys.platform == "linux":  # elsewhere PRIO_PROCESS with a thread id is no thread's own
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+
+
 class PasswordHashing:
-    """argon2 off the event loop: each hash or check runs in a worker thread (argon2 releases
-    the GIL), at most `concurrency` at a time per process, so a flood of logins queues in
-    memory instead of stalling every request or allocating 64 MiB per attempt at once."""
+    """argon2 off the event loop: each hash or check runs in a thread of its own pool (argon2
+    releases the GIL) at a lower priority, at most `concurrency` at a time per process, so a
+    flood of logins queues in memory instead of stalling every request or allocating 64 MiB
+    per attempt at once."""
 
     def __init__(self, concurrency: int) -> None:
         self._slots = asyncio.Semaphore(concurrency)
         self._holding: ContextVar[bool] = ContextVar("holding_hashing_slot", default=False)
+        self._threads = ThreadPoolExecutor(
+            concurrency, thread_name_prefix="argon2", initializer=_lower_thread_priority
+        )
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -65,13 +84,15 @@ class PasswordHashing:
                 self._holding.reset(reset)
 
     async def hash(self, password: str) -> str:
-        async with self.slot():
-            return await asyncio.to_thread(_password_context.hash, password)
+        return await self._run(_password_context.hash, password)
 
     async def verify(self, password: str, hashed: str | None) -> bool:
         """Check a password; with no hash, still spend the same time and answer False."""
+        return await self._run(_verify, password, hashed)
+
+    async def _run(self, function: Callable[..., ResultT], *args: object) -> ResultT:
         async with self.slot():
-            return await asyncio.to_thread(_verify, password, hashed)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
 
 
 passwords = PasswordHashing(settings.password_hashing_concurrency)

@@ -6,6 +6,8 @@ of the test's own, outside the app's pool, so the app can only learn of them by 
 """
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -264,6 +266,40 @@ async def test_while_the_listener_is_lost_the_cache_is_bypassed_then_resumes(
     assert (len(first), second) == (1, [])
 
 
+async def test_a_frozen_listener_is_given_up_within_3_s_and_the_cache_bypassed(
+    client: AsyncClient,
+) -> None:
+    user_id = await create_user()
+    headers = await cached_caller(client, user_id)
+    conn = await connect_directly()
+    try:
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = $1 AND datname = current_database()",
+            LISTENER,
+        )
+    finally:
+        await conn.close()
+    # A server process that answers nothing and sends no FIN: a host gone, a cable cut.
+    os.kill(pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    try:
+        frozen_at = loop.time()
+        # Notified to a listener that will never read it.
+        await run_sql("UPDATE users SET is_active = false WHERE id = $1", user_id)
+        while (response := await client.get(ME, headers=headers)).status_code == 200:
+            assert loop.time() - frozen_at < 3.0, "the cache still served a deactivated user"
+            await asyncio.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 401
+    assert error_of(response) == INVALID_TOKEN
+    await until(lambda: caller_cache.listening)
+    assert await listener_states() == ["idle"]  # a new connection; the frozen one was dropped
+    response = await client.get(ME, headers=headers)
+    assert response.status_code == 401
+
+
 # --- a lookup overtaken by a change ---------------------------------------------------------
 
 
@@ -360,6 +396,18 @@ def test_an_entry_expires_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None
     assert cache.get(1) == account(1)
     clock.now = 1030.1
     assert cache.get(1) is None
+
+
+def test_an_admin_entry_expires_after_five_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(services.users, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    cache = listening_cache()
+    cache.put(account(1, UserRole.admin), cache.generation)
+    cache.put(account(2), cache.generation)
+    clock.now = 1004.9
+    assert (cache.get(1), cache.get(2)) == (account(1, UserRole.admin), account(2))
+    clock.now = 1005.1
+    assert (cache.get(1), cache.get(2)) == (None, account(2))
 
 
 def test_the_cache_holds_at_most_its_size() -> None:

@@ -93,9 +93,11 @@ def _client_address(request: Request) -> str:
     rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
     host = request.client.host if request.client else ""
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         return host[:64]
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 @router.post(
