@@ -34,6 +34,9 @@ from tests.test_auth import (
 )
 from tests.uvicorn_process import uvicorn_process
 
+# Real commits: other processes, other connections and notifications must see the rows.
+pytestmark = pytest.mark.committing
+
 USERS = "/api/v1/users"
 INVALID_TOKEN = {"detail": "Invalid or expired token", "code": "invalid_token"}
 WRONG = "wrong-password"
