@@ -38,4 +38,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 # is PID 1 and receives SIGTERM. Proxy headers are trusted because only nginx on the host
 # reaches the published port (bound to 127.0.0.1 in docker-compose.yml). No `server: uvicorn`
 # banner: it only tells an attacker what to look up.
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn main:app --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers --forwarded-allow-ips '*' --no-server-header"]
+CMD ["sh", "-c", "alembic upgrade head && exec uvicorn main:app --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers --no-server-header"]

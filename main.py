@@ -118,6 +118,7 @@ def run() -> None:
         host=settings.host,
         port=settings.port,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
         server_header=False,  # no `server: uvicorn` banner telling what to attack
     )

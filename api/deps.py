@@ -48,12 +48,15 @@ async def get_current_user(
     """The active user behind the Bearer token; 401 otherwise, checked on every request."""
     if not token:
         raise AuthError()
-    user = await UserService(session).get_caller(_row_id(decode_access_token(token, settings)))
+    claims = decode_access_token(token, settings)
+    user = await UserService(session).get_caller(_row_id(claims.user_id))
     if session.in_transaction():
         # Not cached: the lookup took a connection. Handed back at once, so that a writing
         # request holds only its write session's, never two at a time.
         await session.close()
-    if user is None:
+    # Another stamp: the token predates a password, role or activity change, or names an id
+    # that now belongs to another account (ids restart after a restore).
+    if user is None or user.security_stamp != claims.stamp:
         raise InvalidTokenError()
     return user
 

@@ -1,5 +1,6 @@
 """Application settings, read from the environment and an optional `.env` file."""
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -139,6 +140,12 @@ class Settings(BaseSettings):
 
     login_max_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
+    # argon2 hashes at once per process (each takes 64 MiB and a core for a fraction of a
+    # second); further logins and password changes wait for a slot, holding no connection.
+    password_hashing_concurrency: int = Field(default=2, ge=1, le=64)
+    # Peers (addresses or networks) whose X-Forwarded-For is believed: the reverse proxy only.
+    # Also what uvicorn reads from the environment when started as `uvicorn main:app`.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     log_format: Literal["text", "json"] = "text"
@@ -184,6 +191,29 @@ class Settings(BaseSettings):
     def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
         if "*" in value:
             raise ValueError("ALLOWED_ORIGINS must list origins explicitly, '*' is refused")
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_forwarded_allow_ips(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses_only(cls, value: list[str]) -> list[str]:
+        # With '*', the server believes the leftmost entry, which the client writes itself: a
+        # new address for every guess, and the per-address login lock means nothing.
+        if "*" in value:
+            raise ValueError("FORWARDED_ALLOW_IPS must list the proxy's addresses, '*' is refused")
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"FORWARDED_ALLOW_IPS: {item!r} is no address or network"
+                ) from None
         return value
 
     @field_validator("jwt_algorithm")

@@ -32,9 +32,11 @@ class _HideFetchedRows(logging.Filter):
 _ROW_FILTER = _HideFetchedRows()
 logger = logging.getLogger(__name__)
 
-# A LISTEN connection is checked this often, so that a silently dead one (no FIN ever came)
-# is noticed; after a loss it is re-opened this long after.
-LISTEN_PING_S = 10.0
+# A LISTEN connection is pinged this often, and given this long to answer, so that a silently
+# dead one (no FIN ever came, or a frozen server process) is given up within 3 s and whatever
+# trusted its notifications is bypassed; after a loss it is re-opened this long after.
+LISTEN_PING_S = 1.0
+LISTEN_PING_TIMEOUT_S = 1.5
 APPLICATION_NAME = "tpm-finance-crm"
 LISTEN_RETRY_S = 1.0
 
@@ -230,7 +232,8 @@ class Database:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), LISTEN_PING_S)
                 if not lost.is_set():
-                    await asyncio.wait_for(driver.execute("SELECT 1"), LISTEN_PING_S)
+                    # A timeout raises out of here: the connection is then given up as lost.
+                    await asyncio.wait_for(driver.execute("SELECT 1"), LISTEN_PING_TIMEOUT_S)
         finally:
             on_state(False)
             driver.terminate()

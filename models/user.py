@@ -1,8 +1,9 @@
 import enum
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, String, func, text
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Uuid, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin, value_enum
@@ -33,6 +34,12 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default="true"
     )
+    # Carried in every access token and compared on every request: replacing it (password,
+    # role or activity change, UserService.rotate_security_stamp) kills every token issued
+    # before. Random, so a restored backup's reused ids never match an older account's tokens.
+    security_stamp: Mapped[uuid.UUID] = mapped_column(
+        Uuid, nullable=False, default=uuid.uuid4, server_default=func.gen_random_uuid()
+    )
 
     @property
     def is_admin(self) -> bool:
@@ -52,6 +59,7 @@ class AuthenticatedUser:
     full_name: str
     role: UserRole
     is_active: bool
+    security_stamp: uuid.UUID
 
     @property
     def is_admin(self) -> bool:
@@ -59,13 +67,39 @@ class AuthenticatedUser:
 
 
 class LoginFailure(Base):
-    """One failed login; counted per lower-cased email over a sliding window."""
+    """One failed login, counted over a sliding window per lower-cased email and client address
+    (the lock), and per email (the ceiling every address shares)."""
 
     __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_email_failed_at", "email", "failed_at"),)
+    __table_args__ = (
+        Index(
+            "ix_login_failures_email_client_address_failed_at",
+            "email",
+            "client_address",
+            "failed_at",
+        ),
+        # The purge of expired rows (services.auth).
+        Index("ix_login_failures_failed_at", "failed_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(254), nullable=False)
+    client_address: Mapped[str] = mapped_column(String(64), nullable=False)
     failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class LoginSuccess(Base):
+    """The last successful login of a user from a client address: such an address is never
+    slowed down by the failures other addresses cause on the account."""
+
+    __tablename__ = "login_successes"
+
+    user_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    succeeded_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )

@@ -3,15 +3,16 @@
 import logging
 import math
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
 from core.exceptions import AuthError, BadRequestError, TooManyAttemptsError
-from core.security import create_access_token, hash_password, verify_password
-from models.user import LoginFailure, User, UserRole
+from core.security import create_access_token, passwords
+from models.user import LoginFailure, LoginSuccess, User, UserRole
 from services.users import UserService
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,23 @@ DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 # Serialises first-admin creation across workers starting at the same time.
 _FIRST_ADMIN_LOCK_KEY = 0x7F3A_0001
+# First key of the per-email login locks, pg_advisory_xact_lock(int, int): the two-key form
+# never meets a one-key lock such as the one above.
+_LOGIN_LOCK_SPACE = 0x7F3A
+_LOGIN_LOCK = text("SELECT pg_advisory_xact_lock(:space, hashtext(:email))")
+
+# Per email, once every address together has failed CEILING_FACTOR x LOGIN_MAX_FAILURES times in
+# the window, an address the account has not logged in from lately waits after each failure
+# a delay that starts here and doubles with every further one, up to the maximum.
+CEILING_FACTOR = 4
+CEILING_FIRST_DELAY_S = 30
+CEILING_MAX_DELAY_S = 15 * 60
+KNOWN_ADDRESS_DAYS = 30
+
+# Every PURGE_EVERYth failure (by id: the same rhythm across processes) also deletes up to
+# PURGE_BATCH expired failures of any email; each failure deletes its own email's at once.
+PURGE_EVERY = 100
+PURGE_BATCH = 1000
 
 
 class AuthService:
@@ -36,41 +54,119 @@ class AuthService:
         self.session = session
         self.users = UserService(session)
 
-    async def check_throttle(self, email: str, settings: Settings) -> None:
-        """429 with Retry-After while the email has too many recent failures."""
-        window = timedelta(minutes=settings.login_failure_window_minutes)
-        stmt = select(func.count(), func.min(LoginFailure.failed_at)).where(
-            LoginFailure.email == email.lower(),
-            LoginFailure.failed_at > func.now() - window,
-        )
-        count, oldest = (await self.session.execute(stmt)).one()
-        if count >= settings.login_max_failures and oldest is not None:
-            remaining = (oldest + window - datetime.now(UTC)).total_seconds()
-            raise TooManyAttemptsError(max(1, math.ceil(remaining)))
+    async def authenticate(
+        self, email: str, password: str, client_address: str, settings: Settings
+    ) -> User | None:
+        """The active user with these credentials, or None after recording the failure; 429
+        while the email is locked for this address, or slowed down for every new address.
 
-    async def authenticate(self, email: str, password: str, settings: Settings) -> User | None:
-        """The active user with these credentials, or None after recording the failure."""
-        await self.check_throttle(email, settings)
-        user = await self.users.get_by_email(email)
-        valid = verify_password(password, user.hashed_password if user else None)
-        if user is None or not valid or not user.is_active:
-            self.session.add(LoginFailure(email=email.lower()))
-            await self.session.flush()
-            logger.info("Failed login attempt")
-            return None
-        await self.session.execute(delete(LoginFailure).where(LoginFailure.email == email.lower()))
-        return user
+        The check, the password verification and the record of one attempt run under a lock
+        on the email (every process), so no parallel attempt slips between count and record.
+        The hashing slot comes first: logins waiting for one hold no connection and no lock.
+        """
+        email = email.lower()
+        async with passwords.slot():
+            await self.session.execute(_LOGIN_LOCK, {"space": _LOGIN_LOCK_SPACE, "email": email})
+            user = await self.users.get_by_email(email)
+            await self._check_throttle(email, client_address, user, settings)
+            valid = await passwords.verify(password, user.hashed_password if user else None)
+            if user is None or not valid or not user.is_active:
+                await self._record_failure(email, client_address, settings)
+                logger.info("Failed login attempt")
+                return None
+            await self._record_success(user, client_address)
+            return user
+
+    async def _check_throttle(
+        self, email: str, client_address: str, user: User | None, settings: Settings
+    ) -> None:
+        window = timedelta(minutes=settings.login_failure_window_minutes)
+        from_address = LoginFailure.client_address == client_address
+        stmt = select(
+            func.count().filter(from_address),
+            func.min(LoginFailure.failed_at).filter(from_address),
+            func.count(),
+            func.max(LoginFailure.failed_at),
+            func.now(),
+        ).where(LoginFailure.email == email, LoginFailure.failed_at > func.now() - window)
+        address_count, address_oldest, count, latest, now = (await self.session.execute(stmt)).one()
+        if address_count >= settings.login_max_failures:
+            raise TooManyAttemptsError(_seconds_until(address_oldest + window, now))
+        beyond = count - CEILING_FACTOR * settings.login_max_failures
+        if beyond < 0 or await self._is_known_address(user, client_address):
+            return
+        delay = min(CEILING_MAX_DELAY_S, CEILING_FIRST_DELAY_S * 2 ** min(beyond, 16))
+        retry_at = latest + timedelta(seconds=delay)
+        if now < retry_at:
+            raise TooManyAttemptsError(_seconds_until(retry_at, now))
+
+    async def _is_known_address(self, user: User | None, client_address: str) -> bool:
+        if user is None:
+            return False
+        stmt = select(LoginSuccess.user_id).where(
+            LoginSuccess.user_id == user.id,
+            LoginSuccess.client_address == client_address,
+            LoginSuccess.succeeded_at > func.now() - timedelta(days=KNOWN_ADDRESS_DAYS),
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def _record_failure(self, email: str, client_address: str, settings: Settings) -> None:
+        expired = func.now() - timedelta(minutes=settings.login_failure_window_minutes)
+        failure_id = (
+            await self.session.execute(
+                insert(LoginFailure)
+                .values(email=email, client_address=client_address)
+                .returning(LoginFailure.id)
+            )
+        ).scalar_one()
+        await self.session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.email == email, LoginFailure.failed_at <= expired
+            )
+        )
+        if failure_id % PURGE_EVERY == 0:
+            oldest = (
+                select(LoginFailure.id)
+                .where(LoginFailure.failed_at <= expired)
+                .order_by(LoginFailure.failed_at)
+                .limit(PURGE_BATCH)
+            )
+            await self.session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
+
+    async def _record_success(self, user: User, client_address: str) -> None:
+        await self.session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.email == user.email.lower(),
+                LoginFailure.client_address == client_address,
+            )
+        )
+        known = pg_insert(LoginSuccess).values(user_id=user.id, client_address=client_address)
+        await self.session.execute(
+            known.on_conflict_do_update(
+                index_elements=[LoginSuccess.user_id, LoginSuccess.client_address],
+                set_={"succeeded_at": func.now()},
+            )
+        )
+        await self.session.execute(
+            delete(LoginSuccess).where(
+                LoginSuccess.user_id == user.id,
+                LoginSuccess.succeeded_at <= func.now() - timedelta(days=KNOWN_ADDRESS_DAYS),
+            )
+        )
 
     def issue_token(self, user: User, settings: Settings) -> tuple[str, int]:
-        return create_access_token(user.id, settings)
+        return create_access_token(user.id, user.security_stamp, settings)
 
     async def change_password(self, user_id: int, current: str, new: str) -> None:
-        """Replace the password after checking the current one (400 invalid_password)."""
-        # Locked: two concurrent changes cannot both pass the check against the old password.
-        user = await self.users.get(user_id, for_update=True)
-        if not verify_password(current, user.hashed_password):
-            raise BadRequestError("The current password is incorrect", code="invalid_password")
-        user.hashed_password = hash_password(new)
+        """Replace the password after checking the current one (400 invalid_password); every
+        token issued before, the caller's included, is refused from then on."""
+        async with passwords.slot():
+            # Locked: two concurrent changes cannot both pass the check against the old password.
+            user = await self.users.get(user_id, for_update=True)
+            if not await passwords.verify(current, user.hashed_password):
+                raise BadRequestError("The current password is incorrect", code="invalid_password")
+            user.hashed_password = await passwords.hash(new)
+        self.users.rotate_security_stamp(user)
         await self.session.flush()
 
     async def ensure_first_admin(self, settings: Settings) -> str | None:
@@ -90,10 +186,14 @@ class AuthService:
             User(
                 email=email.lower(),
                 full_name="Administrator",
-                hashed_password=hash_password(password),
+                hashed_password=await passwords.hash(password),
                 role=UserRole.admin,
                 is_active=True,
             )
         )
         await self.session.flush()
         return generated
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))

@@ -1,13 +1,14 @@
 """Users: CRUD with unique emails and the last-active-admin guard, and the callers' cache."""
 
 import time
+import uuid
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, select, text
 
 from core.exceptions import ConflictError
-from core.security import hash_password
+from core.security import passwords
 from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService
@@ -33,12 +34,14 @@ class CallerCache:
     Trusted only while this process LISTENs on USER_CHANGES_CHANNEL: every committed change
     to an account (API, another process, plain SQL) evicts it here within milliseconds, and
     losing the connection empties the cache and bypasses it until it is back. Entries also
-    expire after `ttl_s`, a bound in case a notification were ever missed.
+    expire after `ttl_s`, a bound in case a notification were ever missed, and an admin's
+    after `admin_ttl_s`: what a missed notification could leave an admin is kept shortest.
     """
 
-    def __init__(self, size: int = 4096, ttl_s: float = 30.0) -> None:
+    def __init__(self, size: int = 4096, ttl_s: float = 30.0, admin_ttl_s: float = 5.0) -> None:
         self.size = size
         self.ttl_s = ttl_s
+        self.admin_ttl_s = admin_ttl_s
         self.listening = False
         # Bumped by every eviction: a lookup started before one must not store what it read.
         self.generation = 0
@@ -55,7 +58,8 @@ class CallerCache:
             return
         if len(self._entries) >= self.size:
             self._entries.clear()
-        self._entries[user.id] = (user, time.monotonic() + self.ttl_s)
+        ttl_s = self.admin_ttl_s if user.is_admin else self.ttl_s
+        self._entries[user.id] = (user, time.monotonic() + ttl_s)
 
     def evict(self, user_id: int) -> None:
         self.generation += 1
@@ -66,7 +70,7 @@ class CallerCache:
         self._entries.clear()
 
     def on_notification(self, payload: str) -> None:
-        """A user id, or '*' when the table was emptied."""
+        """A user id, or '*' when the table was emptied (or restored: scripts/restore.sh)."""
         if payload.isdigit():
             self.evict(int(payload))
         else:
@@ -92,8 +96,8 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     def _values(self, data: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
         values = super()._values(data, exclude_unset=exclude_unset)
-        if "password" in values:
-            values["hashed_password"] = hash_password(values.pop("password"))
+        # Hashed off the event loop by create and update_user, which set hashed_password.
+        values.pop("password", None)
         if "email" in values:
             values["email"] = values["email"].lower()
         return values
@@ -104,8 +108,9 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def create(self, data: UserCreate, **extra: Any) -> User:
         """Create a user; a taken email (any case) is 409 duplicate_email."""
+        hashed_password = await passwords.hash(data.password)
         async with self.integrity_guard(unique=DuplicateUserEmail):
-            return await super().create(data, **extra)
+            return await super().create(data, hashed_password=hashed_password, **extra)
 
     async def get_caller(self, user_id: int) -> AuthenticatedUser | None:
         """The active account behind a token, or None (unknown, deleted or deactivated)."""
@@ -123,6 +128,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
             full_name=row["full_name"],
             role=row["role"],
             is_active=True,
+            security_stamp=row["security_stamp"],
         )
         caller_cache.put(user, generation)
         return user
@@ -138,15 +144,32 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         return await self.get(user_id, for_update=True)
 
     async def update_user(self, user: User, data: UserUpdate) -> User:
-        """Partial update that never leaves the system without an active admin."""
+        """Partial update that never leaves the system without an active admin; a new password,
+        a new role or a deactivation ends every session of the account."""
         values = data.model_dump(exclude_unset=True)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
             "is_active", user.is_active
         )
         if user.is_admin and user.is_active and loses_admin:
             await self._ensure_another_active_admin(user)
+        if "password" in values:
+            user.hashed_password = await passwords.hash(values["password"])
+        if (
+            "password" in values
+            or values.get("role", user.role) != user.role
+            or (user.is_active and not values.get("is_active", True))
+        ):
+            self.rotate_security_stamp(user)
         async with self.integrity_guard(unique=DuplicateUserEmail):
-            return await super().update(user, data)
+            await super().update(user, data)
+            await self.session.flush()  # a password alone is no field update() sets
+        return user
+
+    def rotate_security_stamp(self, user: User) -> None:
+        """Give the account a new security stamp: every token issued before is refused, by every
+        process, as soon as the transaction commits (and by this one at once)."""
+        user.security_stamp = uuid.uuid4()
+        caller_cache.evict(user.id)
 
     async def delete_user(self, user: User, *, acting_user: AuthenticatedUser) -> None:
         """Delete a user, except oneself or the last active admin."""
@@ -176,6 +199,11 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 _users = User.__table__.c
 # Read on every authenticated request the cache does not answer: plain Core on the table (see
 # services.investors._detail_statement), built once (see services.investors._STATS).
-_CALLER = select(_users.id, _users.email, _users.full_name, _users.role, _users.is_active).where(
-    _users.id == bindparam("user_id")
-)
+_CALLER = select(
+    _users.id,
+    _users.email,
+    _users.full_name,
+    _users.role,
+    _users.is_active,
+    _users.security_stamp,
+).where(_users.id == bindparam("user_id"))

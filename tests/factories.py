@@ -6,6 +6,7 @@ test's transaction and sees what the requests wrote, and what it writes is undon
 """
 
 import functools
+import uuid
 from datetime import date
 from typing import Any
 
@@ -73,11 +74,17 @@ async def first_admin_id() -> int:
     return int(await scalar("SELECT id FROM users WHERE email = :e", e=email))
 
 
+async def account(user_id: int) -> tuple[int, uuid.UUID]:
+    """The user's id and security stamp: what a login puts in a token."""
+    stamp = await scalar("SELECT security_stamp FROM users WHERE id = :id", id=user_id)
+    return user_id, stamp
+
+
 async def bearer(user_id: int) -> dict[str, str]:
-    """An Authorization header for this user, as a login would give."""
+    """An Authorization header for this user, as a login would give (with its security stamp)."""
     from core.security import create_access_token
 
-    token, _ = create_access_token(user_id, settings)
+    token, _ = create_access_token(*(await account(user_id)), settings)
     return {"Authorization": f"Bearer {token}"}
 
 

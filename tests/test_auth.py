@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -283,10 +284,26 @@ async def test_throttled_attempts_are_not_recorded(
 # --- JWT ------------------------------------------------------------------------------------
 
 
-def claims_for(user_id: int, **overrides: Any) -> dict[str, Any]:
+Account = tuple[int, uuid.UUID]
+
+
+async def admin_account(session: AsyncSession) -> Account:
+    """The first admin's id and security stamp, as a login would put them in a token."""
+    stmt = text("SELECT id, security_stamp FROM users WHERE email = :e")
+    admin = (await session.execute(stmt, {"e": ADMIN_EMAIL})).one()
+    return int(admin.id), admin.security_stamp
+
+
+async def admin_id(session: AsyncSession) -> int:
+    stmt = text("SELECT id FROM users WHERE email = :e")
+    return int((await session.execute(stmt, {"e": ADMIN_EMAIL})).scalar_one())
+
+
+def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
-        "sub": str(user_id),
+        "sub": str(account[0]),
+        "stamp": account[1].hex,
         "iat": int(now.timestamp()),
         "exp": int((now + timedelta(hours=1)).timestamp()),
         "iss": JWT_ISSUER,
@@ -321,17 +338,19 @@ async def test_issued_token_carries_the_expected_claims(client: AsyncClient) -> 
     assert claims["exp"] - claims["iat"] == 86400
 
 
-async def test_a_hand_built_valid_token_is_accepted(client: AsyncClient) -> None:
+async def test_a_hand_built_valid_token_is_accepted(
+    client: AsyncClient, session: AsyncSession
+) -> None:
     # The baseline for the rejections below: only the one altered claim makes them fail.
-    token = sign(claims_for(await first_admin_id()))
+    token = sign(claims_for(await admin_account(session)))
     response = await client.get(ME, headers=bearer_header(token))
     assert response.status_code == 200
 
 
-def expired(user_id: int) -> dict[str, Any]:
+def expired(account: Account) -> dict[str, Any]:
     past = datetime.now(UTC) - timedelta(hours=2)
     return claims_for(
-        user_id,
+        account,
         iat=int(past.timestamp()),
         exp=int((past + timedelta(hours=1)).timestamp()),
     )
@@ -353,13 +372,20 @@ BAD_TOKENS: dict[str, Any] = {
     "other key": lambda uid: sign(claims_for(uid), key="another-secret-key-" + "x" * 40),
     "HS512": lambda uid: sign(claims_for(uid), algorithm="HS512"),
     "tampered": lambda uid: sign(claims_for(uid))[:-4] + "AAAA",
+    # Issued before the stamps existed, or before the account's stamp was replaced.
+    "missing stamp": lambda uid: sign(claims_for(uid, stamp=None)),
+    "another stamp": lambda uid: sign(claims_for(uid, stamp=uuid.uuid4().hex)),
+    "stamp not hex": lambda uid: sign(claims_for(uid, stamp="z" * 32)),
+    "stamp not a string": lambda uid: sign(claims_for(uid, stamp=12345)),
     "garbage": lambda uid: "not.a.token",
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
-async def test_invalid_tokens_are_refused(client: AsyncClient, case: str) -> None:
-    token = BAD_TOKENS[case](await first_admin_id())
+async def test_invalid_tokens_are_refused(
+    client: AsyncClient, session: AsyncSession, case: str
+) -> None:
+    token = BAD_TOKENS[case](await admin_account(session))
     response = await client.get(ME, headers=bearer_header(token))
     assert response.status_code == 401
     assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}

@@ -51,7 +51,8 @@ def assert_migrates_then_serves(line: str) -> None:
     workers = re.search(r"--workers (\d+)", line)
     assert workers is not None and int(workers.group(1)) >= 2
     assert "--proxy-headers" in line
-    assert "--forwarded-allow-ips" in line
+    # uvicorn reads FORWARDED_ALLOW_IPS from the environment; "*" would trust any client.
+    assert "--forwarded-allow-ips" not in line
     assert "--host 0.0.0.0" in line
     assert "--no-server-header" in line
 

@@ -1,12 +1,12 @@
 """Input rules and error rendering on the foundation routes (users, auth)."""
 
+import contextlib
 from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
 from sqlalchemy import text
 
-from services.base import BaseService
 from services.users import UserService
 from tests.conftest import error_of
 
@@ -318,7 +318,7 @@ async def test_unique_violation_reaching_the_generic_handler_is_409(
     client: AsyncClient, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Skip the service's own duplicate check so the IntegrityError reaches the app handler.
-    monkeypatch.setattr(UserService, "create", BaseService.create)
+    monkeypatch.setattr(UserService, "integrity_guard", lambda *_, **__: contextlib.nullcontext())
     assert (await post_user(client, admin_headers)).status_code == 201
     response = await post_user(client, admin_headers, email="ALICE@crm.test")
     assert response.status_code == 409

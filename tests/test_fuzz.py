@@ -156,12 +156,13 @@ schema = _load_schema()
 def admin_auth(app: object, session_loop: asyncio.AbstractEventLoop) -> dict[str, str]:
     """The first admin's Authorization header (the database is emptied after every test)."""
 
-    async def admin_id() -> int:
+    async def admin_token() -> str:
         async with db.sessionmaker() as session:
-            query = text("SELECT id FROM users WHERE email = :email")
-            return int((await session.execute(query, {"email": ADMIN_EMAIL})).scalar_one())
+            query = text("SELECT id, security_stamp FROM users WHERE email = :email")
+            admin = (await session.execute(query, {"email": ADMIN_EMAIL})).one()
+        return create_access_token(admin.id, admin.security_stamp, settings)[0]
 
-    token, _ = create_access_token(session_loop.run_until_complete(admin_id()), settings)
+    token = session_loop.run_until_complete(admin_token())
     return {"Authorization": f"Bearer {token}"}
 
 

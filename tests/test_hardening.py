@@ -27,7 +27,7 @@ from core.config import PROJECT_ROOT, settings
 from core.security import IAT_LEEWAY_SECONDS
 from main import bootstrap_first_admin, create_app
 from tests.conftest import error_of
-from tests.factories import create_user, first_admin_id
+from tests.factories import account, create_user, first_admin_id
 from tests.test_auth import claims_for, sign
 from tests.test_deploy_files import dockerfile_instructions, serve_command
 from tests.uvicorn_process import free_port, uvicorn_process
@@ -92,7 +92,7 @@ async def test_a_token_with_a_valid_iat_within_the_leeway_is_accepted(
 ) -> None:
     # The baseline for the refusals below: a clock a little ahead is tolerated.
     ahead = int(time.time()) + IAT_LEEWAY_SECONDS // 2
-    token = sign(claims_for(await first_admin_id(), iat=ahead))
+    token = sign(claims_for(await account(await first_admin_id()), iat=ahead))
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
 
@@ -116,7 +116,7 @@ async def test_a_token_whose_sub_is_not_plain_ascii_digits_is_refused(
 ) -> None:
     # An existing user, so that reading "٢" as their id would let the token in.
     user_id = await create_user("target@crm.test")
-    token = sign(claims_for(user_id, sub=FORGED_SUBJECTS[case](user_id)))
+    token = sign(claims_for(await account(user_id), sub=FORGED_SUBJECTS[case](user_id)))
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert error_of(response) == {"detail": "Invalid or expired token", "code": "invalid_token"}
@@ -134,7 +134,7 @@ async def test_a_token_whose_sub_is_not_plain_ascii_digits_is_refused(
 async def test_a_token_issued_in_the_future_is_refused(
     client: AsyncClient, session: AsyncSession, iat: Any
 ) -> None:
-    token = sign(claims_for(await first_admin_id(), iat=iat(int(time.time()))))
+    token = sign(claims_for(await account(await first_admin_id()), iat=iat(int(time.time()))))
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert error_of(response)["code"] == "invalid_token"
@@ -296,7 +296,7 @@ async def test_a_cancelled_search_quotes_its_term_in_no_log(
     server_log = postgres_log(database_url)
     log_before = server_log.read_text(errors="replace")
     env = {"DATABASE_STATEMENT_TIMEOUT_MS": "100"}
-    headers = {"Authorization": f"Bearer {sign(claims_for(await first_admin_id()))}"}
+    headers = {"Authorization": f"Bearer {sign(claims_for(await account(await first_admin_id())))}"}
     with uvicorn_process(database_url, env=env) as (base, server):
         # Held until the search has been cancelled: it waits on the lock past its timeout.
         await session.execute(text("LOCK TABLE investors IN ACCESS EXCLUSIVE MODE"))

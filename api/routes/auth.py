@@ -1,5 +1,6 @@
 """Login, current user and password change."""
 
+import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, status
@@ -83,6 +84,18 @@ async def _read_credentials(request: Request) -> LoginJSON:
     )
 
 
+def _client_address(request: Request) -> str:
+    """The socket's peer, or the address the trusted proxy put in X-Forwarded-For (uvicorn
+    rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
 @router.post(
     "/login",
     response_model=Token,
@@ -92,7 +105,9 @@ async def _read_credentials(request: Request) -> LoginJSON:
 async def login(request: Request, session: WriteSession, auth: AuthWriter) -> Token:
     """Exchange email and password for a Bearer access token."""
     credentials = await _read_credentials(request)
-    user = await auth.authenticate(credentials.email, credentials.password, settings)
+    user = await auth.authenticate(
+        credentials.email, credentials.password, _client_address(request), settings
+    )
     if user is None:
         # Keep the recorded failure: it is what the throttle counts.
         await session.commit()
@@ -113,5 +128,6 @@ async def read_me(user: CurrentUser) -> Me:
     responses=errors(400, *AUTHENTICATED),
 )
 async def change_my_password(body: PasswordChange, user: CurrentUser, auth: AuthWriter) -> None:
-    """Change the authenticated user's password."""
+    """Change the authenticated user's password; every token issued before (this one too) stops
+    working."""
     await auth.change_password(user.id, body.current_password, body.new_password)
