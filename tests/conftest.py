@@ -112,7 +112,7 @@ async def isolated(request: pytest.FixtureRequest, app: object) -> AsyncIterator
         yield
         await empty_every_table()
     else:
-        async with db.engine.connect() as connection:
+        async with db.write_engine.connect() as connection:
             transaction = await connection.begin()
             with db.sessions_on(connection):
                 yield

@@ -103,7 +103,7 @@ def captured_statements() -> Iterator[list[Statement]]:
 async def plans(statements: list[Statement]) -> list[tuple[str, PlanNode]]:
     """(sql, plan) of each statement, with its own parameters and sequential scans penalised."""
     planned = []
-    async with db.engine.connect() as conn:
+    async with db.write_engine.connect() as conn:
         # Never committed: the setting and whatever the reads did end with the connection.
         await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         # Likewise for joins: at 1M rows a page (200 rows at most) joins a big table through
