@@ -54,6 +54,22 @@ def _child_env(url: str) -> dict[str, str]:
     }
 
 
+async def _security_stamp(url: str | None) -> Any:
+    """The caller's security stamp, which its token must carry (as a login would put it)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    assert url is not None
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (
+                await conn.execute(text("SELECT security_stamp FROM users WHERE id = 1"))
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+
+
 async def _serve(requests: int, profile: bool) -> None:
     """In the child: start the app as uvicorn would, then send `requests` GETs to it."""
     import logging
@@ -65,7 +81,7 @@ async def _serve(requests: int, profile: bool) -> None:
     from main import app
     from services.users import caller_cache
 
-    token, _ = create_access_token(1, settings)
+    token, _ = create_access_token(1, await _security_stamp(settings.database_url), settings)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},

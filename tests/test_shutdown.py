@@ -17,6 +17,7 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from core.embedded import pg_bin
+from tests.uvicorn_process import free_port
 
 # Generous: a cold start runs initdb and every migration on a shared, busy machine.
 START_TIMEOUT_S = 180.0
@@ -28,12 +29,6 @@ STOP_TIMEOUT_S = 15.0
 def pgdata(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data directory for the module: initialised by the first start, reused by the next."""
     return tmp_path_factory.mktemp("shutdown") / "pgdata"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _is_running(pid: int) -> bool:
@@ -164,7 +159,7 @@ def assert_cluster_stopped(pgdata: Path, postmaster: int | None) -> None:
 def test_a_stop_signal_stops_the_api_and_its_embedded_postgres(
     start_main: Callable[[int], MainProcess], pgdata: Path, signum: signal.Signals
 ) -> None:
-    main = start_main(_free_port())
+    main = start_main(free_port())
     main.wait_healthy()
     postmaster = _postmaster_pid(pgdata)
     assert _is_running(postmaster)
