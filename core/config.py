@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str | None = None
+    # The owner role's URL, for migrations and restore.sh; unset, DATABASE_URL's role is used.
+    migration_database_url: str | None = None
     database_echo: bool = False
     database_pool_size: int = Field(default=20, ge=1, le=100)
     database_max_overflow: int = Field(default=0, ge=0, le=100)
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
     # GET /metrics answers only to this bearer token; unset, it answers 404 like any unknown path.
     metrics_token: SecretStr | None = None
 
+    # HMAC key of the backups; unset, a key generated once in data/backup_signing_key.
+    backup_signing_key: SecretStr | None = None
+    backup_encryption: Literal["none", "age"] = "none"
+    # The age public key backups are encrypted to; its private key stays off the server.
+    backup_age_recipient: str | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, values: object) -> object:
@@ -71,7 +79,7 @@ class Settings(BaseSettings):
             return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
         return values
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migration_database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:
         return None if value is None else to_async_url(value.strip())
@@ -106,6 +114,15 @@ class Settings(BaseSettings):
             raise ValueError("SECRET_KEY is the example value; set a random key or unset it")
         if len(key.encode()) < MIN_SECRET_KEY_BYTES:
             raise ValueError(f"SECRET_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _backup_settings_fit(self) -> "Settings":
+        key = self.backup_signing_key
+        if key is not None and len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"BACKUP_SIGNING_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
+        if self.backup_encryption == "age" and not self.backup_age_recipient:
+            raise ValueError("BACKUP_ENCRYPTION=age needs BACKUP_AGE_RECIPIENT (an age1... key)")
         return self
 
     def signing_key(self) -> str:

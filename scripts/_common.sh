@@ -11,6 +11,7 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BACKUP_DIR="${BACKUP_DIR:-$ROOT/backups}"
 END_MARKER="-- PostgreSQL database dump complete"
+PYTHON="$ROOT/.venv/bin/python"
 COMPOSE=0
 
 die() {
@@ -23,9 +24,17 @@ enter_target() {
     if [[ $COMPOSE -eq 1 || -n "${CRM_DBENV:-}" ]]; then
         return
     fi
-    local python="$ROOT/.venv/bin/python"
-    [[ -x $python ]] || die "$python not found: run \`make venv\` first (or use --compose)"
-    exec "$python" "$ROOT/scripts/dbenv.py" "$BASH" "$0" "$@"
+    require_python
+    exec "$PYTHON" "$ROOT/scripts/dbenv.py" "$BASH" "$0" "$@"
+}
+
+require_python() {
+    [[ -x $PYTHON ]] || die "$PYTHON not found: run \`make venv\` first"
+}
+
+# backup_tool COMMAND ARG...: signing, encryption and the restore's SQL check (backup_tool.py).
+backup_tool() {
+    "$PYTHON" "$ROOT/scripts/backup_tool.py" "$@"
 }
 
 target_description() {
