@@ -48,6 +48,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n $FILE ]] || usage
 [[ -f $FILE ]] || die "$FILE: no such file"
+# The application role deploy/postgres-init/ creates; otherwise dbenv.py tells it.
+[[ $COMPOSE -eq 0 ]] || CRM_APP_ROLE=crm_app
 ENCRYPTED=0
 if [[ $FILE == *.age ]]; then
     ENCRYPTED=1
@@ -116,10 +118,12 @@ gzip -t -- "$dump" 2>/dev/null || die "$FILE is not a valid gzip file (truncated
 target="$(target_description)"
 # One query: the server version, and whether this role could run programs or write server
 # files (a superuser, pg_execute_server_program, pg_write_server_files).
-probe="$(pg psql -X -w -At -F ' ' -v ON_ERROR_STOP=1 -c "SELECT current_setting('server_version_num'),
-    rolsuper OR pg_has_role(current_user, 'pg_execute_server_program', 'USAGE')
-    OR pg_has_role(current_user, 'pg_write_server_files', 'USAGE')
-    FROM pg_roles WHERE rolname = current_user" </dev/null)" ||
+probe_sql="SELECT current_setting('server_version_num'), rolsuper"
+for power in pg_execute_server_program pg_write_server_files; do
+    probe_sql+=" OR pg_has_role(current_user, '$power', 'USAGE')"
+done
+probe_sql+=" FROM pg_roles WHERE rolname = current_user"
+probe="$(pg psql -X -w -At -F ' ' -v ON_ERROR_STOP=1 -c "$probe_sql" </dev/null)" ||
     die "cannot connect to $target: nothing was restored"
 read -r server_version powerful <<<"$probe"
 [[ $server_version =~ ^[0-9]+$ ]] || die "unexpected server version '$server_version'"
@@ -157,8 +161,19 @@ if [[ -n ${CRM_APP_ROLE:-} ]]; then
 fi
 {
     echo "-- Added by scripts/restore.sh: in the same transaction again."
-    # The dump carries no privileges (--no-privileges): the owner grants the API's role its own.
-    [[ ${#app_role[@]} -eq 0 ]] || echo "SELECT public.crm_grant_app_privileges(:'app_role');"
+    # The dump carries no privileges (--no-privileges): the owner grants the API's role its own,
+    # with the function of migration 0011; a backup older than it gets them when the API
+    # migrates at its next start.
+    if [[ ${#app_role[@]} -ne 0 ]]; then
+        echo "SELECT set_config('crm.app_role', :'app_role', true);"
+        echo "DO \$\$ BEGIN"
+        echo "    IF to_regprocedure('public.crm_grant_app_privileges(name)') IS NULL THEN"
+        echo "        RAISE WARNING 'no grants: this backup predates migration 0011';"
+        echo "    ELSE"
+        echo "        PERFORM public.crm_grant_app_privileges(current_setting('crm.app_role'));"
+        echo "    END IF;"
+        echo "END \$\$;"
+    fi
     # Restored accounts bypassed the per-row notifications: every API process empties its cache.
     echo "NOTIFY crm_user_changed, '*';"
 } >>"$sql"
