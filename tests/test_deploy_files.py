@@ -120,11 +120,16 @@ class TestCompose:
 
     def test_api_reaches_the_postgres_service_and_needs_a_secret_key(self, compose: Any) -> None:
         environment = compose["services"]["api"]["environment"]
-        assert re.fullmatch(
-            r"postgresql\+asyncpg://\$\{POSTGRES_USER:-crm\}:\$\{POSTGRES_PASSWORD:\?[^}]*\}"
-            r"@postgres:5432/\$\{POSTGRES_DB:-crm\}",
-            environment["DATABASE_URL"],
-        )
+        # Served as the application role, migrated as the owner role.
+        for variable, role, password in [
+            ("DATABASE_URL", "crm_app", "CRM_APP_PASSWORD"),
+            ("MIGRATION_DATABASE_URL", "crm_owner", "CRM_OWNER_PASSWORD"),
+        ]:
+            assert re.fullmatch(
+                rf"postgresql\+asyncpg://{role}:\$\{{{password}:\?[^}}]*\}}"
+                r"@postgres:5432/\$\{POSTGRES_DB:-crm\}",
+                environment[variable],
+            )
         assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")
 
     def test_api_port_is_bound_to_loopback_only(self, compose: Any) -> None:
