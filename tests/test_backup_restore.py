@@ -852,3 +852,24 @@ async def test_a_restore_empties_the_caller_cache_of_running_apps(
     assert caller_cache.listening
     await db.engine.dispose()
     assert (await client.get(f"{API}/auth/me", headers=headers)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"BACKUP_ENCRYPTION": "age"}, "BACKUP_ENCRYPTION=age needs BACKUP_AGE_RECIPIENT"),
+        ({"BACKUP_SIGNING_KEY": "short"}, "BACKUP_SIGNING_KEY is shorter than 32 bytes"),
+        (
+            {"BACKUP_ENCRYPTION": "age", "BACKUP_AGE_RECIPIENT": "age1notakey"},
+            "BACKUP_AGE_RECIPIENT is not an age public key",
+        ),
+    ],
+)
+def test_backup_refuses_unusable_backup_settings_and_writes_nothing(
+    script_env: dict[str, str], backup_dir: Path, settings: dict[str, str], message: str
+) -> None:
+    result = run_script(BACKUP_SH, env={**script_env, **settings})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not list(backup_dir.glob("crm_*"))
+    assert not list(backup_dir.glob(".crm_*"))
