@@ -17,8 +17,9 @@ help:
 	@echo "make lint     ruff, mypy, hadolint and shellcheck only"
 	@echo "make format   rewrite the code with ruff format"
 	@echo "make migrate  apply the Alembic migrations to DATABASE_URL"
-	@echo "make backup   verified dump into backups/ (DATABASE_URL, else the embedded server)"
-	@echo "make restore FILE=backups/crm_....sql.gz   restore a backup (asks first)"
+	@echo "make backup   verified, signed dump into backups/ (DATABASE_URL, else the embedded server)"
+	@echo "make restore FILE=backups/crm_....sql.gz   restore a signed backup (asks first)"
+	@echo "              IDENTITY=key.txt for an encrypted .age backup; ALLOW_UNSIGNED=1 (read docs first)"
 	@echo "make bench    benchmark the API against a bare reference, 10k and 1M investors"
 	@echo "              (SIZE=small: 10k only, a few minutes; needs wrk)"
 
@@ -47,7 +48,7 @@ backup: $(RUNTIME_STAMP)
 
 restore: $(RUNTIME_STAMP)
 	@test -n "$(FILE)" || { echo "usage: make restore FILE=backups/crm_YYYYmmdd_HHMMSS.sql.gz"; exit 2; }
-	scripts/restore.sh "$(FILE)"
+	scripts/restore.sh $(if $(IDENTITY),--identity "$(IDENTITY)") $(if $(ALLOW_UNSIGNED),--allow-unsigned) "$(FILE)"
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -104,13 +104,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run() -> None:
-    """Start an embedded PostgreSQL if needed, apply migrations, serve with uvicorn.
+    """Start an embedded PostgreSQL if needed, apply migrations as the owner, serve as the app.
 
     SIGINT, SIGTERM and SIGHUP stop the API gracefully, then the embedded server, and the
     process exits with status 0; a failed start-up stops the embedded server too.
     """
     from core.embedded import EmbeddedCluster, start_embedded_postgres
-    from core.migrations import upgrade_to_head
+    from core.migrations import app_role_of, upgrade_to_head
 
     # log_config=None: uvicorn keeps the application's logging configuration.
     config = uvicorn.Config(
@@ -129,11 +129,15 @@ def run() -> None:
         signal.signal(signum, server.handle_exit)
     cluster: EmbeddedCluster | None = None
     try:
+        # Migrated as the owner role, served as the application role (docs/securite.md).
         if settings.database_url is None:
             cluster = start_embedded_postgres(settings.embedded_pgdata)
             settings.database_url = cluster.url
+            migration_url = cluster.owner_url
+        else:
+            migration_url = settings.migration_database_url or settings.database_url
         if not server.should_exit:
-            upgrade_to_head(settings.database_url)
+            upgrade_to_head(migration_url, app_role_of(settings.database_url, migration_url))
             configure_logging(settings.log_format)  # Alembic's env.py installed its own
         if not server.should_exit:
             server.run()

@@ -1,4 +1,5 @@
-"""Async Alembic environment: the URL comes from the config or from DATABASE_URL."""
+"""Async Alembic environment: the URL comes from the config, else MIGRATION_DATABASE_URL (the
+owner role), else DATABASE_URL."""
 
 import asyncio
 from logging.config import fileConfig
@@ -9,6 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.config import settings
+from core.migrations import app_role_of
 from models import Base
 
 config = context.config
@@ -19,9 +21,16 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or settings.database_url
+    url = (
+        config.get_main_option("sqlalchemy.url")
+        or settings.migration_database_url
+        or settings.database_url
+    )
     if not url:
         raise RuntimeError("Set DATABASE_URL (or run through `python main.py`) to migrate")
+    if "app_role" not in config.attributes:
+        # `alembic upgrade head` from a shell: the API's role is DATABASE_URL's.
+        config.attributes["app_role"] = app_role_of(settings.database_url, url)
     return url
 
 

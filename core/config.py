@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Kept out of DATABASE_URL so that it can come from DATABASE_PASSWORD_FILE.
     database_password: SecretStr | None = None
+    # The owner role's URL, for migrations and restore.sh; unset, DATABASE_URL's role is used.
+    migration_database_url: str | None = None
+    # Likewise kept out of MIGRATION_DATABASE_URL (MIGRATION_DATABASE_PASSWORD_FILE).
+    migration_database_password: SecretStr | None = None
     database_echo: bool = False
     database_pool_size: int = Field(default=20, ge=1, le=100)
     database_max_overflow: int = Field(default=0, ge=0, le=100)
@@ -166,6 +170,12 @@ class Settings(BaseSettings):
         secret_files = SecretFilesSource(settings_cls, env_settings, dotenv_settings)
         return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
 
+    # HMAC key of the backups; unset, a key generated once in data/backup_signing_key.
+    backup_signing_key: SecretStr | None = None
+    backup_encryption: Literal["none", "age"] = "none"
+    # The age public key backups are encrypted to; its private key stays off the server.
+    backup_age_recipient: str | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, values: object) -> object:
@@ -174,7 +184,7 @@ class Settings(BaseSettings):
             return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
         return values
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migration_database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:
         return None if value is None else to_async_url(value.strip())
@@ -236,17 +246,25 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _password_into_database_url(self) -> "Settings":
-        if self.database_password is None:
-            return self
-        if self.database_url is None:
-            raise ValueError("DATABASE_PASSWORD is set but DATABASE_URL is not")
-        url = make_url(self.database_url)
-        if url.password is not None:
-            raise ValueError("DATABASE_URL already holds a password; set it in one place")
-        password = self.database_password.get_secret_value()
-        # Quoted by SQLAlchemy: any character is fine, unlike a password typed into the URL.
-        self.database_url = url.set(password=password).render_as_string(hide_password=False)
+    def _passwords_into_urls(self) -> "Settings":
+        self.database_url = _with_password(
+            "DATABASE_URL", self.database_url, "DATABASE_PASSWORD", self.database_password
+        )
+        self.migration_database_url = _with_password(
+            "MIGRATION_DATABASE_URL",
+            self.migration_database_url,
+            "MIGRATION_DATABASE_PASSWORD",
+            self.migration_database_password,
+        )
+        return self
+
+    @model_validator(mode="after")
+    def _backup_settings_fit(self) -> "Settings":
+        key = self.backup_signing_key
+        if key is not None and len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"BACKUP_SIGNING_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
+        if self.backup_encryption == "age" and not self.backup_age_recipient:
+            raise ValueError("BACKUP_ENCRYPTION=age needs BACKUP_AGE_RECIPIENT (an age1... key)")
         return self
 
     def signing_key(self) -> str:
@@ -254,6 +272,21 @@ class Settings(BaseSettings):
         if self.secret_key is None:
             self.secret_key = SecretStr(load_or_create_secret_key(DATA_DIR / "secret_key"))
         return self.secret_key.get_secret_value()
+
+
+def _with_password(
+    url_name: str, url: str | None, password_name: str, password: SecretStr | None
+) -> str | None:
+    """`url` with `password` in it, when the password is given apart (say, from a file)."""
+    if password is None:
+        return url
+    if url is None:
+        raise ValueError(f"{password_name} is set but {url_name} is not")
+    parsed = make_url(url)
+    if parsed.password is not None:
+        raise ValueError(f"{url_name} already holds a password; set it in one place")
+    # Quoted by SQLAlchemy: any character is fine, unlike a password typed into the URL.
+    return parsed.set(password=password.get_secret_value()).render_as_string(hide_password=False)
 
 
 def load_or_create_secret_key(path: Path) -> str:

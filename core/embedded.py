@@ -11,6 +11,41 @@ from urllib.parse import parse_qs, urlparse
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "crm"
+# Migrations and restore.sh connect as the owner; the API as the application role, which may
+# only read and write rows (migration 0010). Over the server's private Unix socket, no password.
+OWNER_ROLE = "crm_owner"
+APP_ROLE = "crm_app"
+
+# Roles and database, created once; then the database and what a cluster made before the roles
+# existed had created in it (as postgres) handed to the owner role. Names arrive as psql
+# variables, never spliced into the SQL.
+_ENSURE_DATABASE = """
+SELECT format('CREATE ROLE %I LOGIN', role) FROM unnest(ARRAY[:'owner', :'app']) AS role
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role) \\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'name', :'owner')
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'name') \\gexec
+SELECT format('ALTER DATABASE %I OWNER TO %I', :'name', :'owner') \\gexec
+\\connect :"name"
+SELECT format('ALTER %s %s OWNER TO %I',
+              CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass, :'owner')
+FROM pg_class c
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+  AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = :'owner')
+  AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i')) \\gexec
+SELECT format('ALTER ROUTINE %s OWNER TO %I', p.oid::regprocedure, :'owner')
+FROM pg_proc p
+WHERE p.pronamespace = 'public'::regnamespace
+  AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = :'owner')
+  AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'e') \\gexec
+SELECT format('ALTER TYPE %s OWNER TO %I', t.oid::regtype, :'owner')
+FROM pg_type t
+WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd')
+  AND t.typowner <> (SELECT oid FROM pg_roles WHERE rolname = :'owner')
+  AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                  AND d.objid = t.oid AND d.deptype = 'e') \\gexec
+"""
 
 
 def pg_bin(name: str) -> Path:
@@ -21,19 +56,20 @@ def pg_bin(name: str) -> Path:
 
 
 def ensure_database(socket_dir: str, database: str) -> None:
-    """Create `database` on the embedded server unless it exists (name passed as a psql var)."""
-    psql = [str(pg_bin("psql")), "-h", socket_dir, "-U", "postgres", "-d", "postgres", "-tAq"]
-    script = (
-        "SELECT format('CREATE DATABASE %I', :'name') "
-        "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'name') \\gexec\n"
-    )
+    """Create the two roles and `database`, owned by the owner role, unless they exist."""
+    psql = [str(pg_bin("psql")), "-h", socket_dir, "-U", "postgres", "-d", "postgres", "-tAqX"]
+    variables = {"name": database, "owner": OWNER_ROLE, "app": APP_ROLE, "ON_ERROR_STOP": "1"}
     subprocess.run(  # noqa: S603 - fixed binary, arguments are not shell-interpreted
-        [*psql, "-v", f"name={database}", "-v", "ON_ERROR_STOP=1"],
-        input=script,
+        [*psql, *(arg for key, value in variables.items() for arg in ("-v", f"{key}={value}"))],
+        input=_ENSURE_DATABASE,
         check=True,
         capture_output=True,
         text=True,
     )
+
+
+def socket_url(socket_dir: str, database: str, role: str) -> str:
+    return f"postgresql+asyncpg://{role}@/{database}?host={socket_dir}"
 
 
 def forget_dead_handles(pgdata: Path) -> None:
@@ -62,9 +98,11 @@ def _is_alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class EmbeddedCluster:
-    """This process's hold on an embedded server, and the asyncpg URL of its database."""
+    """This process's hold on an embedded server, and the asyncpg URLs of its database: `url`
+    as the application role, `owner_url` as the owner role (migrations, restore)."""
 
     url: str
+    owner_url: str
     server: Any
 
     def stop(self) -> None:
@@ -97,4 +135,8 @@ def start_embedded_postgres(pgdata: Path, database: str = EMBEDDED_DATABASE) -> 
     except BaseException:
         server.cleanup()
         raise
-    return EmbeddedCluster(f"postgresql+asyncpg://postgres@/{database}?host={socket_dir}", server)
+    return EmbeddedCluster(
+        socket_url(socket_dir, database, APP_ROLE),
+        socket_url(socket_dir, database, OWNER_ROLE),
+        server,
+    )

@@ -2,7 +2,8 @@
 # Shared by backup.sh and restore.sh (sourced, not run): target selection and PostgreSQL tools.
 #
 # Three targets, like the API:
-#   --compose          the `postgres` service of docker-compose.yml, through `docker compose exec`
+#   --compose          the `postgres` service of docker-compose.yml, through `docker compose exec`,
+#                      as the owner role its init script creates (deploy/postgres-init/)
 #   DATABASE_URL set   that database (environment or .env), client tools of the embedded package
 #   otherwise          the embedded server of `make run` in data/postgres
 # The last two run the whole script under scripts/dbenv.py, which sets the PG* variables (and
@@ -11,7 +12,10 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BACKUP_DIR="${BACKUP_DIR:-$ROOT/backups}"
 END_MARKER="-- PostgreSQL database dump complete"
+PYTHON="$ROOT/.venv/bin/python"
 COMPOSE=0
+# The owner role deploy/postgres-init/ creates in the Compose database (core/embedded.py's name).
+COMPOSE_OWNER_ROLE=crm_owner
 
 die() {
     echo "$(basename "$0"): $*" >&2
@@ -23,9 +27,17 @@ enter_target() {
     if [[ $COMPOSE -eq 1 || -n "${CRM_DBENV:-}" ]]; then
         return
     fi
-    local python="$ROOT/.venv/bin/python"
-    [[ -x $python ]] || die "$python not found: run \`make venv\` first (or use --compose)"
-    exec "$python" "$ROOT/scripts/dbenv.py" "$BASH" "$0" "$@"
+    require_python
+    exec "$PYTHON" "$ROOT/scripts/dbenv.py" "$BASH" "$0" "$@"
+}
+
+require_python() {
+    [[ -x $PYTHON ]] || die "$PYTHON not found: run \`make venv\` first"
+}
+
+# backup_tool COMMAND ARG...: signing, encryption and the restore's SQL check (backup_tool.py).
+backup_tool() {
+    "$PYTHON" "$ROOT/scripts/backup_tool.py" "$@"
 }
 
 target_description() {
@@ -36,15 +48,16 @@ target_description() {
     fi
 }
 
-# pg TOOL ARG...: run pg_dump or psql against the target. In the container, the credentials
-# come from the service's own POSTGRES_USER / POSTGRES_DB over its local socket.
+# pg TOOL ARG...: run pg_dump or psql against the target. In the container, as the owner role
+# over the service's local socket, on its POSTGRES_DB.
 pg() {
     local tool="$1"
     shift
     if [[ $COMPOSE -eq 1 ]]; then
         # shellcheck disable=SC2016  # expanded by the container's shell, not here
         docker compose -f "$ROOT/docker-compose.yml" exec -T postgres \
-            sh -c 'exec "$0" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"' "$tool" "$@"
+            sh -c 'role="$1"; shift; exec "$0" -U "$role" -d "$POSTGRES_DB" "$@"' \
+            "$tool" "$COMPOSE_OWNER_ROLE" "$@"
     else
         "$PG_BIN/$tool" "$@"
     fi

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Verified backup of the CRM database: backups/crm_YYYYmmdd_HHMMSS.sql.gz (UTC) + .sha256.
+# Verified, signed backup of the CRM database: backups/crm_YYYYmmdd_HHMMSS.sql.gz (UTC), or
+# .sql.gz.age when BACKUP_ENCRYPTION=age, with its HMAC tag (.sig) and checksum (.sha256).
 #
 #   scripts/backup.sh [--compose]
 #
 # BACKUP_DIR (default backups/) and BACKUP_KEEP (default 14: the newest backups kept) are read
-# from the environment. The dump is a plain SQL dump made with --clean --if-exists, so restoring
-# it recreates every object. Nothing is pruned unless this backup succeeded.
+# from the environment; BACKUP_SIGNING_KEY, BACKUP_ENCRYPTION and BACKUP_AGE_RECIPIENT like the
+# API's settings (environment or .env). The dump is a plain SQL dump made with --clean
+# --if-exists, so restoring it recreates every object. Nothing is pruned unless this backup
+# succeeded.
 set -euo pipefail
 # shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -28,6 +31,7 @@ done
 BACKUP_KEEP="${BACKUP_KEEP:-14}"
 [[ $BACKUP_KEEP =~ ^[1-9][0-9]*$ ]] || die "BACKUP_KEEP must be a positive integer, got '$BACKUP_KEEP'"
 
+require_python
 enter_target ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
 
 umask 077
@@ -44,7 +48,7 @@ final="$BACKUP_DIR/crm_$stamp.sql.gz"
 [[ ! -e $final ]] || die "$final already exists"
 tmp="$(mktemp "$BACKUP_DIR/.crm_$stamp.tmp.XXXXXX")"
 tmp_sum="$tmp.sha256"
-trap 'rm -f -- "$tmp" "$tmp_sum"' EXIT
+trap 'rm -f -- "$tmp" "$tmp.sig" "$tmp.age" "$tmp.age.sig" "$tmp_sum"' EXIT
 
 echo "Backing up $(target_description)"
 # pipefail: a pg_dump failure fails this line even though gzip succeeds.
@@ -58,22 +62,26 @@ gzip -t -- "$tmp" || die "the compressed dump is corrupt: no backup written, not
 gzip -dc -- "$tmp" | has_end_marker ||
     die "the dump lacks the end-of-dump marker: no backup written, nothing pruned"
 
-echo "$(checksum_of "$tmp")  $(basename "$final")" >"$tmp_sum"
-chmod 600 -- "$tmp" "$tmp_sum"
-mv -- "$tmp" "$final"
+# Encrypted (when configured), then signed: the tag covers the very bytes stored and copied.
+sealed="$(backup_tool seal "$tmp")" || die "sealing the backup failed: no backup written, nothing pruned"
+final="$final${sealed#"$tmp"}"
+echo "$(checksum_of "$sealed")  $(basename "$final")" >"$tmp_sum"
+chmod 600 -- "$sealed" "$sealed.sig" "$tmp_sum"
+mv -- "$sealed.sig" "$final.sig"
 mv -- "$tmp_sum" "$final.sha256"
+mv -- "$sealed" "$final"
 trap - EXIT
 echo "Backup written: $final ($(du -h -- "$final" | cut -f1))"
 
-# Retention: names sort chronologically; keep the newest BACKUP_KEEP, with their checksums.
+# Retention: names sort chronologically; keep the newest BACKUP_KEEP, with their tags and
+# checksums, encrypted or not.
+name='crm_[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9][0-9][0-9][0-9][0-9].sql.gz'
 backups=()
 while IFS= read -r path; do
     backups+=("$path")
-done < <(find "$BACKUP_DIR" -maxdepth 1 -type f \
-    -name 'crm_[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9][0-9][0-9][0-9][0-9].sql.gz' |
-    sort)
+done < <(find "$BACKUP_DIR" -maxdepth 1 -type f \( -name "$name" -o -name "$name.age" \) | sort)
 excess=$((${#backups[@]} - BACKUP_KEEP))
 for ((i = 0; i < excess; i++)); do
-    rm -f -- "${backups[i]}" "${backups[i]}.sha256"
+    rm -f -- "${backups[i]}" "${backups[i]}.sha256" "${backups[i]}.sig"
     echo "Pruned: ${backups[i]}"
 done

@@ -2,14 +2,17 @@
 
 Used by scripts/backup.sh and scripts/restore.sh: `dbenv.py COMMAND [ARG...]`.
 
-- DATABASE_URL (environment or .env, exactly as the API reads it) when it is set; its parts go
-  into PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, so no password appears on a command line.
-- Otherwise the embedded server of `make run` (data/postgres): it is started for the duration of
-  the command when it is not running, and stopped again afterwards, so it is left as it was found.
+- MIGRATION_DATABASE_URL (the owner role), else DATABASE_URL, when set (environment or .env,
+  exactly as the API reads them); its parts go into PGHOST, PGPORT, PGUSER, PGPASSWORD,
+  PGDATABASE, so no password appears on a command line.
+- Otherwise the embedded server of `make run` (data/postgres), as its owner role: it is started
+  for the duration of the command when it is not running, and stopped again afterwards, so it is
+  left as it was found.
 
 The command also receives PG_BIN, unless already set: the embedded PostgreSQL 18 client
 binaries, newer than any server we target, so pg_dump and psql always match or exceed the
-server's version; and CRM_DB_TARGET, the target without its password, for messages.
+server's version; CRM_DB_TARGET, the target without its password, for messages; and
+CRM_APP_ROLE, the API's role when it is not the owner's, whose privileges restore.sh grants again.
 """
 
 import os
@@ -29,7 +32,8 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 _caller_dir = Path.cwd()
 os.chdir(PROJECT_ROOT)
 from core.config import settings  # noqa: E402
-from core.embedded import EMBEDDED_DATABASE, pg_bin  # noqa: E402
+from core.embedded import APP_ROLE, EMBEDDED_DATABASE, OWNER_ROLE, pg_bin  # noqa: E402
+from core.migrations import app_role_of  # noqa: E402
 
 os.chdir(_caller_dir)
 
@@ -92,24 +96,29 @@ def embedded_env(pgdata: Path) -> dict[str, str]:
     socket_dir = dict(parse_qsl(urlsplit(url).query))["host"]
     return {
         "PGHOST": socket_dir,
-        "PGUSER": "postgres",
+        "PGUSER": OWNER_ROLE,
         "PGDATABASE": EMBEDDED_DATABASE,
         "CRM_DB_TARGET": f"embedded database {EMBEDDED_DATABASE!r} in {pgdata}",
+        "CRM_APP_ROLE": APP_ROLE,
     }
 
 
 def main(argv: list[str]) -> int:
     if not argv:
         raise SystemExit("usage: dbenv.py COMMAND [ARG...]")
-    if settings.database_url is not None:
-        target = libpq_env(settings.database_url)
+    owner_url = settings.migration_database_url or settings.database_url
+    if owner_url is not None:
+        target = libpq_env(owner_url)
         target["CRM_DB_TARGET"] = describe(target)
+        app_role = app_role_of(settings.database_url, owner_url)
+        if app_role is not None:
+            target["CRM_APP_ROLE"] = app_role
     else:
         # EMBEDDED_PGDATA lets the tests use a throwaway cluster instead of data/postgres.
         pgdata = settings.embedded_pgdata.resolve()
         target = embedded_env(pgdata)
     # A stray PGHOST or PGPORT in the caller's environment must not redirect the command.
-    overridden = {*LIBPQ_QUERY_ENV.values(), "PGHOSTADDR", "PGSERVICE"}
+    overridden = {*LIBPQ_QUERY_ENV.values(), "PGHOSTADDR", "PGSERVICE", "CRM_APP_ROLE"}
     env = {key: value for key, value in os.environ.items() if key not in overridden}
     env.update(target)
     env.setdefault("PG_BIN", str(pg_bin("")))

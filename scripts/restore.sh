@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
 # Restore a backup made by scripts/backup.sh, all or nothing.
 #
-#   scripts/restore.sh [--yes] [--compose] FILE
+#   scripts/restore.sh [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned] FILE
 #
-# Checks the file first (checksum when FILE.sha256 exists, gzip integrity, end-of-dump marker),
-# asks for confirmation unless --yes, then replays it in ONE transaction that starts by emptying
-# the public schema: either the database ends up exactly as in the backup, or it is left as it
-# was. ANALYZE runs afterwards. Restart the API afterwards (its connections cache query plans).
+# Checks the file first: its HMAC tag (FILE.sig, with BACKUP_SIGNING_KEY or the key in
+# data/backup_signing_key; a file without one is refused unless --allow-unsigned), its checksum
+# when FILE.sha256 exists, then (decrypted with --identity when it ends in .age) gzip integrity,
+# the end-of-dump marker and the absence of any psql meta-command of its own. Asks for
+# confirmation unless --yes, then replays it in ONE transaction that starts by emptying the
+# public schema and ends by granting the application role its privileges again and telling
+# every API process to empty its caller cache: either the database ends up exactly as in the
+# backup, or it is left as it was. It connects as the owner role (MIGRATION_DATABASE_URL), never
+# as a superuser, so that even a crafted file cannot run programs. ANALYZE runs afterwards.
+# Restart the API afterwards (its connections cache query plans).
 set -euo pipefail
 # shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 usage() {
-    echo "usage: $0 [--yes] [--compose] FILE" >&2
+    echo "usage: $0 [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned] FILE" >&2
     exit 2
 }
 
 ORIGINAL_ARGS=("$@")
 ASSUME_YES=0
+ALLOW_UNSIGNED=0
+IDENTITY=""
 FILE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --yes | -y) ASSUME_YES=1 ;;
         --compose) COMPOSE=1 ;;
+        --allow-unsigned) ALLOW_UNSIGNED=1 ;;
+        --identity)
+            [[ $# -ge 2 ]] || usage
+            IDENTITY="$2"
+            shift
+            ;;
         -h | --help) usage ;;
         -*) usage ;;
         *)
@@ -34,19 +48,50 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n $FILE ]] || usage
 [[ -f $FILE ]] || die "$FILE: no such file"
+# The application role deploy/postgres-init/ creates; otherwise dbenv.py tells it.
+[[ $COMPOSE -eq 0 ]] || CRM_APP_ROLE=crm_app
+ENCRYPTED=0
+if [[ $FILE == *.age ]]; then
+    ENCRYPTED=1
+    [[ -n $IDENTITY ]] || die "$FILE is encrypted: give the age private key with --identity FILE"
+fi
+[[ -z $IDENTITY || -f $IDENTITY ]] || die "$IDENTITY: no such file"
+require_python
+
+# check_signature FILE SIG [quiet]: refuse FILE unless SIG is its tag (or --allow-unsigned and
+# no SIG at all: a SIG that does not verify is refused whatever the options).
+check_signature() {
+    local status=0
+    backup_tool verify "$1" "$2" || status=$?
+    if [[ $status -eq 3 && $ALLOW_UNSIGNED -eq 1 ]]; then
+        [[ -n ${3:-} ]] || {
+            echo "WARNING: --allow-unsigned: restoring $FILE, which NOTHING authenticates."
+            echo "WARNING: whoever could write this file decides every row restored:"
+            echo "WARNING: accounts, roles and password hashes included."
+        } >&2
+    elif [[ $status -eq 3 ]]; then
+        die "$FILE has no signature ($FILE.sig): refused, the database was not touched." \
+            "Restore an unsigned file only if you made it yourself: --allow-unsigned"
+    elif [[ $status -ne 0 ]]; then
+        die "$FILE: refused, the database was not touched"
+    elif [[ -z ${3:-} ]]; then
+        echo "Signature OK"
+    fi
+}
 
 # Check the file before touching (or even starting) any database. When the script re-runs under
 # dbenv.py (CRM_DBENV set), the first run already did it.
 if [[ -z ${CRM_DBENV:-} ]]; then
+    check_signature "$FILE" "$FILE.sig"
     if [[ -f "$FILE.sha256" ]]; then
         read -r expected _ <"$FILE.sha256" || true
         [[ "$(checksum_of "$FILE")" == "${expected:-}" ]] ||
             die "$FILE does not match $FILE.sha256: refused, the database was not touched"
         echo "Checksum OK"
-    else
-        echo "Warning: no $FILE.sha256, the checksum cannot be verified" >&2
     fi
-    gzip -t -- "$FILE" 2>/dev/null || die "$FILE is not a valid gzip file (truncated?): refused"
+    if [[ $ENCRYPTED -eq 0 ]]; then
+        gzip -t -- "$FILE" 2>/dev/null || die "$FILE is not a valid gzip file (truncated?): refused"
+    fi
 fi
 
 enter_target ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
@@ -55,11 +100,37 @@ umask 077
 work="$(mktemp -d)"
 trap 'rm -rf -- "$work"' EXIT
 sql="$work/restore.sql"
+dump="$work/backup.sql.gz"
+
+# The bytes replayed are the bytes verified: a private copy, checked again, since the file could
+# have been replaced since the first check.
+cp -- "$FILE" "$work/backup"
+[[ ! -f "$FILE.sig" ]] || cp -- "$FILE.sig" "$work/backup.sig"
+check_signature "$work/backup" "$work/backup.sig" quiet
+if [[ $ENCRYPTED -eq 1 ]]; then
+    backup_tool decrypt "$work/backup" "$dump" "$IDENTITY" || die "$FILE: refused"
+    rm -f -- "$work/backup"
+else
+    mv -- "$work/backup" "$dump"
+fi
+gzip -t -- "$dump" 2>/dev/null || die "$FILE is not a valid gzip file (truncated?): refused"
 
 target="$(target_description)"
-server_version="$(pg psql -X -w -At -v ON_ERROR_STOP=1 -c "SHOW server_version_num" </dev/null)" ||
+# One query: the server version, and whether this role could run programs or write server
+# files (a superuser, pg_execute_server_program, pg_write_server_files).
+probe_sql="SELECT current_setting('server_version_num'), rolsuper"
+for power in pg_execute_server_program pg_write_server_files; do
+    probe_sql+=" OR pg_has_role(current_user, '$power', 'USAGE')"
+done
+probe_sql+=" FROM pg_roles WHERE rolname = current_user"
+probe="$(pg psql -X -w -At -F ' ' -v ON_ERROR_STOP=1 -c "$probe_sql" </dev/null)" ||
     die "cannot connect to $target: nothing was restored"
+read -r server_version powerful <<<"$probe"
 [[ $server_version =~ ^[0-9]+$ ]] || die "unexpected server version '$server_version'"
+[[ $powerful == "f" ]] ||
+    die "refused: $target is reached as a superuser (or a role that may run programs or write" \
+        "server files), which a crafted backup could use to run commands. Restore as the" \
+        "database owner role: set MIGRATION_DATABASE_URL (docs/operations.md)"
 
 # pg_dump 17+ writes `SET transaction_timeout = 0;`, a setting servers before 17 reject: drop it
 # there (a dump of the PostgreSQL 16 production made with the embedded PostgreSQL 18 pg_dump).
@@ -81,9 +152,31 @@ drop_unknown_settings() {
     echo "CREATE SCHEMA public;"
     echo "ALTER SCHEMA public OWNER TO pg_database_owner;"
     echo "GRANT USAGE ON SCHEMA public TO PUBLIC;"
-    gzip -dc -- "$FILE" | drop_unknown_settings
-} >"$sql"
+    gzip -dc -- "$dump" | drop_unknown_settings
+} | backup_tool restore-sql >"$sql" || die "$FILE: refused, the database was not touched"
 has_end_marker <"$sql" || die "$FILE lacks the end-of-dump marker (truncated dump?): refused"
+app_role=()
+if [[ -n ${CRM_APP_ROLE:-} ]]; then
+    app_role=(-v "app_role=$CRM_APP_ROLE")
+fi
+{
+    echo "-- Added by scripts/restore.sh: in the same transaction again."
+    # The dump carries no privileges (--no-privileges): the owner grants the API's role its own,
+    # with the function of migration 0010; a backup older than it gets them when the API
+    # migrates at its next start.
+    if [[ ${#app_role[@]} -ne 0 ]]; then
+        echo "SELECT set_config('crm.app_role', :'app_role', true);"
+        echo "DO \$\$ BEGIN"
+        echo "    IF to_regprocedure('public.crm_grant_app_privileges(name)') IS NULL THEN"
+        echo "        RAISE WARNING 'no grants: this backup predates migration 0010';"
+        echo "    ELSE"
+        echo "        PERFORM public.crm_grant_app_privileges(current_setting('crm.app_role'));"
+        echo "    END IF;"
+        echo "END \$\$;"
+    fi
+    # Restored accounts bypassed the per-row notifications: every API process empties its cache.
+    echo "NOTIFY crm_user_changed, '*';"
+} >>"$sql"
 
 if [[ $ASSUME_YES -ne 1 ]]; then
     echo "This REPLACES every table of $target with the content of $FILE."
@@ -92,7 +185,8 @@ if [[ $ASSUME_YES -ne 1 ]]; then
 fi
 
 echo "Restoring $FILE into $target"
-if ! pg psql -X -q -w --single-transaction -v ON_ERROR_STOP=1 -f - <"$sql" >/dev/null; then
+if ! pg psql -X -q -w --single-transaction -v ON_ERROR_STOP=1 ${app_role[@]+"${app_role[@]}"} \
+    -f - <"$sql" >/dev/null; then
     die "restore failed: the transaction was rolled back, the database is unchanged"
 fi
 pg psql -X -q -w -v ON_ERROR_STOP=1 -c "ANALYZE" </dev/null >/dev/null

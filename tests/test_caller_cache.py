@@ -15,14 +15,16 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import make_url
 from sqlalchemy.util import await_only
 
 import services.users
 from models.user import AuthenticatedUser, UserRole
 from services.users import USER_CHANGES_CHANNEL, CallerCache, caller_cache
-from tests.conftest import ADMIN_EMAIL, engine_event, error_of
+from tests.conftest import ADMIN_EMAIL, engine_event, error_of, role_url
 from tests.factories import bearer, create_user
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
@@ -42,9 +44,16 @@ async def listening(app: object) -> None:
     await until(lambda: caller_cache.listening)
 
 
+async def connect_as_owner() -> asyncpg.Connection:
+    """A connection as the owner role: TRUNCATE is not the app role's to run."""
+    return await asyncpg.connect(
+        make_url(role_url("owner")).set(drivername="postgresql").render_as_string(False)
+    )
+
+
 async def run_sql(sql: str, *args: object) -> None:
     """Plain SQL committed on a connection of its own, as another process or an operator does."""
-    conn = await connect_directly()
+    conn = await (connect_as_owner() if sql.startswith("TRUNCATE") else connect_directly())
     try:
         await conn.execute(sql, *args)
     finally:
@@ -222,7 +231,7 @@ async def test_committed_changes_are_notified_by_id_and_a_truncate_by_a_star(
         "UPDATE users SET full_name = full_name || '.' WHERE id IN ($1, $2)", first_id, second_id
     )
     assert sorted(await next_payloads(user_changes, 2)) == sorted([str(first_id), str(second_id)])
-    conn = await connect_directly()
+    conn = await connect_as_owner()
     try:
         rolled_back = conn.transaction()
         await rolled_back.start()

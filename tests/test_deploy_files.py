@@ -132,11 +132,17 @@ class TestCompose:
 
     def test_api_reaches_the_postgres_service_with_secrets_from_files(self, compose: Any) -> None:
         environment = compose["services"]["api"]["environment"]
-        assert re.fullmatch(
-            r"postgresql\+asyncpg://\$\{POSTGRES_USER:-crm\}@postgres:5432/\$\{POSTGRES_DB:-crm\}",
-            environment["DATABASE_URL"],
-        )
-        assert environment["DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        # Served as the application role, migrated as the owner role; no password in a URL.
+        for variable, role in [
+            ("DATABASE_URL", "crm_app"),
+            ("MIGRATION_DATABASE_URL", "crm_owner"),
+        ]:
+            assert re.fullmatch(
+                rf"postgresql\+asyncpg://{role}@postgres:5432/\$\{{POSTGRES_DB:-crm\}}",
+                environment[variable],
+            )
+        assert environment["DATABASE_PASSWORD_FILE"] == "/run/secrets/crm_app_password"
+        assert environment["MIGRATION_DATABASE_PASSWORD_FILE"] == "/run/secrets/crm_owner_password"
         assert environment["SECRET_KEY_FILE"] == "/run/secrets/secret_key"
         # Known in advance: no password is generated, so none is printed into the container log.
         assert environment["FIRST_ADMIN_PASSWORD_FILE"] == "/run/secrets/first_admin_password"
@@ -148,7 +154,7 @@ class TestCompose:
         for name, value in environment.items():
             assert name not in SECRET_VARIABLES | {"POSTGRES_PASSWORD"}, name
             assert not SECRET_INTERPOLATION.search(str(value)), (name, value)
-            if name == "DATABASE_URL":
+            if name in ("DATABASE_URL", "MIGRATION_DATABASE_URL"):
                 with_defaults = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
                 assert make_url(with_defaults).password is None
 

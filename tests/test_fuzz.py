@@ -36,7 +36,7 @@ from core.security import create_access_token
 from models import Base
 from schemas.investor import InvestorCreate
 from schemas.user import LoginJSON, PasswordChange, UserCreate
-from tests.conftest import ADMIN_EMAIL
+from tests.conftest import ADMIN_EMAIL, owner_connection
 from tests.factories import fetch, insert_investor
 
 # Each case starts from emptied tables (reset_database) on a connection of its own.
@@ -110,7 +110,7 @@ async def reset_database() -> None:
     from main import bootstrap_first_admin
 
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    async with db.engine.begin() as conn:
+    async with owner_connection() as conn:
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     await bootstrap_first_admin()
 

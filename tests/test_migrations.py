@@ -22,9 +22,9 @@ from models import Base
 
 
 @pytest.fixture
-async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+async def empty_database_url(superuser_database_url: str) -> AsyncIterator[str]:
     """A brand-new database on the test server, dropped afterwards."""
-    url = make_url(database_url)
+    url = make_url(superuser_database_url)
     name = f"crm_migrations_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(
         url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool

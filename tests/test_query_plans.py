@@ -46,7 +46,7 @@ from main import app as fastapi_app
 from models import Base
 from schemas.investor import InvestorSort
 from services.users import caller_cache
-from tests.conftest import ADMIN_PASSWORD, engine_event
+from tests.conftest import ADMIN_PASSWORD, connection_as, engine_event
 from tests.factories import (
     CONTACTS,
     INVESTORS,
@@ -103,7 +103,8 @@ def captured_statements() -> Iterator[list[Statement]]:
 async def plans(statements: list[Statement]) -> list[tuple[str, PlanNode]]:
     """(sql, plan) of each statement, with its own parameters and sequential scans penalised."""
     planned = []
-    async with db.write_engine.connect() as conn:
+    # As a superuser: LOAD is not the app role's to run.
+    async with connection_as("superuser") as conn:
         # Never committed: the setting and whatever the reads did end with the connection.
         await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         # Likewise for joins: at 1M rows a page (200 rows at most) joins a big table through

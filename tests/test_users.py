@@ -12,7 +12,7 @@ import main
 from core.config import settings
 from core.db import db
 from services.auth import DEFAULT_ADMIN_EMAIL, AuthService
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of, owner_connection
 from tests.factories import USER_PASSWORD, bearer, create_user, first_admin_id
 
 USERS = "/api/v1/users"
@@ -449,7 +449,7 @@ async def test_delete_unknown_user_is_404(
 
 
 async def empty_users_table() -> None:
-    async with db.engine.begin() as conn:
+    async with owner_connection() as conn:
         await conn.execute(text("TRUNCATE users RESTART IDENTITY CASCADE"))
 
 
