@@ -219,11 +219,16 @@ class Settings(BaseSettings):
             raise ValueError("FORWARDED_ALLOW_IPS must list the proxy's addresses, '*' is refused")
         for item in value:
             try:
-                ipaddress.ip_network(item, strict=False)
+                # Strict, as uvicorn reads it: 172.18.0.1/16 would pass here and match nothing
+                # there, so every client would seem to come from the proxy.
+                network = ipaddress.ip_network(item)
             except ValueError:
                 raise ValueError(
-                    f"FORWARDED_ALLOW_IPS: {item!r} is no address or network"
+                    f"FORWARDED_ALLOW_IPS: {item!r} is no address or network "
+                    "(a network is written with its first address, e.g. 172.18.0.0/16)"
                 ) from None
+            if network.prefixlen == 0:
+                raise ValueError(f"FORWARDED_ALLOW_IPS: {item!r} trusts every address, like '*'")
         return value
 
     @field_validator("jwt_algorithm")

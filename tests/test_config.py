@@ -293,8 +293,9 @@ def test_every_secret_setting_can_be_read_from_its_file(
     path = tmp_path / f"{name}.secret"
     path.write_text(SECRET_VALUE + "\n")
     monkeypatch.setenv(name.upper() + SECRET_FILE_SUFFIX, str(path))
-    # DATABASE_PASSWORD goes with a URL; the others ignore it.
+    # The database passwords go with a URL; the others ignore them.
     monkeypatch.setenv("DATABASE_URL", "postgresql://crm@db/crm")
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", "postgresql://crm_owner@db/crm")
     value = getattr(make(), name)
     assert value is not None
     assert value.get_secret_value() == SECRET_VALUE

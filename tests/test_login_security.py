@@ -368,7 +368,27 @@ async def test_x_forwarded_for_is_honoured_from_the_proxy(
     assert addresses == ["10.0.0.1"]
 
 
-@pytest.mark.parametrize("value", ["*", "127.0.0.1,*", "nginx", "10.0.0.0/33"])
+async def test_an_ipv6_zone_in_x_forwarded_for_is_no_server_error(
+    database_url: str, session: AsyncSession
+) -> None:
+    with uvicorn_process(database_url, env={"FORWARDED_ALLOW_IPS": "127.0.0.0/8"}) as (base, _):
+        answers = [
+            await asyncio.to_thread(guess_from, base, f"fe80::1%{'a' * 80}"),
+            await asyncio.to_thread(guess_from, base, "fe80::1%eth1"),
+        ]
+    assert answers == [401, 401]
+    addresses = (
+        (await session.execute(text("SELECT client_address FROM login_failures"))).scalars().all()
+    )
+    # The zone names the sender's interface, not another client: one address, counted twice.
+    assert addresses == ["fe80::1", "fe80::1"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    # A network with host bits set would match nothing in uvicorn; /0 trusts everyone, like *.
+    ["*", "127.0.0.1,*", "nginx", "10.0.0.0/33", "172.18.0.1/16", "0.0.0.0/0", "::/0"],
+)
 def test_forwarded_allow_ips_refuses_a_wildcard_or_a_non_address(value: str) -> None:
     with pytest.raises(ValidationError, match="FORWARDED_ALLOW_IPS"):
         Settings(_env_file=None, forwarded_allow_ips=value)

@@ -89,7 +89,8 @@ def _client_address(request: Request) -> str:
     rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
     host = request.client.host if request.client else ""
     try:
-        address = ipaddress.ip_address(host)
+        # A zone (fe80::1%eth0) names the sender's interface, not another client.
+        address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         return host[:64]
     # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
