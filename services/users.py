@@ -143,17 +143,21 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         return await self.get(user_id, for_update=True)
 
-    async def update_user(self, user: User, data: UserUpdate) -> User:
+    async def update_user(self, user_id: int, data: UserUpdate) -> User:
         """Partial update that never leaves the system without an active admin; a new password,
         a new role or a deactivation ends every session of the account."""
         values = data.model_dump(exclude_unset=True)
+        # Hashed before the account is locked: waiting for a hashing slot (a login flood takes
+        # them all) must not hold the user-change lock and a pooled connection meanwhile.
+        new_hash = await passwords.hash(values["password"]) if "password" in values else None
+        user = await self.get_for_change(user_id)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
             "is_active", user.is_active
         )
         if user.is_admin and user.is_active and loses_admin:
             await self._ensure_another_active_admin(user)
-        if "password" in values:
-            user.hashed_password = await passwords.hash(values["password"])
+        if new_hash is not None:
+            user.hashed_password = new_hash
         if (
             "password" in values
             or values.get("role", user.role) != user.role

@@ -261,7 +261,7 @@ async def test_a_generated_first_admin_password_reaches_the_console_only(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await session.execute(text("TRUNCATE users CASCADE"))
+    await session.execute(text("DELETE FROM users"))
     await session.commit()
     monkeypatch.setattr(settings, "first_admin_password", None)
     caplog.set_level("DEBUG")

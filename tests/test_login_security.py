@@ -22,7 +22,7 @@ from core.config import Settings, settings
 from core.db import db
 from services.auth import CEILING_FACTOR, CEILING_FIRST_DELAY_S, PURGE_EVERY
 from services.users import caller_cache
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of, owner_connection
 from tests.factories import USER_PASSWORD, create_user
 from tests.test_auth import (
     ME,
@@ -143,8 +143,10 @@ async def test_a_token_never_passes_to_the_next_owner_of_its_user_id(
     token = await login_token(client, "former@crm.test")
     assert (await client.get(ME, headers=bearer_header(token))).status_code == 200
     await session.execute(text("DELETE FROM users WHERE id = :id"), {"id": old_id})
-    await session.execute(text(f"ALTER SEQUENCE users_id_seq RESTART WITH {old_id}"))
     await session.commit()
+    # Restarting a sequence is the owner's right, not the API's.
+    async with owner_connection() as owner:
+        await owner.execute(text(f"ALTER SEQUENCE users_id_seq RESTART WITH {old_id}"))
     new_id = await create_user("new-admin@crm.test", role="admin")
     assert new_id == old_id
     assert_refused(await client.get(ME, headers=bearer_header(token)))
@@ -474,10 +476,12 @@ async def test_every_hundredth_failure_purges_expired_rows_of_every_email(
     await old_failures(session, "old@crm.test", 5, timedelta(days=1))
     await old_failures(session, "recent@crm.test", 2, timedelta(minutes=1))
     # The next failure gets an id that is a multiple of PURGE_EVERY.
-    await session.execute(
-        text("SELECT setval('login_failures_id_seq', :last)"), {"last": 3 * PURGE_EVERY - 1}
-    )
     await session.commit()
+    # Setting a sequence is the owner's right, not the API's.
+    async with owner_connection() as owner:
+        await owner.execute(
+            text("SELECT setval('login_failures_id_seq', :last)"), {"last": 3 * PURGE_EVERY - 1}
+        )
     assert_invalid_credentials(await login_json(client, "someone@crm.test", WRONG))
     assert await failures_of(session, "old@crm.test") == 0
     assert await failures_of(session, "recent@crm.test") == 2

@@ -48,8 +48,7 @@ async def update_user(
     user_id: IdPath, body: UserUpdate, _: AdminUser, users: UserWriter
 ) -> UserRead:
     """Update a user (only the fields sent change)."""
-    user = await users.get_for_change(user_id)
-    return UserRead.model_validate(await users.update_user(user, body))
+    return UserRead.model_validate(await users.update_user(user_id, body))
 
 
 @router.delete(
