@@ -49,7 +49,8 @@ async def get_current_user(
     if not token:
         raise AuthError()
     claims = decode_access_token(token, settings)
-    user = await UserService(session).get_caller(_row_id(claims.user_id))
+    # decode_access_token already keeps the id within INTEGER.
+    user = await UserService(session).get_caller(claims.user_id)
     if session.in_transaction():
         # Not cached: the lookup took a connection. Handed back at once, so that a writing
         # request holds only its write session's, never two at a time.

@@ -83,10 +83,11 @@ def forget_dead_handles(pgdata: Path) -> None:
 
     handles = DiskList(pgdata / ".handle_pids.json")
     with PostgresServer._lock:
-        handles.put([pid for pid in handles.get() if _is_alive(pid)])
+        handles.put([pid for pid in handles.get() if process_exists(pid)])
 
 
-def _is_alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie still does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -196,26 +196,14 @@ async def test_a_server_refusing_the_connection_raises_a_wrapped_error_with_its_
     # The driver raises errors met while connecting as they are, outside SQLAlchemy's
     # wrappers; the engine wraps them like any other, so one handler classifies them.
     url = make_url(db.engine.url).set(database="crm_no_such_database")
-    engine = create_engine(settings, url.render_as_string(hide_password=False))
-    try:
-        with pytest.raises(OperationalError) as raised:
-            async with engine.connect():
-                pass
-    finally:
-        await engine.dispose()
-    assert sqlstate(raised.value) == "3D000"  # invalid_catalog_name
+    error = await connect_error(url.render_as_string(hide_password=False))
+    assert sqlstate(error) == "3D000"  # invalid_catalog_name
 
 
 async def test_a_refused_socket_raises_a_wrapped_error_without_sqlstate(app: object) -> None:
-    engine = create_engine(settings, "postgresql+asyncpg://postgres@127.0.0.1:1/crm")
-    try:
-        with pytest.raises(OperationalError) as raised:
-            async with engine.connect():
-                pass
-    finally:
-        await engine.dispose()
-    assert sqlstate(raised.value) is None
-    assert isinstance(getattr(raised.value.orig, "__cause__", None), OSError)
+    error = await connect_error("postgresql+asyncpg://postgres@127.0.0.1:1/crm")
+    assert sqlstate(error) is None
+    assert isinstance(getattr(error.orig, "__cause__", None), OSError)
 
 
 # --- one way to the database ----------------------------------------------------------------
@@ -282,3 +270,15 @@ def test_reads_take_the_read_session_and_writes_the_write_session() -> None:
             assert get_write_session not in calls, route.path
         else:
             assert get_write_session in calls, (route.methods, route.path)
+
+
+async def connect_error(url: str) -> OperationalError:
+    """What connecting to `url` with the application's engine settings raises."""
+    engine = create_engine(settings, url)
+    try:
+        with pytest.raises(OperationalError) as raised:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    return raised.value

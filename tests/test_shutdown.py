@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.embedded import pg_bin
+from core.embedded import pg_bin, process_exists
 from tests.uvicorn_process import free_port
 
 # Generous: a cold start runs initdb and every migration on a shared, busy machine.
@@ -33,12 +33,8 @@ def pgdata(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _is_running(pid: int) -> bool:
     """True while `pid` runs; a zombie (dead, not yet reaped) counts as stopped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_exists(pid):
         return False
-    except PermissionError:
-        return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
