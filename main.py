@@ -1,5 +1,6 @@
 """The FastAPI application, and `python main.py`: migrate, then serve with uvicorn."""
 
+import asyncio
 import gc
 import logging
 import signal
@@ -38,6 +39,29 @@ async def bootstrap_first_admin() -> None:
         )
 
 
+# `make run` stops within seconds: a job still running after this goes back to the queue.
+IN_PROCESS_WORKER_GRACE_S = 10.0
+
+
+@asynccontextmanager
+async def in_process_worker() -> AsyncIterator[None]:
+    """With RUN_WORKER (the default, for `make run`), jobs and schedules run in this process."""
+    if not settings.run_worker:
+        yield
+        return
+    from worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(db, settings, stop, grace_s=IN_PROCESS_WORKER_GRACE_S), name="worker"
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # Again: `uvicorn.run(app)` configures its loggers after the import (create_app).
@@ -55,7 +79,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # frozen out of the collector, it is no longer walked by every full collection, which
         # otherwise stalls a busy worker for tens of milliseconds at a time.
         gc.freeze()
-        yield
+        async with in_process_worker():
+            yield
     finally:
         await db.dispose()
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core.config import settings
 from core.migrations import app_role_of
 from models import Base
+from models.base import is_mapped_name
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -40,13 +41,19 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         compare_type=True,
+        include_name=is_mapped_name,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def do_run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=is_mapped_name,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -2,10 +2,12 @@
 
 from fastapi import FastAPI
 
-from api.routes import auth, contacts, interactions, investors, kpis, users
+from api.routes import auth, contacts, interactions, investors, jobs, kpis, users
 
 API_PREFIX = "/api/v1"
-ROUTERS = tuple(module.router for module in (auth, users, investors, contacts, interactions, kpis))
+ROUTERS = tuple(
+    module.router for module in (auth, users, investors, contacts, interactions, kpis, jobs)
+)
 
 
 def include_api(app: FastAPI) -> None:

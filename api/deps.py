@@ -18,6 +18,7 @@ from services.auth import AuthService
 from services.contacts import ContactService
 from services.interactions import InteractionService
 from services.investors import InvestorService
+from services.jobs import JobService
 from services.kpis import KpiService
 from services.users import UserService
 
@@ -106,6 +107,8 @@ InteractionReader = Annotated[InteractionService, Depends(_reader(InteractionSer
 InteractionWriter = Annotated[InteractionService, Depends(_writer(InteractionService))]
 KpiReader = Annotated[KpiService, Depends(_reader(KpiService))]
 KpiWriter = Annotated[KpiService, Depends(_writer(KpiService))]
+JobReader = Annotated[JobService, Depends(_reader(JobService))]
+JobWriter = Annotated[JobService, Depends(_writer(JobService))]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -5,6 +5,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -158,6 +159,19 @@ class Settings(BaseSettings):
     # False hides /docs, /redoc and /openapi.json (404) where the API surface is not to be shown.
     docs_enabled: bool = True
 
+    # Background jobs (worker/, docs/operations.md). `make run` also runs a worker inside the API
+    # process; production sets RUN_WORKER=false on the API and runs `python -m worker` apart.
+    run_worker: bool = True
+    # At least 2: PgQueuer claims jobs in batches of half the concurrency.
+    worker_concurrency: int = Field(default=4, ge=2, le=256)
+    # A picked job whose worker stopped beating for this long is handed to another worker.
+    job_heartbeat_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
+    # On SIGTERM: running jobs get this long to finish, then go back to the queue.
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+    job_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Schedules are written in this zone's wall-clock time (cron expressions, DST included).
+    timezone: str = "Europe/Paris"
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -229,6 +243,17 @@ class Settings(BaseSettings):
                 ) from None
             if network.prefixlen == 0:
                 raise ValueError(f"FORWARDED_ALLOW_IPS: {item!r} trusts every address, like '*'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"TIMEZONE: {value!r} is no IANA time zone (e.g. Europe/Paris)"
+            ) from None
         return value
 
     @field_validator("jwt_algorithm")

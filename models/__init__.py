@@ -11,10 +11,12 @@ from models.investor import (
     InvestorStageChange,
     PipelineStage,
 )
+from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
+    "FINISHED_STATUSES",
     "PIPELINE_ORDER",
     "Base",
     "ClientType",
@@ -24,10 +26,13 @@ __all__ = [
     "Investor",
     "InvestorCount",
     "InvestorStageChange",
+    "Job",
+    "JobStatus",
     "Kpi",
     "KpiMonthTotal",
     "LoginFailure",
     "PipelineStage",
+    "ScheduleRun",
     "User",
     "UserRole",
 ]

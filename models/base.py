@@ -45,3 +45,13 @@ def value_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:
         validate_strings=True,
         length=32,
     )
+
+
+# The job-queue library's tables (PgQueuer, created by migration 0011 from its own DDL): not
+# mapped, so Alembic's comparison of the models with the database leaves them out.
+LIBRARY_TABLE_PREFIX = "pgqueuer"
+
+
+def is_mapped_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    """Alembic's `include_name`: everything but the library's tables."""
+    return not (type_ == "table" and name is not None and name.startswith(LIBRARY_TABLE_PREFIX))

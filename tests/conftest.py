@@ -20,6 +20,8 @@ os.environ["SECRET_KEY"] = "test-secret-key-that-is-long-enough-for-hs256-012345
 os.environ["FIRST_ADMIN_EMAIL"] = "admin@crm.test"
 os.environ["FIRST_ADMIN_PASSWORD"] = "admin-password-123"
 os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"
+# Tests that need a worker start one themselves (in-process or `python -m worker`).
+os.environ["RUN_WORKER"] = "false"
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -128,7 +130,10 @@ async def app(database_url: str) -> AsyncIterator[object]:
         yield fastapi_app
 
 
-_TABLES = ", ".join(table.name for table in Base.metadata.sorted_tables)
+# The job queue's own tables (PgQueuer's, not mapped) are emptied with the application's.
+_TABLES = ", ".join(
+    [table.name for table in Base.metadata.sorted_tables] + ["pgqueuer", "pgqueuer_log"]
+)
 # A row a test committed by mistake: the entities hang off these (counters and search words
 # follow investors, login failures are not worth a scan per test).
 _LEAKED_ROWS = "SELECT (SELECT count(*) FROM users) > 1 OR EXISTS (SELECT FROM investors)"

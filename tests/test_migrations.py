@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.migrations import alembic_config
 from models import Base
+from models.base import is_mapped_name
 
 
 @pytest.fixture
@@ -84,7 +85,9 @@ async def differences_with_models(url: str) -> list[Any]:
     """What autogenerate would write: must be nothing."""
 
     def compare(conn: Connection) -> list[Any]:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": is_mapped_name}
+        )
         return list(compare_metadata(context, Base.metadata))
 
     engine = create_async_engine(url, poolclass=pool.NullPool)

@@ -1,0 +1,112 @@
+"""Background jobs as the Jobs API shows them: enqueue, list, read, retry, cancel."""
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy import func, update
+
+from core import queue
+from core.exceptions import ConflictError, NotFoundError, PermissionDeniedError
+from core.jobs import job_types
+from models.job import Job, JobStatus
+from models.user import AuthenticatedUser
+from services.base import BaseService
+
+
+class JobNotFound(NotFoundError):
+    message = "Job not found"
+
+
+class JobNotRetryable(ConflictError):
+    code = "job_not_retryable"
+    message = "Only a failed job can be retried"
+
+
+class JobNotCancellable(ConflictError):
+    code = "job_not_cancellable"
+    message = "Only a queued job can be cancelled"
+
+
+class JobService(BaseService[Job, BaseModel, BaseModel]):
+    model = Job
+    sort_fields: ClassVar[dict[str, Any]] = {"id": Job.id, "created_at": Job.created_at}
+    default_sort = "-id"
+
+    def not_found(self) -> NotFoundError:
+        return JobNotFound()
+
+    async def enqueue(
+        self, job_type: str, payload: BaseModel, *, created_by: int | None = None
+    ) -> Job:
+        """Queue a job in the session's transaction: it exists only if that transaction commits."""
+        spec = job_types.get(job_type)
+        if not isinstance(payload, spec.payload_model):
+            raise TypeError(f"{job_type} takes a {spec.payload_model.__name__} payload")
+        job = Job(
+            type=job_type,
+            status=JobStatus.queued,
+            payload=payload.model_dump(mode="json"),
+            max_attempts=spec.retry.max_attempts,
+            created_by=created_by,
+        )
+        self.session.add(job)
+        await self.session.flush()
+        await queue.push(self.session, job)
+        return job
+
+    async def get_visible(self, job_id: int, caller: AuthenticatedUser) -> Job:
+        """An admin sees every job; anyone else only the jobs they caused (others: 403)."""
+        job = await self.get(job_id)
+        if not caller.is_admin and job.created_by != caller.id:
+            raise PermissionDeniedError("Only an administrator or the job's author may read it")
+        return job
+
+    async def list_jobs(
+        self, *, status: JobStatus | None, job_type: str | None, skip: int, limit: int
+    ) -> tuple[list[Job], int]:
+        where = []
+        if status is not None:
+            where.append(Job.status == status)
+        if job_type is not None:
+            where.append(Job.type == job_type)
+        return await self.list(where=where, skip=skip, limit=limit)
+
+    async def _transition(self, job_id: int, source: JobStatus, **values: Any) -> Job | None:
+        """The job moved from `source` (checked and changed in one statement), or None."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == source)
+            .values(**values)
+            .returning(Job)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def retry(self, job_id: int) -> Job:
+        """A failed job queued again, with a fresh set of attempts."""
+        job = await self._transition(
+            job_id,
+            JobStatus.failed,
+            status=JobStatus.queued,
+            attempts=0,
+            progress=0,
+            started_at=None,
+            finished_at=None,
+        )
+        if job is None:
+            await self.ensure_exists(job_id)
+            raise JobNotRetryable()
+        await queue.push(self.session, job)
+        await self.session.flush()
+        return job
+
+    async def cancel(self, job_id: int) -> Job:
+        """A queued job withdrawn from the queue; a running or finished one is left alone."""
+        job = await self._transition(
+            job_id, JobStatus.queued, status=JobStatus.cancelled, finished_at=func.now()
+        )
+        if job is None:
+            await self.ensure_exists(job_id)
+            raise JobNotCancellable()
+        await queue.withdraw(self.session, job)
+        return job

@@ -1,0 +1,22 @@
+"""The application's job types and schedules: importing this module registers them all."""
+
+from pydantic import BaseModel
+
+from core.config import settings
+from core.jobs import JobContext, RetryPolicy, job_types
+from core.queue import delete_finished_jobs, purge_queue_log
+from core.schedules import Schedule, schedules
+
+
+class PurgePayload(BaseModel):
+    pass
+
+
+@job_types.register("jobs.purge", PurgePayload, retry=RetryPolicy(max_attempts=3))
+async def purge_finished_jobs(_: PurgePayload, context: JobContext) -> None:
+    """Jobs finished more than JOB_RETENTION_DAYS ago, and the queue's own old log rows."""
+    await delete_finished_jobs(context.session, settings.job_retention_days)
+    await purge_queue_log(context.session, settings.job_retention_days)
+
+
+schedules.add(Schedule("jobs.purge.daily", "15 3 * * *", "jobs.purge", PurgePayload))
