@@ -42,6 +42,11 @@ _QBQ = QueryQueueBuilder()
 _QBS = QuerySchedulerBuilder()
 
 LAST_ERROR_MAX_CHARS = 4000
+# A new job wakes the workers at once (PgQueuer's NOTIFY on INSERT); a retry only moves a row's
+# `execute_after` (an UPDATE, which PgQueuer's trigger does not announce), so an idle worker
+# also looks again this often: a retry or a job handed back at shutdown waits at most this long
+# past its time.
+IDLE_POLL_S = 1.0
 RECONNECT_DELAY_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -340,7 +345,7 @@ class Worker:
             batch = max(1, self.concurrency // 2)
             self.ready.set()
             await manager.run(
-                dequeue_timeout=timedelta(seconds=30),
+                dequeue_timeout=timedelta(seconds=IDLE_POLL_S),
                 batch_size=batch,
                 max_concurrent_tasks=max(self.concurrency, 2 * batch),
                 heartbeat_timeout=self.heartbeat_timeout,
