@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate venv backup restore bench fuzz
+.PHONY: help run worker test lint format migrate venv backup restore bench fuzz
 
 help:
 	@echo "make run      start the API (embedded PostgreSQL unless DATABASE_URL is set)"
@@ -20,6 +20,7 @@ help:
 	@echo "make backup   verified, signed dump into backups/ (DATABASE_URL, else the embedded server)"
 	@echo "make restore FILE=backups/crm_....sql.gz   restore a signed backup (asks first)"
 	@echo "              IDENTITY=key.txt for an encrypted .age backup; ALLOW_UNSIGNED=1 (read docs first)"
+	@echo "make worker   run background jobs and schedules only (needs DATABASE_URL)"
 	@echo "make bench    benchmark the API against a bare reference, 10k and 1M investors"
 	@echo "              (SIZE=small: 10k only, a few minutes; needs wrk)"
 
@@ -39,6 +40,10 @@ venv: $(DEV_STAMP)
 
 run: $(RUNTIME_STAMP)
 	$(PY) main.py
+
+# The background worker alone (production runs it as its own service, the API with RUN_WORKER=false).
+worker: $(RUNTIME_STAMP)
+	$(PY) -m worker
 
 migrate: $(RUNTIME_STAMP)
 	$(VENV)/bin/alembic upgrade head
@@ -69,6 +74,7 @@ SIZE ?=
 
 bench: $(DEV_STAMP)
 	$(PY) -m bench.run $(SIZE)
+	$(PY) -m bench.jobs
 
 # The same fuzz test `make test` runs, with many more generated cases per operation.
 fuzz: $(DEV_STAMP)

@@ -434,6 +434,8 @@ def measure_size(
         "DATABASE_URL": cluster.url(database),
         "SECRET_KEY": BENCH_SECRET,
         "DEBUG": "false",
+        # As in production: jobs run in their own worker, not in the API measured here.
+        "RUN_WORKER": "false",
     }
     ref_env = {"BENCH_DSN": cluster.dsn(database)}
     with (
@@ -596,8 +598,9 @@ def write_latest() -> str:
         "and returning the same JSON; `x reference` is the API's throughput divided by it.",
         "",
     ]
-    for size in SIZES:
-        section = RESULTS_DIR / f"{size}.md"
+    # Each size's section, then the job queue's (bench/jobs.py).
+    for name in [*SIZES, "jobs"]:
+        section = RESULTS_DIR / f"{name}.md"
         if section.exists():
             parts.append(section.read_text())
     text = "\n".join(parts)

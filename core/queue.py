@@ -25,7 +25,6 @@ from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecut
 from pgqueuer.core.qm import QueueManager
 from pgqueuer.domain import errors as pgq_errors
 from pgqueuer.domain import models as pgq_models
-from pgqueuer.domain import types as pgq_types
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import CursorResult, delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,21 +57,20 @@ async def _session_queries(session: AsyncSession) -> Queries:
     """PgQueuer on the session's own connection, inside its open transaction."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
-    return _queries(raw.driver_connection)
+    driver: Any = raw.driver_connection
+    # SQLAlchemy sends BEGIN with the session's first statement: before it, a statement sent
+    # straight to the driver would commit on its own, and a worker could pick the job before
+    # the rest of the transaction exists, or after it rolled back.
+    if not driver.is_in_transaction():
+        raise RuntimeError("a job is enqueued after a write in the same transaction")
+    return _queries(driver)
 
 
-async def push(session: AsyncSession, job: Job) -> None:
-    """Put `job` (flushed, status queued) on PgQueuer's queue, in the session's transaction."""
+async def push(session: AsyncSession, job_type: str, job_id: int) -> None:
+    """Put job `job_id` on PgQueuer's queue, in the session's transaction (which must already
+    have written, e.g. the `jobs` row)."""
     queries = await _session_queries(session)
-    (queue_id,) = await queries.enqueue(job.type, str(job.id).encode())
-    job.queue_id = queue_id
-
-
-async def withdraw(session: AsyncSession, job: Job) -> None:
-    """Take a queued job's row off PgQueuer's queue, in the session's transaction."""
-    if job.queue_id is not None:
-        queries = await _session_queries(session)
-        await queries.mark_job_as_cancelled([pgq_types.JobId(job.queue_id)])
+    await queries.enqueue(job_type, str(job_id).encode())
 
 
 async def purge_queue_log(session: AsyncSession, days: int) -> int:
@@ -112,8 +110,9 @@ class JobRunner:
         self.hard_stop = hard_stop
 
     async def _execute(self, stmt: Any) -> CursorResult[Any]:
-        async with self.db.sessionmaker() as session, session.begin():
-            return await session.execute(stmt)  # type: ignore[return-value]
+        """One statement, committed on its own (the engine's connections are in autocommit)."""
+        async with self.db.engine.connect() as connection:
+            return await connection.execute(stmt)
 
     async def _start(self, job_id: int) -> Any:
         """Count the attempt and mark the job running, unless it is finished or cancelled."""
@@ -125,7 +124,7 @@ class JobRunner:
                 attempts=Job.attempts + 1,
                 started_at=text("coalesce(started_at, now())"),
             )
-            .returning(Job.attempts, Job.max_attempts, Job.payload, Job.created_by, Job.type)
+            .returning(Job.attempts, Job.max_attempts, Job.payload, Job.created_by)
         )
         return (await self._execute(stmt)).first()
 
@@ -257,7 +256,7 @@ class JobRunner:
 
 
 class _Executor(AbstractEntrypointExecutor):
-    """PgQueuer's executor for one job type: the queue row carries the `jobs` id."""
+    """PgQueuer's executor for one job type: the queue row's payload is the `jobs` id."""
 
     def __init__(self, spec: JobType[Any], runner: JobRunner) -> None:
         super().__init__(

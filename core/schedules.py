@@ -152,14 +152,14 @@ class Scheduler:
                 )
                 if (await session.execute(claim)).first() is None or not known:
                     continue
-                job = await JobService(session).enqueue(schedule.job_type, schedule.payload())
+                job_id = await JobService(session).enqueue(schedule.job_type, schedule.payload())
                 await session.execute(
                     update(ScheduleRun)
                     .where(ScheduleRun.schedule == schedule.name, ScheduleRun.slot == slot)
-                    .values(job_id=job.id)
+                    .values(job_id=job_id)
                 )
-                enqueued.append(job.id)
-                logger.info("Schedule %s: slot %s queued as job %s", schedule.name, slot, job.id)
+                enqueued.append(job_id)
+                logger.info("Schedule %s: slot %s queued as job %s", schedule.name, slot, job_id)
         return enqueued
 
     def seconds_to_next(self) -> float:

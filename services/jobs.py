@@ -3,7 +3,7 @@
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, update
 
 from core import queue
 from core.exceptions import ConflictError, NotFoundError, PermissionDeniedError
@@ -37,22 +37,26 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
 
     async def enqueue(
         self, job_type: str, payload: BaseModel, *, created_by: int | None = None
-    ) -> Job:
-        """Queue a job in the session's transaction: it exists only if that transaction commits."""
+    ) -> int:
+        """Queue a job in the session's transaction (it exists only if that transaction
+        commits); its id."""
         spec = job_types.get(job_type)
         if not isinstance(payload, spec.payload_model):
             raise TypeError(f"{job_type} takes a {spec.payload_model.__name__} payload")
-        job = Job(
-            type=job_type,
-            status=JobStatus.queued,
-            payload=payload.model_dump(mode="json"),
-            max_attempts=spec.retry.max_attempts,
-            created_by=created_by,
+        stmt = (
+            insert(Job)
+            .values(
+                type=job_type,
+                status=JobStatus.queued,
+                payload=payload.model_dump(mode="json"),
+                max_attempts=spec.retry.max_attempts,
+                created_by=created_by,
+            )
+            .returning(Job.id)
         )
-        self.session.add(job)
-        await self.session.flush()
-        await queue.push(self.session, job)
-        return job
+        job_id: int = (await self.session.execute(stmt)).scalar_one()
+        await queue.push(self.session, job_type, job_id)
+        return job_id
 
     async def get_visible(self, job_id: int, caller: AuthenticatedUser) -> Job:
         """An admin sees every job; anyone else only the jobs they caused (others: 403)."""
@@ -96,17 +100,16 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
         if job is None:
             await self.ensure_exists(job_id)
             raise JobNotRetryable()
-        await queue.push(self.session, job)
-        await self.session.flush()
+        await queue.push(self.session, job.type, job.id)
         return job
 
     async def cancel(self, job_id: int) -> Job:
-        """A queued job withdrawn from the queue; a running or finished one is left alone."""
+        """A queued job cancelled; a running or finished one is left alone. Its queue row stays
+        until a worker picks it, finds it cancelled and drops it."""
         job = await self._transition(
             job_id, JobStatus.queued, status=JobStatus.cancelled, finished_at=func.now()
         )
         if job is None:
             await self.ensure_exists(job_id)
             raise JobNotCancellable()
-        await queue.withdraw(self.session, job)
         return job

@@ -151,7 +151,6 @@ DROP TYPE IF EXISTS pgqueuer_status;
 """
 
 
-
 def statements(script: str) -> list[str]:
     """The SQL statements of `script`, one per execute (asyncpg prepares each): split at each
     `;` ending a line, except inside a `$$` function body."""
@@ -194,7 +193,6 @@ def upgrade() -> None:
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("progress", sa.SmallInteger(), server_default="0", nullable=False),
         sa.Column("created_by", sa.Integer(), nullable=True),
-        sa.Column("queue_id", sa.BigInteger(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column(
             "created_at",
