@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ from pgqueuer.core.qm import QueueManager
 from pgqueuer.domain import errors as pgq_errors
 from pgqueuer.domain import models as pgq_models
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import CursorResult, delete, func, text, update
+from sqlalchemy import CursorResult, Table, Update, bindparam, delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db import Database
@@ -102,114 +103,119 @@ class _Superseded(Exception):
     """A later attempt took this job over (the heartbeat timed out): this one must not commit."""
 
 
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+# The worker's statements, built once (each job runs several; building costs more than running).
+_START = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.status.in_((JobStatus.queued, JobStatus.running)),
+    )
+    .values(
+        status=JobStatus.running,
+        attempts=_JOBS.c.attempts + 1,
+        started_at=func.coalesce(_JOBS.c.started_at, func.now()),
+    )
+    .returning(_JOBS.c.attempts, _JOBS.c.max_attempts, _JOBS.c.payload, _JOBS.c.created_by)
+)
+
+
+def _this_attempt() -> Update:
+    """An update of the job's row while this attempt is still the current one."""
+    return update(_JOBS).where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.status == JobStatus.running,
+        _JOBS.c.attempts == bindparam("attempt"),
+    )
+
+
+_SUCCEED = _this_attempt().values(
+    status=JobStatus.succeeded, progress=100, last_error=None, finished_at=func.now()
+)
+_FAIL = _this_attempt().values(
+    status=JobStatus.failed, last_error=bindparam("error"), finished_at=func.now()
+)
+_RETRY_LATER = _this_attempt().values(status=JobStatus.queued, last_error=bindparam("error"))
+_GIVE_BACK = _this_attempt().values(status=JobStatus.queued, attempts=_JOBS.c.attempts - 1)
+_PROGRESS = _this_attempt().values(progress=bindparam("percent"))
+
+
 class JobRunner:
     """Runs one pick of one job: the `jobs` row's bookkeeping around the handler."""
 
-    def __init__(self, database: Database, hard_stop: asyncio.Event) -> None:
+    def __init__(self, database: Database) -> None:
         self.db = database
-        self.hard_stop = hard_stop
+        self.stopping = False
+        self._running: set[asyncio.Future[None]] = set()
 
-    async def _execute(self, stmt: Any) -> CursorResult[Any]:
+    def stop_now(self) -> None:
+        """The grace is over: cancel the handlers still running (their attempts are given back)."""
+        self.stopping = True
+        for task in list(self._running):
+            task.cancel()
+
+    async def _execute(self, stmt: Any, params: dict[str, Any]) -> CursorResult[Any]:
         """One statement, committed on its own (the engine's connections are in autocommit)."""
         async with self.db.engine.connect() as connection:
-            return await connection.execute(stmt)
+            return await connection.execute(stmt, params)
 
-    async def _start(self, job_id: int) -> Any:
-        """Count the attempt and mark the job running, unless it is finished or cancelled."""
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_((JobStatus.queued, JobStatus.running)))
-            .values(
-                status=JobStatus.running,
-                attempts=Job.attempts + 1,
-                started_at=text("coalesce(started_at, now())"),
-            )
-            .returning(Job.attempts, Job.max_attempts, Job.payload, Job.created_by)
-        )
-        return (await self._execute(stmt)).first()
-
-    def _mine(self, job_id: int, attempt: int) -> Any:
-        """The job's row while this attempt is still the current one."""
-        return (Job.id == job_id, Job.status == JobStatus.running, Job.attempts == attempt)
-
-    async def _finish(self, job_id: int, attempt: int, status: JobStatus, error: str) -> None:
-        await self._execute(
-            update(Job)
-            .where(*self._mine(job_id, attempt))
-            .values(status=status, last_error=error, finished_at=text("now()"))
-        )
-
-    async def _progress(self, job_id: int, attempt: int, percent: int) -> None:
-        await self._execute(
-            update(Job).where(*self._mine(job_id, attempt)).values(progress=percent)
-        )
+    async def _finish(self, job_id: int, attempt: int, error: str) -> None:
+        await self._execute(_FAIL, {"job_id": job_id, "attempt": attempt, "error": error})
 
     async def _handle(self, spec: JobType[Any], payload: BaseModel, row: Any, job_id: int) -> None:
         """The handler and the succeeded mark, in one transaction."""
-        attempt = row.attempts
+        mine = {"job_id": job_id, "attempt": row.attempts}
 
         async def report(percent: int) -> None:
-            await self._progress(job_id, attempt, percent)
+            await self._execute(_PROGRESS, {**mine, "percent": percent})
 
         async with self.db.sessionmaker() as session:
             context = JobContext(
                 job_id=job_id,
-                attempt=attempt,
+                attempt=row.attempts,
                 created_by=row.created_by,
                 session=session,
                 report_progress=report,
             )
             await spec.handler(payload, context)
-            done = await session.execute(
-                update(Job)
-                .where(*self._mine(job_id, attempt))
-                .values(
-                    status=JobStatus.succeeded,
-                    progress=100,
-                    last_error=None,
-                    finished_at=text("now()"),
-                )
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            connection = await session.connection()
+            if (await connection.execute(_SUCCEED, mine)).rowcount != 1:
                 await session.rollback()
                 raise _Superseded()
             await session.commit()
 
-    async def _until_hard_stop(self, work: Any) -> bool:
+    async def _until_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run `work`; False if the worker's grace ran out first (the work is then cancelled)."""
         task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.hard_stop.wait())
+        self._running.add(task)
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()
-            return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
             await task
-        return False
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.stopping and task.cancelled() and not (current and current.cancelling()):
+                return False
+            raise
+        finally:
+            self._running.discard(task)
+        return True
 
     async def run(self, spec: JobType[Any], job_id: int) -> None:
-        row = await self._start(job_id)
+        row = (await self._execute(_START, {"job_id": job_id})).first()
         if row is None:
             return  # finished (a retry of a pick whose effect committed), cancelled or purged
         attempt = row.attempts
         if attempt > row.max_attempts:
             # Earlier attempts were picked and never finished: their worker died each time.
-            await self._finish(
-                job_id, attempt, JobStatus.failed, "The worker stopped during the last attempt"
-            )
+            await self._finish(job_id, attempt, "The worker stopped during the last attempt")
             return
         try:
             payload = spec.payload_model.model_validate(row.payload)
         except ValidationError as exc:
             logger.warning("Job %s (%s) has an invalid payload: failed", job_id, spec.name)
-            await self._finish(job_id, attempt, JobStatus.failed, f"Invalid payload: {exc}")
+            await self._finish(job_id, attempt, f"Invalid payload: {exc}")
             return
         try:
-            finished = await self._until_hard_stop(self._handle(spec, payload, row, job_id))
+            finished = await self._until_stopped(self._handle(spec, payload, row, job_id))
         except _Superseded:
             return
         except Exception as exc:
@@ -217,11 +223,7 @@ class JobRunner:
             return
         if not finished:
             # Shutdown, not failure: the attempt is given back and the job queued again now.
-            await self._execute(
-                update(Job)
-                .where(*self._mine(job_id, attempt))
-                .values(status=JobStatus.queued, attempts=Job.attempts - 1)
-            )
+            await self._execute(_GIVE_BACK, {"job_id": job_id, "attempt": attempt})
             raise pgq_errors.RetryRequested(delay=timedelta(0), reason="worker stopping")
 
     async def _failed(
@@ -236,7 +238,7 @@ class JobRunner:
                 attempt,
                 summary.splitlines()[0],
             )
-            await self._finish(job_id, attempt, JobStatus.failed, summary)
+            await self._finish(job_id, attempt, summary)
             return
         delay = spec.retry.delay(attempt)
         logger.info(
@@ -247,11 +249,7 @@ class JobRunner:
             delay.total_seconds(),
             summary.splitlines()[0],
         )
-        await self._execute(
-            update(Job)
-            .where(*self._mine(job_id, attempt))
-            .values(status=JobStatus.queued, last_error=summary)
-        )
+        await self._execute(_RETRY_LATER, {"job_id": job_id, "attempt": attempt, "error": summary})
         raise pgq_errors.RetryRequested(delay=delay, reason=summary.splitlines()[0])
 
 
@@ -295,8 +293,7 @@ class Worker:
         self.concurrency = concurrency
         self.heartbeat_timeout = timedelta(seconds=heartbeat_timeout_s)
         self.grace_s = grace_s
-        self.hard_stop = asyncio.Event()
-        self.runner = JobRunner(database, self.hard_stop)
+        self.runner = JobRunner(database)
         self._manager: QueueManager | None = None
         self.ready = asyncio.Event()
 
@@ -324,7 +321,7 @@ class Worker:
         if self._manager is not None:
             self._manager.shutdown.set()
         await asyncio.sleep(self.grace_s)
-        self.hard_stop.set()
+        self.runner.stop_now()
 
     def _manager_for(self, driver_connection: Any) -> QueueManager:
         manager = QueueManager(_queries(driver_connection))
