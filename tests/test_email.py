@@ -268,8 +268,16 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 class Mailbox:
     """An aiosmtpd handler keeping what it accepts; it can answer RCPT or DATA with an error."""
 
-    def __init__(self, *, rcpt_reply: str | None = None, data_replies: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        rcpt_reply: str | None = None,
+        refused: set[str] | None = None,
+        data_replies: list[str] | None = None,
+    ):
+        # The answer to RCPT TO for the addresses in `refused` (every address if None).
         self.rcpt_reply = rcpt_reply
+        self.refused = refused
         # Answers given to the next DATA commands, one each, before accepting again.
         self.data_replies = list(data_replies or [])
         self.delivered: list[Envelope] = []
@@ -277,7 +285,7 @@ class Mailbox:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if self.rcpt_reply is not None:
+        if self.rcpt_reply is not None and (self.refused is None or address in self.refused):
             return self.rcpt_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -424,6 +432,19 @@ async def test_every_recipient_refused(reply: str, error: type[Exception]) -> No
         with pytest.raises(error, match=reply[:3]):
             await send_email(email, smtp_settings(port))
     assert mailbox.delivered == []
+
+
+async def test_some_recipients_refused_is_no_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """The others have the message: a retry would send it to them a second time."""
+    mailbox = Mailbox(rcpt_reply="550 5.1.1 No such user here", refused={"bruno@example.fr"})
+    email = make_email(to=[RECIPIENT, "bruno@example.fr"])
+    with smtp_server(mailbox) as port:
+        await send_email(email, smtp_settings(port))
+    (envelope,) = mailbox.delivered
+    assert envelope.rcpt_tos == [RECIPIENT]
+    (warning,) = [record for record in caplog.records if record.name == "core.email"]
+    assert warning.levelname == "WARNING"
+    assert "1 of its recipients (550)" in warning.getMessage()
 
 
 async def test_a_closed_port_is_a_temporary_error() -> None:
