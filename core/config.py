@@ -277,7 +277,7 @@ class Settings(BaseSettings):
 
     @field_validator("email_from_name")
     @classmethod
-    def _display_name_as_it_is(cls, value: str | None) -> str | None:
+    def _display_name_needs_no_quoting(cls, value: str | None) -> str | None:
         return None if value is None else check_display_name(value.strip())
 
     @field_validator("jwt_algorithm")
@@ -323,8 +323,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _email_settings_fit(self) -> "Settings":
-        if self.email_backend == "smtp" and not (self.smtp_host and self.email_from):
-            raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST and EMAIL_FROM")
+        if self.email_backend == "smtp" and not self.smtp_host:
+            raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST, the server to send through")
+        if self.email_backend == "smtp" and not self.email_from:
+            raise ValueError("EMAIL_BACKEND=smtp needs EMAIL_FROM, the sender address")
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together; set both or neither")
         if self.smtp_password is not None and self.smtp_security == "none":
