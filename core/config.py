@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import secrets
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,6 +18,8 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from schemas.common import Email
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 
@@ -30,6 +33,16 @@ JWT_AUDIENCE = "tpm-finance-crm-api"
 SECRET_FILE_SUFFIX = "_FILE"  # noqa: S105
 # A secret is a few bytes: the cap keeps a mistaken SECRET_KEY_FILE=/dev/zero from hanging.
 MAX_SECRET_FILE_BYTES = 64 * 1024
+
+# Control characters and line or paragraph separators: what could end a mail header early.
+_LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def refuse_control_characters(value: str) -> str:
+    """`value` if it holds no control character or line break (a header's text), else ValueError."""
+    if any(unicodedata.category(char) in _LINE_BREAKING_CATEGORIES for char in value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
 
 
 def to_async_url(url: str) -> str:
@@ -66,6 +79,21 @@ def read_secret_file(variable: str, path: str) -> str:
     if not value.strip():
         # An empty file is a mistake, not "unset": it would silently fall back to a default.
         raise SecretFileError(f"{variable}: {path} is empty")
+    return value
+
+
+# RFC 5322 specials: a display name holding one must be written as a quoted string, and the
+# Python releases without the fix of CPython gh-80222 (2025) drop the quotes when they fold a
+# long header, so that "Finance, Paris" becomes two addresses. Without them, none is needed.
+_DISPLAY_NAME_SPECIALS = frozenset('"(),.:;<>@[\\]')
+
+
+def check_display_name(value: str) -> str:
+    """`value` if it can be a From display name as it is, else ValueError."""
+    refuse_control_characters(value)
+    found = sorted(_DISPLAY_NAME_SPECIALS.intersection(value))
+    if found:
+        raise ValueError(f"must not contain any of {' '.join(found)}")
     return value
 
 
@@ -190,6 +218,22 @@ class Settings(BaseSettings):
     # The age public key backups are encrypted to; its private key stays off the server.
     backup_age_recipient: str | None = None
 
+    # Outgoing mail (core/email.py): `file` writes .eml files into EMAIL_OUTBOX_DIR, for
+    # development; `smtp` hands them to SMTP_HOST.
+    email_backend: Literal["file", "smtp"] = "file"
+    email_outbox_dir: Path = DATA_DIR / "outbox"
+    email_from: Email | None = None
+    email_from_name: str | None = Field(default=None, max_length=100)
+    smtp_host: str | None = None
+    # Unset: 587 with starttls, 465 with ssl, 25 with none.
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=30, gt=0, le=600)
+    # CA certificates that sign the server's certificate (an internal CA), instead of the system's.
+    smtp_ca_file: Path | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, values: object) -> object:
@@ -256,6 +300,11 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("email_from_name")
+    @classmethod
+    def _display_name_needs_no_quoting(cls, value: str | None) -> str | None:
+        return None if value is None else check_display_name(value.strip())
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _hmac_algorithm_only(cls, value: str) -> str:
@@ -295,6 +344,20 @@ class Settings(BaseSettings):
             raise ValueError(f"BACKUP_SIGNING_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
         if self.backup_encryption == "age" and not self.backup_age_recipient:
             raise ValueError("BACKUP_ENCRYPTION=age needs BACKUP_AGE_RECIPIENT (an age1... key)")
+        return self
+
+    @model_validator(mode="after")
+    def _email_settings_fit(self) -> "Settings":
+        if self.email_backend == "smtp" and not self.smtp_host:
+            raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST, the server to send through")
+        if self.email_backend == "smtp" and not self.email_from:
+            raise ValueError("EMAIL_BACKEND=smtp needs EMAIL_FROM, the sender address")
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together; set both or neither")
+        if self.smtp_password is not None and self.smtp_security == "none":
+            raise ValueError("SMTP_SECURITY=none would send SMTP_PASSWORD in clear (use starttls)")
+        if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
+            raise ValueError(f"SMTP_CA_FILE: {self.smtp_ca_file} is not a file")
         return self
 
     def signing_key(self) -> str:

@@ -296,6 +296,8 @@ def test_every_secret_setting_can_be_read_from_its_file(
     # The database passwords go with a URL; the others ignore them.
     monkeypatch.setenv("DATABASE_URL", "postgresql://crm@db/crm")
     monkeypatch.setenv("MIGRATION_DATABASE_URL", "postgresql://crm_owner@db/crm")
+    if name == "smtp_password":
+        monkeypatch.setenv("SMTP_USERNAME", "crm")  # a password without a username is refused
     value = getattr(make(), name)
     assert value is not None
     assert value.get_secret_value() == SECRET_VALUE
