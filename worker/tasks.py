@@ -7,6 +7,11 @@ from core.jobs import JobContext, RetryPolicy, job_types
 from core.queue import delete_finished_jobs, purge_queue_log
 from core.schedules import Schedule, schedules
 
+# Feature modules that declare job types, imported for their registrations.
+from services import emails
+
+FEATURE_JOB_MODULES = (emails,)
+
 
 class PurgePayload(BaseModel):
     pass

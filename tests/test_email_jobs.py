@@ -1,0 +1,110 @@
+"""Email through the job queue: a real worker, a real SMTP server (aiosmtpd) on 127.0.0.1."""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from core.config import settings
+from core.db import db
+from core.email import OutgoingEmail
+from services.emails import send_later
+from services.jobs import JobService
+from tests.factories import scalar
+from tests.test_email import Mailbox, make_email, smtp_server
+from worker.runtime import run_worker
+
+pytestmark = pytest.mark.committing
+
+
+@pytest.fixture
+def smtp_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The application's settings pointed at a test SMTP server (set per test)."""
+
+    def point_at(port: int) -> None:
+        for name, value in {
+            "email_backend": "smtp",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_security": "none",
+            "email_from": "crm@tpm-finance.test",
+        }.items():
+            monkeypatch.setattr(settings, name, value)
+
+    yield point_at
+
+
+@asynccontextmanager
+async def worker() -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(db, settings, stop, grace_s=2))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def wait_for_status(job_id: int, statuses: set[str], deadline_s: float = 30) -> str:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while loop.time() < end:
+        status = await scalar("SELECT status FROM jobs WHERE id = :id", id=job_id)
+        if status in statuses:
+            return str(status)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} still not in {statuses} after {deadline_s} s")
+
+
+async def queue_email(email: OutgoingEmail) -> int:
+    async with db.sessionmaker() as session, session.begin():
+        return await send_later(JobService(session), email)
+
+
+async def test_a_refused_first_attempt_is_retried_and_the_message_arrives_once(
+    smtp_backend: Any,
+) -> None:
+    mailbox = Mailbox(data_replies=["451 4.7.1 Greylisted, try again later"])
+    email = make_email()
+    with smtp_server(mailbox) as port:
+        smtp_backend(port)
+        job_id = await queue_email(email)
+        async with worker():
+            assert await wait_for_status(job_id, {"succeeded", "failed"}) == "succeeded"
+    (envelope,) = mailbox.delivered
+    assert mailbox.message()["Message-ID"] == email.message_id
+    assert await scalar("SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 2
+    assert envelope.rcpt_tos == list(email.to)
+
+
+async def test_a_permanent_refusal_fails_the_job_at_once_with_the_reason(
+    smtp_backend: Any,
+) -> None:
+    mailbox = Mailbox(rcpt_reply="550 5.1.1 No such user here")
+    with smtp_server(mailbox) as port:
+        smtp_backend(port)
+        job_id = await queue_email(make_email())
+        async with worker():
+            assert await wait_for_status(job_id, {"succeeded", "failed"}) == "failed"
+    assert mailbox.delivered == []
+    assert await scalar("SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 1
+    error = await scalar("SELECT last_error FROM jobs WHERE id = :id", id=job_id)
+    assert "550" in error
+
+
+async def test_an_email_queued_in_a_rolled_back_transaction_is_never_sent(
+    smtp_backend: Any,
+) -> None:
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port:
+        smtp_backend(port)
+        async with db.sessionmaker() as session:
+            await send_later(JobService(session), make_email(subject="Jamais envoyé"))
+            await session.rollback()
+        sent = await queue_email(make_email(subject="Envoyé"))
+        async with worker():
+            assert await wait_for_status(sent, {"succeeded", "failed"}) == "succeeded"
+    assert mailbox.message()["Subject"] == "Envoyé"
+    assert await scalar("SELECT count(*) FROM jobs") == 1
