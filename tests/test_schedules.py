@@ -256,6 +256,7 @@ async def test_two_schedulers_on_two_connections_run_each_slot_once(
         assert [slot for slot, _ in claims] == [
             datetime(2026, 5, 4, 14, minute) for minute in range(slots + 1)
         ]
+        assert claims[0][1] is None
         assert all(job_id is not None for _, job_id in claims[1:])
     jobs = await fetch("SELECT id FROM jobs ORDER BY id")
     assert sorted(enqueued) == [job.id for job in jobs]
