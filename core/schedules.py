@@ -86,11 +86,20 @@ def slot_instant(slot: datetime, tz: ZoneInfo) -> datetime:
     return slot.replace(tzinfo=tz, fold=0).astimezone(UTC)
 
 
+def _clock_change(now: datetime, tz: ZoneInfo) -> timedelta:
+    """How far wall clocks in `tz` moved forward over the day before `now` (back: negative)."""
+    offset = now.astimezone(tz).utcoffset() or timedelta(0)
+    return offset - ((now - timedelta(days=1)).astimezone(tz).utcoffset() or timedelta(0))
+
+
 def latest_due_slot(cron: str, now: datetime, tz: ZoneInfo) -> datetime:
     """The latest wall-clock slot (naive, in `tz`) whose instant is not after `now`."""
     local = now.astimezone(tz).replace(tzinfo=None)
+    # Just after clocks went back (the second 02:15), slots up to the hour they repeat (02:30)
+    # are past already: the walk starts as far ahead as the clocks moved back.
+    back = max(-_clock_change(now, tz), timedelta(0))
     # croniter walks naive wall-clock times: each local time is one slot, whatever DST does.
-    slots = croniter(cron, local + timedelta(microseconds=1))
+    slots = croniter(cron, local + back + timedelta(microseconds=1))
     while True:
         slot: datetime = slots.get_prev(datetime)
         if slot_instant(slot, tz) <= now:
@@ -100,7 +109,9 @@ def latest_due_slot(cron: str, now: datetime, tz: ZoneInfo) -> datetime:
 def next_slot_instant(cron: str, now: datetime, tz: ZoneInfo) -> datetime:
     """The instant of the first slot after `now`."""
     local = now.astimezone(tz).replace(tzinfo=None)
-    slots = croniter(cron, local)
+    # Just after clocks went forward, a skipped slot happens at a wall-clock time later than
+    # itself (02:30 at 03:30): the walk starts as far back as the clocks jumped.
+    slots = croniter(cron, local - max(_clock_change(now, tz), timedelta(0)))
     while True:
         slot: datetime = slots.get_next(datetime)
         instant = slot_instant(slot, tz)
