@@ -18,9 +18,11 @@ from api.deps import get_admin_user
 from core.config import JWT_AUDIENCE, JWT_ISSUER, settings
 from core.db import db
 from models import Base
+from services.jobs import JobService
 from services.users import UserService
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
-from tests.factories import USER_PASSWORD
+from tests.factories import USER_PASSWORD, first_admin_id
+from worker.tasks import PurgePayload
 
 API = "/api/v1"
 FORGED_ID = 777_777
@@ -106,7 +108,13 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         headers=admin,
     )
     assert kpi.status_code == 201, kpi.text
+    # A job the admin caused: the user may not read it (403), like the admin-only routes.
+    async with db.sessionmaker() as session, session.begin():
+        job_id = await JobService(session).enqueue(
+            "jobs.purge", PurgePayload(), created_by=await first_admin_id()
+        )
     return {
+        "job_id": job_id,
         "investor_id": investor_id,
         "contact_id": contact.json()["id"],
         "interaction_id": interaction.json()["id"],
@@ -230,7 +238,7 @@ async def test_no_get_response_contains_a_password_or_a_hash(
         query = {"q": "acme"} if path.endswith("/search") else {}
         for role, headers in (("admin", admin_headers), ("user", user_headers)):
             response = await client.get(url, params=query, headers=headers)
-            admin_only = path.startswith(f"{API}/users")
+            admin_only = path.startswith((f"{API}/users", f"{API}/jobs"))
             expected = 403 if role == "user" and admin_only else 200
             assert response.status_code == expected, (role, url, response.text)
             assert "password" not in response.text.lower(), (role, url)

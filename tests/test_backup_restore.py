@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.db import db
 from models import Base
+from services.jobs import JobService
 from services.users import caller_cache
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DatabaseUrls, owner_connection
 from tests.factories import bearer, create_user
+from worker.tasks import PurgePayload
 
 # The scripts run in subprocesses and only see committed rows.
 pytestmark = pytest.mark.committing
@@ -238,6 +241,13 @@ async def populate(client: AsyncClient) -> dict[str, str]:
                 {"year": 2026, "month": month, "revenue": 1000.5 * month, "closings": month},
                 admin,
             )
+    # Background work is data too: a queued job, and the schedule slot that queued it.
+    async with db.sessionmaker() as session, session.begin():
+        job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())
+        await session.execute(
+            text("INSERT INTO schedule_runs (schedule, slot, job_id) VALUES (:s, :t, :j)"),
+            {"s": "jobs.purge.daily", "t": datetime(2026, 1, 5, 3, 15), "j": job_id},
+        )
     return admin
 
 

@@ -45,6 +45,7 @@ from core.db import db
 from main import app as fastapi_app
 from models import Base
 from schemas.investor import InvestorSort
+from services.jobs import JobService
 from services.users import caller_cache
 from tests.conftest import ADMIN_PASSWORD, connection_as, engine_event
 from tests.factories import (
@@ -55,6 +56,7 @@ from tests.factories import (
     make_contact,
     make_investor,
 )
+from worker.tasks import PurgePayload
 
 # Statements are EXPLAINed on a connection of their own.
 pytestmark = pytest.mark.committing
@@ -279,6 +281,8 @@ class Sample:
     interaction: int
     kpi: int
     user: int
+    queued_job: int
+    failed_job: int
 
 
 async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
@@ -330,12 +334,22 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         await post(client, admin_headers, f"{KPIS}/investor/{investor['id']}", body)
         for investor, body in recorded
     ]
+    async with db.sessionmaker() as session, session.begin():
+        jobs = JobService(session)
+        queued_job = await jobs.enqueue("jobs.purge", PurgePayload())
+        failed_job = await jobs.enqueue("jobs.purge", PurgePayload())
+        await session.execute(
+            text("UPDATE jobs SET status = 'failed', attempts = 3 WHERE id = :id"),
+            {"id": failed_job},
+        )
     return Sample(
         investor=quintavalle["id"],
         contact=contact["id"],
         interaction=interactions[0]["id"],
         kpi=kpis[0]["id"],
         user=await create_user("planner@crm.test"),
+        queued_job=queued_job,
+        failed_job=failed_job,
     )
 
 
@@ -355,6 +369,8 @@ class Call:
     after_first_page: bool = False
     # Tables this path reads whole by design.
     whole_tables: frozenset[str] = frozenset()
+    # `{job_id:id}` names the sample's failed job rather than its queued one.
+    failed_job: bool = False
 
     def url(self, sample: Sample, *more: str) -> str:
         values = {
@@ -363,6 +379,7 @@ class Call:
             "interaction_id:id": sample.interaction,
             "kpi_id:id": sample.kpi,
             "user_id:id": sample.user,
+            "job_id:id": sample.failed_job if self.failed_job else sample.queued_job,
             "year": 2026,
             "month": 1,
         }
@@ -382,6 +399,7 @@ ONE_INTERACTION = f"{INTERACTIONS}/{{interaction_id:id}}"
 KPIS = "/api/v1/kpis"
 ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
 USERS = "/api/v1/users"
+JOBS = "/api/v1/jobs"
 SEARCH = f"{INVESTORS}/search"
 SORTS = list(get_args(InvestorSort))
 
@@ -514,6 +532,13 @@ CALLS = [
     Call("read user", "GET", f"{USERS}/{{user_id:id}}"),
     Call("put user", "PUT", f"{USERS}/{{user_id:id}}", body={"full_name": "Renamed"}),
     Call("delete user", "DELETE", f"{USERS}/{{user_id:id}}", status=204),
+    # Kept JOB_RETENTION_DAYS at most: the unfiltered admin list counts them all.
+    page("jobs", JOBS, whole_tables=frozenset({"jobs"})),
+    page("failed jobs", JOBS, "status=failed"),
+    page("jobs of a type", JOBS, "type=jobs.purge"),
+    Call("read job", "GET", f"{JOBS}/{{job_id:id}}"),
+    Call("retry job", "POST", f"{JOBS}/{{job_id:id}}/retry", status=202, failed_job=True),
+    Call("cancel job", "POST", f"{JOBS}/{{job_id:id}}/cancel"),
 ]
 
 
