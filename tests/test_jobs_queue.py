@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import PROJECT_ROOT, settings
-from core.db import APPLICATION_NAME, db
+from core.db import APPLICATION_NAME, Database, db
 from core.jobs import RetryPolicy, UnknownJobTypeError, job_types
 from core.queue import JobRunner, push
 from models.job import Job, JobStatus
@@ -381,6 +381,42 @@ async def test_the_worker_reconnects_after_a_database_restart_and_loses_no_job()
     assert (second_done.status, second_done.attempts) == ("succeeded", 1)
     assert (await effects(running), await effects(later)) == (1, 1)
     assert await scalar(QUEUE_ROWS_SQL) == 0
+
+
+@pytest.mark.committing
+async def test_a_job_whose_bookkeeping_the_database_refuses_is_queued_again_not_lost(
+    database_url: str,
+) -> None:
+    marker = new_marker()
+    job_id = await enqueue("test.effect", EffectPayload(marker=marker))
+    queue_id = (await job_row(job_id)).queue_id
+    # A worker whose statements give up quickly, as on a database too busy to answer.
+    impatient = Database()
+    impatient.configure(
+        settings.model_copy(update={"database_statement_timeout_ms": 200}), database_url
+    )
+
+    async def first_pick_over() -> bool:
+        # PgQueuer logs a pick's end: done, failed, or queued again (with its reason).
+        ended = await fetch(
+            "SELECT 1 FROM pgqueuer_log WHERE job_id = :id AND (status <> 'queued' "
+            "OR traceback IS NOT NULL) AND status <> 'picked'",
+            id=queue_id,
+        )
+        return bool(ended)
+
+    try:
+        async with connection_as("owner") as locker:
+            # The job's row is locked: marking it started times out.
+            await locker.execute(text("SELECT FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+            async with worker_in_process(impatient):
+                await until(first_pick_over, "the first pick over")
+                await locker.rollback()
+                job = await finished(job_id)
+    finally:
+        await impatient.dispose()
+    assert (job.status, job.attempts) == ("succeeded", 1), job.last_error
+    assert await effects(marker) == 1
 
 
 # PgQueuer's schema, frozen in migration 0011
