@@ -247,6 +247,25 @@ async def test_a_job_picked_again_after_its_effect_committed_is_not_run_again() 
 
 
 @pytest.mark.committing
+async def test_a_job_whose_worker_died_during_its_last_attempt_is_failed_not_run_again() -> None:
+    marker = new_marker()
+    job_id = await enqueue("test.effect", EffectPayload(marker=marker))
+    # Its last attempt started on a worker that died: queue row picked, heartbeat long stale.
+    await execute(
+        "UPDATE jobs SET status = 'running', attempts = max_attempts WHERE id = :id", id=job_id
+    )
+    await execute(
+        "UPDATE pgqueuer SET status = 'picked', queue_manager_id = gen_random_uuid(), "
+        "heartbeat = now() - interval '1 hour' WHERE id = :id",
+        id=(await job_row(job_id)).queue_id,
+    )
+    async with worker_in_process(db):
+        job = await finished(job_id)
+    assert (job.status, job.last_error) == ("failed", "The worker stopped during the last attempt")
+    assert await effects(marker) == 0
+
+
+@pytest.mark.committing
 async def test_an_attempt_superseded_while_it_ran_cannot_commit() -> None:
     marker = new_marker()
     async with closed_gate(marker) as open_gate, worker_in_process(db, heartbeat_timeout_s=30):
