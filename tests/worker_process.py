@@ -1,6 +1,6 @@
-"""Job types for the queue's tests, and the two ways tests run them: a `Worker` in the test's own
-process, or `python -m tests.worker_process`, the real worker (`python -m worker`, signals
-included) with these job types registered as well.
+"""Job types for the queue's tests, the helpers that enqueue, read and wait for them, and the two
+ways tests run them: a `Worker` in the test's own process, or `python -m tests.worker_process`,
+the real worker (`python -m worker`, signals included) with these job types registered as well.
 
 The types are named "test.*" and registered in the application's registry, at import: by the
 test modules (to enqueue them) and by the subprocess (to run them). The effect of a job is an
