@@ -269,7 +269,18 @@ class _Executor(AbstractEntrypointExecutor):
         if job.payload is None or not job.payload.isdigit():
             logger.error("Queue row %s (%s) names no job: dropped", job.id, job.entrypoint)
             return
-        await self.runner.run(self.spec, int(job.payload))
+        job_id = int(job.payload)
+        try:
+            await self.runner.run(self.spec, job_id)
+        except pgq_errors.RetryRequested:
+            raise
+        except Exception as exc:
+            # The bookkeeping itself failed (a statement timed out, the database went away).
+            # PgQueuer would drop the row (on_failure="delete") and lose the job: queue it again.
+            delay = RECONNECT_DELAY_S[min(job.attempts, len(RECONNECT_DELAY_S) - 1)]
+            reason = error_summary(exc).splitlines()[0]
+            logger.warning("Job %s (%s) queued again: %s", job_id, self.spec.name, reason)
+            raise pgq_errors.RetryRequested(timedelta(seconds=delay), reason) from exc
 
 
 class Worker:
