@@ -26,6 +26,7 @@ from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecut
 from pgqueuer.core.qm import QueueManager
 from pgqueuer.domain import errors as pgq_errors
 from pgqueuer.domain import models as pgq_models
+from pgqueuer.domain import types as pgq_types
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import CursorResult, Table, Update, bindparam, delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,6 +73,22 @@ async def push(session: AsyncSession, job_type: str, job_id: int) -> None:
     have written, e.g. the `jobs` row)."""
     queries = await _session_queries(session)
     await queries.enqueue(job_type, str(job_id).encode())
+
+
+async def withdraw(session: AsyncSession, job_id: int) -> None:
+    """Take a job's queued rows off PgQueuer's queue, in the session's transaction (a cancel):
+    found by their payload, the job's id (the queue holds live jobs only)."""
+    queries = await _session_queries(session)
+    rows = await session.execute(
+        text(
+            "SELECT id FROM pgqueuer WHERE status = 'queued' "
+            "AND payload = convert_to(:job_id, 'UTF8')"
+        ),
+        {"job_id": str(job_id)},
+    )
+    queue_ids = [pgq_types.JobId(queue_id) for queue_id in rows.scalars()]
+    if queue_ids:
+        await queries.mark_job_as_cancelled(queue_ids)
 
 
 async def purge_queue_log(session: AsyncSession, days: int) -> int:

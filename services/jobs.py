@@ -104,12 +104,13 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
         return job
 
     async def cancel(self, job_id: int) -> Job:
-        """A queued job cancelled; a running or finished one is left alone. Its queue row stays
-        until a worker picks it, finds it cancelled and drops it."""
+        """A queued job cancelled and withdrawn from the queue; a running or finished one is
+        left alone (a worker that picked it meanwhile finds it cancelled and drops it)."""
         job = await self._transition(
             job_id, JobStatus.queued, status=JobStatus.cancelled, finished_at=func.now()
         )
         if job is None:
             await self.ensure_exists(job_id)
             raise JobNotCancellable()
+        await queue.withdraw(self.session, job_id)
         return job

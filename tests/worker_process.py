@@ -44,8 +44,11 @@ SECRET_CANARY = "canary-7f3e9a-not-for-last-error"
 
 EFFECTS_SQL = "SELECT count(*) FROM investors WHERE name = :marker"
 JOB_SQL = (
-    "SELECT id, type, status, attempts, max_attempts, progress, queue_id, last_error, "
-    "created_by, created_at, started_at, finished_at FROM jobs WHERE id = :id"
+    "SELECT id, type, status, attempts, max_attempts, progress, last_error, "
+    "created_by, created_at, started_at, finished_at, "
+    # The job's row on PgQueuer's queue, whose payload is the job's id.
+    "(SELECT max(q.id) FROM pgqueuer q WHERE q.payload = convert_to(jobs.id::text, 'UTF8')) "
+    "AS queue_id FROM jobs WHERE id = :id"
 )
 # Waiting for an outcome, not timing it: generous on a busy machine.
 WAIT_LIMIT_S = 30.0
@@ -113,7 +116,7 @@ async def refuse(payload: EffectPayload, context: JobContext) -> None:
 async def enqueue(job_type: str, payload: BaseModel, *, created_by: int | None = None) -> int:
     """Queue a job as a request does (JobService, committed with its transaction); its id."""
     async with db.sessionmaker() as session, session.begin():
-        return (await JobService(session).enqueue(job_type, payload, created_by=created_by)).id
+        return await JobService(session).enqueue(job_type, payload, created_by=created_by)
 
 
 async def job_row(job_id: int) -> Row[Any]:
