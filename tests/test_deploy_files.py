@@ -5,6 +5,7 @@ import ipaddress
 import itertools
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,11 @@ def image_command() -> list[str]:
     return command
 
 
+def serve_command(command: list[str]) -> str:
+    """An exec-form start command as one shell line (tests/test_hardening.py runs it)."""
+    return shlex.join(command)
+
+
 def uvicorn_processes() -> int:
     command = image_command()
     return int(command[command.index("--workers") + 1])
@@ -105,7 +111,7 @@ class TestDockerfile:
         command = image_command()
         assert command[:2] == ["uvicorn", "main:app"]
         # The one-shot migrate service migrates; replicas starting together must not race.
-        line = " ".join(command)
+        line = serve_command(command)
         assert "alembic" not in line
         assert uvicorn_processes() >= 2
         assert "--proxy-headers" in line
