@@ -39,8 +39,8 @@ OWNER_ROLE_URL = r"postgresql\+asyncpg://crm_owner@postgres:5432/\$\{POSTGRES_DB
 # The connection budget of docs/operations.md, for its worked example (`--scale api=3`, one
 # worker service, every pool at its default).
 SCALED_API_REPLICAS = 3
-LISTEN_CONNECTIONS = 1  # per API process and per worker (ADR 0002)
-QUEUE_CONNECTIONS = 2  # the queue library's own, in the worker, counted high
+LISTEN_CONNECTIONS = 1  # per API process (ADR 0002)
+QUEUE_CONNECTIONS = 1  # PgQueuer's own in the worker: LISTEN, claims, heartbeats (ADR 0008)
 MAINTENANCE_CONNECTIONS = 3  # migrate, a backup's pg_dump, an operator's psql
 SUPERUSER_RESERVED_CONNECTIONS = 3  # PostgreSQL's default, out of reach of the app's roles
 
@@ -186,11 +186,11 @@ class TestCompose:
 
     def test_postgres_connection_budget_fits_three_api_replicas(self, compose: Any) -> None:
         # docs/operations.md's worked example: every process's pool at its default, plus one
-        # LISTEN connection each; the worker also holds the queue library's connections.
+        # LISTEN connection per API process and the queue's own connection in the worker.
         defaults = Settings.model_fields
         pool = defaults["database_pool_size"].default + defaults["database_max_overflow"].default
         api = SCALED_API_REPLICAS * uvicorn_processes() * (pool + LISTEN_CONNECTIONS)
-        worker = pool + LISTEN_CONNECTIONS + QUEUE_CONNECTIONS
+        worker = pool + QUEUE_CONNECTIONS
         needed = api + worker + MAINTENANCE_CONNECTIONS + SUPERUSER_RESERVED_CONNECTIONS
         assert needed <= int(postgres_setting(compose, "max_connections"))
 
@@ -258,15 +258,21 @@ class TestCompose:
         environment = compose["services"][service]["environment"]
         assert re.fullmatch(APP_ROLE_URL, environment["DATABASE_URL"])
         assert environment["DATABASE_PASSWORD_FILE"] == "/run/secrets/crm_app_password"
-        assert environment["SECRET_KEY_FILE"] == "/run/secrets/secret_key"
         # Neither migrates: the owner's URL and password stay with the migrate service.
         assert not {name for name in environment if name.startswith("MIGRATION_")}
         assert "crm_owner_password" not in compose["services"][service]["secrets"]
 
-    def test_first_admin_password_is_known_in_advance(self, compose: Any) -> None:
-        # Known in advance: no password is generated, so none is printed into the container log.
+    def test_api_secrets(self, compose: Any) -> None:
         environment = compose["services"]["api"]["environment"]
+        assert environment["SECRET_KEY_FILE"] == "/run/secrets/secret_key"
+        # Known in advance: no password is generated, so none is printed into the container log.
         assert environment["FIRST_ADMIN_PASSWORD_FILE"] == "/run/secrets/first_admin_password"
+
+    def test_worker_gets_no_secret_it_does_not_use(self, compose: Any) -> None:
+        # It signs no token and creates no admin: the key and that password stay with the API.
+        worker = compose["services"]["worker"]
+        assert {"secret_key", "first_admin_password"}.isdisjoint(worker["secrets"])
+        assert {"SECRET_KEY_FILE", "FIRST_ADMIN_PASSWORD_FILE"}.isdisjoint(worker["environment"])
 
     @pytest.mark.parametrize("service", ["api", "worker"])
     def test_mail_goes_through_a_required_smtp_host(self, compose: Any, service: str) -> None:
