@@ -1,5 +1,7 @@
-# The API image: `docker compose up -d` builds it (see docker-compose.yml). No secret is baked in:
-# the settings come from the environment at run time, the secrets from files (<NAME>_FILE).
+# The application image: `docker compose up -d` builds it (see docker-compose.yml) and runs it as
+# three services: migrate (`alembic upgrade head`), api (this CMD) and worker (`python -m worker`).
+# No secret is baked in: the settings come from the environment at run time, the secrets from
+# files (<NAME>_FILE).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,6 +28,7 @@ COPY core ./core
 COPY models ./models
 COPY schemas ./schemas
 COPY services ./services
+COPY worker ./worker
 
 USER 10001:10001
 
@@ -34,8 +37,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
-# Migrations first (idempotent, and a failure stops the start), then uvicorn; exec so uvicorn
-# is PID 1 and receives SIGTERM. Proxy headers are trusted because only nginx on the host
-# reaches the published port (bound to 127.0.0.1 in docker-compose.yml). No `server: uvicorn`
-# banner: it only tells an attacker what to look up.
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn main:app --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers --no-server-header"]
+# The API alone: the migrations are the one-shot migrate service's, run once before any replica
+# starts. Exec form, so uvicorn is PID 1 and receives SIGTERM. Proxy headers are believed only
+# from FORWARDED_ALLOW_IPS (docker-compose.yml sets it to its own network, where nginx is). No
+# `server: uvicorn` banner: it only tells an attacker what to look up.
+CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4", "--proxy-headers", "--no-server-header"]
