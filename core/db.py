@@ -265,10 +265,12 @@ class Database:
 
     async def dispose(self) -> None:
         for task in self._listeners:
-            task.cancel()
-        for task in self._listeners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's wait_for hands back the awaited result when the cancellation comes
+            # just as it completes (a ping answered), and the cancellation is lost: awaiting the
+            # task once could then wait for ever. Cancelled again until it ends.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=LISTEN_PING_S)
         self._listeners = []
         if self._engine is not None:
             await self._engine.dispose()
