@@ -319,6 +319,10 @@ async def get_read_session() -> AsyncIterator[AsyncReadSession]:
             await session.close()
 
 
+# The same, outside FastAPI's dependencies (a caller the cache does not know: api.deps).
+read_session = contextlib.asynccontextmanager(get_read_session)
+
+
 async def get_write_session() -> AsyncIterator[AsyncWriteSession]:
     """The request's write session: committed on success (before the response, with the
     dependency's function scope), rolled back on any error."""
