@@ -90,10 +90,10 @@ def create_app() -> FastAPI:
         max_bytes=settings.max_body_bytes,
         cors=cors if settings.allowed_origins else None,
     )
+    include_api(app)
+    # After the API, so that API requests do not test these paths first.
     app.include_router(health.router)
     app.include_router(metrics.router)
-    include_api(app)
-    # After the API, so that API requests do not test the documentation paths first.
     if settings.docs_enabled:
         add_offline_docs(app)
     app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]

@@ -5,7 +5,8 @@ from fastapi import FastAPI
 from api.routes import auth, contacts, interactions, investors, kpis, users
 
 API_PREFIX = "/api/v1"
-ROUTERS = tuple(module.router for module in (auth, users, investors, contacts, interactions, kpis))
+# In the order requests try them: investors, the most requested, first (docs/adr/0004).
+ROUTERS = tuple(module.router for module in (investors, auth, users, contacts, interactions, kpis))
 
 
 def include_api(app: FastAPI) -> None:
