@@ -1,6 +1,6 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
@@ -96,35 +96,40 @@ AdminUser = Annotated[AuthenticatedUser, Depends(get_admin_user)]
 ServiceT = TypeVar("ServiceT")
 
 
-def _reader(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
-    """A dependency building `service_class` on the request's read session."""
+def _reader(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
+    """`service_class` on the request's read session, opened here rather than taken from
+    ReadSession: FastAPI resolves each dependency on every request, at a cost that shows on the
+    hottest reads (docs/adr/0004). A route takes one reader or ReadSession: each would open a
+    session of its own."""
 
-    async def build(session: ReadSession) -> ServiceT:
-        return service_class(session)
+    async def build() -> AsyncIterator[ServiceT]:
+        async with read_session() as session:
+            yield service_class(session)
 
-    return build
+    # Like ReadSession: the connection goes back before the response is sent.
+    return Depends(build, scope="function")
 
 
-def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
-    """A dependency building `service_class` on the request's write session."""
+def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
+    """`service_class` on the request's write session."""
 
     async def build(session: WriteSession) -> ServiceT:
         return service_class(session)
 
-    return build
+    return Depends(build)
 
 
-UserReader = Annotated[UserService, Depends(_reader(UserService))]
-UserWriter = Annotated[UserService, Depends(_writer(UserService))]
-AuthWriter = Annotated[AuthService, Depends(_writer(AuthService))]
-InvestorReader = Annotated[InvestorService, Depends(_reader(InvestorService))]
-InvestorWriter = Annotated[InvestorService, Depends(_writer(InvestorService))]
-ContactReader = Annotated[ContactService, Depends(_reader(ContactService))]
-ContactWriter = Annotated[ContactService, Depends(_writer(ContactService))]
-InteractionReader = Annotated[InteractionService, Depends(_reader(InteractionService))]
-InteractionWriter = Annotated[InteractionService, Depends(_writer(InteractionService))]
-KpiReader = Annotated[KpiService, Depends(_reader(KpiService))]
-KpiWriter = Annotated[KpiService, Depends(_writer(KpiService))]
+UserReader = Annotated[UserService, _reader(UserService)]
+UserWriter = Annotated[UserService, _writer(UserService)]
+AuthWriter = Annotated[AuthService, _writer(AuthService)]
+InvestorReader = Annotated[InvestorService, _reader(InvestorService)]
+InvestorWriter = Annotated[InvestorService, _writer(InvestorService)]
+ContactReader = Annotated[ContactService, _reader(ContactService)]
+ContactWriter = Annotated[ContactService, _writer(ContactService)]
+InteractionReader = Annotated[InteractionService, _reader(InteractionService)]
+InteractionWriter = Annotated[InteractionService, _writer(InteractionService)]
+KpiReader = Annotated[KpiService, _reader(KpiService)]
+KpiWriter = Annotated[KpiService, _writer(KpiService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)
