@@ -6,6 +6,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,8 +19,8 @@ from api.routes.docs import add_offline_docs
 from core.config import settings
 from core.db import db
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
-from core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
-from core.observability import RequestContextMiddleware, configure_logging
+from core.middleware import EdgeMiddleware
+from core.observability import configure_logging
 from services.auth import AuthService
 from services.users import USER_CHANGES_CHANNEL, caller_cache
 
@@ -100,7 +101,7 @@ def create_app() -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     register_exception_handlers(app)
-    app.add_middleware(
+    cors = partial(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
         allow_credentials=True,
@@ -108,14 +109,16 @@ def create_app() -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Retry-After", "X-Request-ID"],
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # Added after the body limit, so outside it: they also cover the 413 it answers by itself.
-    app.add_middleware(SecurityHeadersMiddleware, api_prefix=API_PREFIX)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        EdgeMiddleware,
+        api_prefix=API_PREFIX,
+        max_bytes=settings.max_body_bytes,
+        cors=cors if settings.allowed_origins else None,
+    )
+    include_api(app)
+    # After the API, so that API requests do not test these paths first.
     app.include_router(health.router)
     app.include_router(metrics.router)
-    include_api(app)
-    # After the API, so that API requests do not test the documentation paths first.
     if settings.docs_enabled:
         add_offline_docs(app)
     app.openapi = lambda: publish_validation_error_fields(FastAPI.openapi(app))  # type: ignore[method-assign]

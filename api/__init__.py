@@ -5,8 +5,9 @@ from fastapi import FastAPI
 from api.routes import auth, contacts, interactions, investors, jobs, kpis, users
 
 API_PREFIX = "/api/v1"
+# In the order requests try them: investors, the most requested, first (docs/adr/0004).
 ROUTERS = tuple(
-    module.router for module in (auth, users, investors, contacts, interactions, kpis, jobs)
+    module.router for module in (investors, auth, users, contacts, interactions, kpis, jobs)
 )
 
 

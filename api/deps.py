@@ -1,15 +1,22 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import AfterValidator, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from core.config import settings
-from core.db import AsyncReadSession, AsyncWriteSession, get_read_session, get_write_session
+from core.db import (
+    AsyncReadSession,
+    AsyncWriteSession,
+    get_read_session,
+    get_write_session,
+    read_session,
+)
 from core.exceptions import AuthError, PermissionDeniedError
 from core.security import InvalidTokenError, decode_access_token
 from models.user import AuthenticatedUser
@@ -20,7 +27,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
-from services.users import UserService
+from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
 # service. scope="function": a write is committed before the response is sent, and a read
@@ -39,28 +46,40 @@ def _row_id(value: int) -> int:
 # Every `{..._id:id}` path parameter: an integer (anything else is a 422).
 IdPath = Annotated[int, AfterValidator(_row_id)]
 
+
+class _BearerCaller(OAuth2PasswordBearer):
+    """The OAuth2 password scheme of the OpenAPI document, resolved to the active user behind
+    the request's Bearer token; 401 otherwise, checked on every request.
+
+    The scheme itself is the dependency, with no session of its own: FastAPI resolves each
+    dependency at a cost paid on every request, and the token, its scheme and the read session
+    were three of them (docs/adr/0004). A caller the cache does not know is read on a read
+    session of its own, whose connection goes back at once: a writing request holds only its
+    write session's, never two at a time.
+    """
+
+    async def __call__(self, request: HTTPConnection) -> AuthenticatedUser:  # type: ignore[override]
+        token = await super().__call__(request)
+        if not token:
+            raise AuthError()
+        claims = decode_access_token(token, settings)
+        # decode_access_token already keeps the id within INTEGER.
+        user = caller_cache.get(claims.user_id)
+        if user is None:
+            async with read_session() as session:
+                user = await UserService(session).get_caller(claims.user_id)
+        # Another stamp: the token predates a password, role or activity change, or names an id
+        # that now belongs to another account (ids restart after a restore).
+        if user is None or user.security_stamp != claims.stamp:
+            raise InvalidTokenError()
+        return user
+
+
 # auto_error=False so a missing token gets our JSON body; tokenUrl drives Swagger's Authorize.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
-
-
-async def get_current_user(
-    session: ReadSession, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> AuthenticatedUser:
-    """The active user behind the Bearer token; 401 otherwise, checked on every request."""
-    if not token:
-        raise AuthError()
-    claims = decode_access_token(token, settings)
-    # decode_access_token already keeps the id within INTEGER.
-    user = await UserService(session).get_caller(claims.user_id)
-    if session.in_transaction():
-        # Not cached: the lookup took a connection. Handed back at once, so that a writing
-        # request holds only its write session's, never two at a time.
-        await session.close()
-    # Another stamp: the token predates a password, role or activity change, or names an id
-    # that now belongs to another account (ids restart after a restore).
-    if user is None or user.security_stamp != claims.stamp:
-        raise InvalidTokenError()
-    return user
+# The scheme keeps FastAPI's name in the OpenAPI document.
+get_current_user = _BearerCaller(
+    tokenUrl="/api/v1/auth/login", scheme_name="OAuth2PasswordBearer", auto_error=False
+)
 
 
 CurrentUser = Annotated[AuthenticatedUser, Depends(get_current_user)]
@@ -78,37 +97,42 @@ AdminUser = Annotated[AuthenticatedUser, Depends(get_admin_user)]
 ServiceT = TypeVar("ServiceT")
 
 
-def _reader(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
-    """A dependency building `service_class` on the request's read session."""
+def _reader(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
+    """`service_class` on the request's read session, opened here rather than taken from
+    ReadSession: FastAPI resolves each dependency on every request, at a cost that shows on the
+    hottest reads (docs/adr/0004). A route takes one reader or ReadSession: each would open a
+    session of its own."""
 
-    async def build(session: ReadSession) -> ServiceT:
-        return service_class(session)
+    async def build() -> AsyncIterator[ServiceT]:
+        async with read_session() as session:
+            yield service_class(session)
 
-    return build
+    # Like ReadSession: the connection goes back before the response is sent.
+    return Depends(build, scope="function")
 
 
-def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Callable[..., Any]:
-    """A dependency building `service_class` on the request's write session."""
+def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
+    """`service_class` on the request's write session."""
 
     async def build(session: WriteSession) -> ServiceT:
         return service_class(session)
 
-    return build
+    return Depends(build)
 
 
-UserReader = Annotated[UserService, Depends(_reader(UserService))]
-UserWriter = Annotated[UserService, Depends(_writer(UserService))]
-AuthWriter = Annotated[AuthService, Depends(_writer(AuthService))]
-InvestorReader = Annotated[InvestorService, Depends(_reader(InvestorService))]
-InvestorWriter = Annotated[InvestorService, Depends(_writer(InvestorService))]
-ContactReader = Annotated[ContactService, Depends(_reader(ContactService))]
-ContactWriter = Annotated[ContactService, Depends(_writer(ContactService))]
-InteractionReader = Annotated[InteractionService, Depends(_reader(InteractionService))]
-InteractionWriter = Annotated[InteractionService, Depends(_writer(InteractionService))]
-KpiReader = Annotated[KpiService, Depends(_reader(KpiService))]
-KpiWriter = Annotated[KpiService, Depends(_writer(KpiService))]
-JobReader = Annotated[JobService, Depends(_reader(JobService))]
-JobWriter = Annotated[JobService, Depends(_writer(JobService))]
+UserReader = Annotated[UserService, _reader(UserService)]
+UserWriter = Annotated[UserService, _writer(UserService)]
+AuthWriter = Annotated[AuthService, _writer(AuthService)]
+InvestorReader = Annotated[InvestorService, _reader(InvestorService)]
+InvestorWriter = Annotated[InvestorService, _writer(InvestorService)]
+ContactReader = Annotated[ContactService, _reader(ContactService)]
+ContactWriter = Annotated[ContactService, _writer(ContactService)]
+InteractionReader = Annotated[InteractionService, _reader(InteractionService)]
+InteractionWriter = Annotated[InteractionService, _writer(InteractionService)]
+KpiReader = Annotated[KpiService, _reader(KpiService)]
+KpiWriter = Annotated[KpiService, _writer(KpiService)]
+JobReader = Annotated[JobService, _reader(JobService)]
+JobWriter = Annotated[JobService, _writer(JobService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -265,10 +265,12 @@ class Database:
 
     async def dispose(self) -> None:
         for task in self._listeners:
-            task.cancel()
-        for task in self._listeners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's wait_for hands back the awaited result when the cancellation comes
+            # just as it completes (a ping answered), and the cancellation is lost: awaiting the
+            # task once could then wait for ever. Cancelled again until it ends.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=LISTEN_PING_S)
         self._listeners = []
         if self._engine is not None:
             await self._engine.dispose()
@@ -315,6 +317,10 @@ async def get_read_session() -> AsyncIterator[AsyncReadSession]:
         # it out for a trip through the event loop; see docs/adr/0004).
         if session.in_transaction():
             await session.close()
+
+
+# The same, outside FastAPI's dependencies (a caller the cache does not know: api.deps).
+read_session = contextlib.asynccontextmanager(get_read_session)
 
 
 async def get_write_session() -> AsyncIterator[AsyncWriteSession]:

@@ -1,10 +1,22 @@
-"""Pure ASGI middleware: request body cap and security headers."""
+"""The one pure ASGI middleware every request passes through on its way in and out."""
+
+from collections.abc import Callable
+from time import perf_counter
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.exceptions import NO_STORE, SECURITY_HEADERS, PayloadTooLargeError, error_body
+from core.observability import (
+    RouteTemplates,
+    enter_request,
+    finish_request,
+    leave_request,
+    request_id,
+)
+
+REQUEST_ID_HEADER = b"x-request-id"
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -16,53 +28,92 @@ def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 _SECURITY_HEADERS = _raw(SECURITY_HEADERS)
-_API_HEADERS = _raw(NO_STORE | {"Content-Security-Policy": API_CSP})
+_API_HEADERS = _SECURITY_HEADERS + _raw(NO_STORE | {"Content-Security-Policy": API_CSP})
+# What CORS says on a request without Origin: the answer differs for one that has one.
+_VARY_ORIGIN = (b"vary", b"Origin")
 
 
-class SecurityHeadersMiddleware:
-    """Adds security headers everywhere, and `Cache-Control: no-store` and a deny-all
-    Content-Security-Policy on API responses."""
+class EdgeMiddleware:
+    """Per request: its id (X-Request-ID, the logs, the error bodies), the body cap, CORS, the
+    security headers (with `Cache-Control: no-store` and a deny-all Content-Security-Policy on
+    API responses), then its metrics and access line.
 
-    def __init__(self, app: ASGIApp, api_prefix: str) -> None:
+    One layer instead of four: each layer wrapped `send` (and `receive`) again, a cost paid on
+    every request (docs/adr/0004). `cors` wraps the application for the requests that carry an
+    Origin header, the only ones CORS answers differently; None when no origin is allowed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_prefix: str,
+        max_bytes: int,
+        cors: Callable[[ASGIApp], ASGIApp] | None,
+    ) -> None:
         self.app = app
         self.api_prefix = api_prefix
+        self.max_bytes = max_bytes
+        self.cors = cors(app) if cors is not None else None
+        self.templates = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(_SECURITY_HEADERS)
-        if scope["path"].startswith(self.api_prefix):
-            extra += _API_HEADERS
+        sent_id = declared = origin = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                sent_id = value if sent_id is None else sent_id
+            elif name == b"content-length":
+                declared = value
+            elif name == b"origin":
+                origin = value if origin is None else origin
+        method, path = scope["method"], scope["path"]
+        rid = request_id(sent_id)
+        context = enter_request(rid, method, path)
+        extra = list(_API_HEADERS if path.startswith(self.api_prefix) else _SECURITY_HEADERS)
+        extra.append((REQUEST_ID_HEADER, rid.encode("ascii")))
+        app = self.app
+        vary = False
+        if self.cors is not None:
+            if origin is None:
+                vary = True
+            else:
+                app = self.cors
+        status = 500
+        started = perf_counter()
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                names = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [
-                    (name, value) for name, value in extra if name not in names
-                ]
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if vary:
+                    _add_vary_origin(headers, names)
+                # Those a response set itself stay (the documentation pages' own policy; the
+                # 500 handler, which Starlette calls outside this middleware, sets them all).
+                headers += [(name, value) for name, value in extra if name not in names]
+                message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                exc = PayloadTooLargeError()
+                response = JSONResponse(error_body(exc.message, exc.code), status_code=413)
+                await response(scope, receive, send_with_headers)
+            else:
+                await app(scope, self._limited(receive), send_with_headers)
+        finally:
+            elapsed = perf_counter() - started
+            finish_request(method, self.templates.of(scope), path, status, elapsed)
+        # Left set when the app raised: Starlette's 500 handler, which runs outside every
+        # middleware, still reads it; each request runs in its own task, so it goes with it.
+        leave_request(context)
 
-
-class BodySizeLimitMiddleware:
-    """Answers 413 when the body, declared or streamed, exceeds the limit."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            exc = PayloadTooLargeError()
-            response = JSONResponse(error_body(exc.message, exc.code), status_code=413)
-            await response(scope, receive, send)
-            return
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive`, raising 413 once the streamed body exceeds the limit."""
         received = 0
 
         async def limited_receive() -> Message:
@@ -75,4 +126,13 @@ class BodySizeLimitMiddleware:
                     raise HTTPException(413, PayloadTooLargeError.message)
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
+
+
+def _add_vary_origin(headers: list[tuple[bytes, bytes]], names: set[bytes]) -> None:
+    if b"vary" not in names:
+        headers.append(_VARY_ORIGIN)
+        return
+    values = [value for name, value in headers if name.lower() == b"vary"]
+    headers[:] = [(name, value) for name, value in headers if name.lower() != b"vary"]
+    headers.append((b"vary", b", ".join([*values, b"Origin"])))

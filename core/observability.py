@@ -1,22 +1,22 @@
-"""Request ids, the access line and the log format (text or one JSON object per line)."""
+"""Request ids, the access line and the log format (text or one JSON object per line).
+
+core.middleware.EdgeMiddleware calls these on every request."""
 
 import logging
 import os
 import re
 import sys
-from contextvars import ContextVar
-from time import perf_counter
+from contextvars import ContextVar, Token
 from typing import Any, Literal, TextIO
 from urllib.parse import quote
 
 from fastapi.routing import iter_route_contexts
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from core import metrics
 
-REQUEST_ID_HEADER = b"x-request-id"
 # A caller's id is kept only if it cannot smuggle anything into a log line or a header.
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -37,7 +37,8 @@ _JSON_RENAMES = {"levelname": "level", "name": "logger"}
 access_logger = logging.getLogger("tpm_crm.access")
 
 # (request id, method, path) of the request being served: read by every log line it writes.
-_current: ContextVar[tuple[str, str, str] | None] = ContextVar("request", default=None)
+RequestContext = tuple[str, str, str]
+_current: ContextVar[RequestContext | None] = ContextVar("request", default=None)
 
 
 def current_request_id() -> str | None:
@@ -45,12 +46,10 @@ def current_request_id() -> str | None:
     return None if current is None else current[0]
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    for name, value in headers:
-        if name == REQUEST_ID_HEADER:
-            if _VALID_REQUEST_ID.fullmatch(value):
-                return value.decode("ascii")
-            break
+def request_id(sent: bytes | None) -> str:
+    """The id the caller sent, if it is a valid one, otherwise a new one."""
+    if sent is not None and _VALID_REQUEST_ID.fullmatch(sent):
+        return sent.decode("ascii")
     return _new_uuid4()
 
 
@@ -62,57 +61,39 @@ def _new_uuid4() -> str:
     return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
-class RequestContextMiddleware:
-    """Gives each request an id (X-Request-ID, the logs, the error bodies), writes its access
-    line and records its metrics. Pure ASGI: it runs on every request."""
+def enter_request(request_id: str, method: str, path: str) -> Token[RequestContext | None]:
+    """Make this request the one every log line and error body of the task refers to."""
+    return _current.set((request_id, method, path))
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+def leave_request(token: Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
+def finish_request(method: str, route: str, path: str, status: int, seconds: float) -> None:
+    """Record the answered request: its metrics, and its access line when that is wanted."""
+    metrics.record_request(method, route, status, seconds)
+    if access_logger.isEnabledFor(logging.INFO):
+        duration_ms = round(seconds * 1000, 2)
+        access_logger.info(
+            '"%s %s" %d %.2fms',
+            method,
+            # Quoted as it came: a decoded %0A would otherwise start a forged text line.
+            quote(path),
+            status,
+            duration_ms,
+            extra={"status": status, "duration_ms": duration_ms},
+        )
+
+
+class RouteTemplates:
+    """The whole path template of the route a request matched: the metrics' route label."""
+
+    def __init__(self) -> None:
         # id of the matched route -> its whole path template, learnt from the application.
         self._templates: dict[int, str] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id(scope["headers"])
-        method, path = scope["method"], scope["path"]
-        token = _current.set((request_id, method, path))
-        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
-        status = 500
-        started = perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = message.get("headers", [])
-                # The 500 handler sets it itself (Starlette calls it outside this middleware).
-                if not any(name == REQUEST_ID_HEADER for name, _ in headers):
-                    message["headers"] = [*headers, header]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = perf_counter() - started
-            metrics.record_request(method, self._template(scope), status, elapsed)
-            if access_logger.isEnabledFor(logging.INFO):
-                duration_ms = round(elapsed * 1000, 2)
-                access_logger.info(
-                    '"%s %s" %d %.2fms',
-                    method,
-                    # Quoted as it came: a decoded %0A would otherwise start a forged text line.
-                    quote(path),
-                    status,
-                    duration_ms,
-                    extra={"status": status, "duration_ms": duration_ms},
-                )
-        # Left set when the app raised: Starlette's 500 handler, which runs outside every
-        # middleware, still reads it; each request runs in its own task, so it goes with it.
-        _current.reset(token)
-
-    def _template(self, scope: Scope) -> str:
+    def of(self, scope: Scope) -> str:
         # Set by the router once a route (or the same path with another method) matched.
         route = scope.get("route")
         if route is None:
@@ -147,7 +128,7 @@ def configure_logging(log_format: LogFormat, stream: TextIO | None = None) -> No
     """One handler on the root logger, in the chosen format, that every logger writes through.
 
     uvicorn's own handlers are replaced so its lines get the same format and request id, and its
-    access log gives way to the one RequestContextMiddleware writes, which stays on unless
+    access log gives way to the one core.middleware.EdgeMiddleware writes, which stays on unless
     uvicorn's was turned off (`--no-access-log`). Called again after something else configured
     logging (uvicorn, Alembic's env.py), it takes the process back.
     """

@@ -239,3 +239,26 @@ async def test_error_responses_outside_the_routes_carry_security_headers(
     for response in (too_large, crashed):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["cache-control"] == "no-store"
+
+
+async def test_a_request_without_origin_still_says_the_answer_varies_by_origin(
+    client: AsyncClient,
+) -> None:
+    # CORS is skipped for such requests (core.middleware); a shared cache must still not hand
+    # this answer, which has no Access-Control-Allow-Origin, to a cross-origin request.
+    response = await client.get("/health")
+    assert response.headers["vary"] == "Origin"
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_a_preflight_answered_by_cors_has_the_request_id_and_security_headers(
+    client: AsyncClient,
+) -> None:
+    preflight = await client.options(
+        "/api/v1/auth/login",
+        headers={**preflight_headers("http://localhost:5173"), "X-Request-ID": "preflight-1"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["x-request-id"] == "preflight-1"
+    assert preflight.headers["x-content-type-options"] == "nosniff"
+    assert preflight.headers["cache-control"] == "no-store"

@@ -50,6 +50,18 @@ def _invalid(parameter: str, message: str) -> RequestValidationError:
     )
 
 
+# First: routes are tried in order on every request, and reading one investor is the most
+# frequent (the id pattern leaves /stats and /search to their routes).
+@router.get(
+    "/{investor_id:id}", response_model=InvestorDetail, responses=errors(*AUTHENTICATED, 404)
+)
+async def read_investor(
+    investor_id: IdPath, _: CurrentUser, investors: InvestorReader
+) -> InvestorDetail:
+    """Read an investor with its contacts and activity counts."""
+    return await investors.get_detail(investor_id)
+
+
 @router.get("", response_model=InvestorPage, responses=errors(*AUTHENTICATED))
 async def list_investors(
     _: CurrentUser,
@@ -109,16 +121,6 @@ async def search_investors(
 async def investor_stats(_: CurrentUser, investors: InvestorReader) -> InvestorStats:
     """Investor counts: total, active, by pipeline stage and by client type."""
     return await investors.stats()
-
-
-@router.get(
-    "/{investor_id:id}", response_model=InvestorDetail, responses=errors(*AUTHENTICATED, 404)
-)
-async def read_investor(
-    investor_id: IdPath, _: CurrentUser, investors: InvestorReader
-) -> InvestorDetail:
-    """Read an investor with its contacts and activity counts."""
-    return await investors.get_detail(investor_id)
 
 
 @router.post(
