@@ -18,14 +18,15 @@ UNREACHABLE_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/crm"
 async def database_down() -> AsyncIterator[None]:
     """Point the app at a closed port for one test, as the lifespan configures it; the real
     database comes back after."""
-    working = db.engine
+    # The whole state comes back as it was, the test's own sessions (bound to its rolled-back
+    # transaction) included: a new engine there would leave later tests on the old one's.
+    saved = vars(db).copy()
     db.configure(settings, UNREACHABLE_URL)
     try:
         yield
     finally:
         await db.engine.dispose()
-        db.configure(settings, working.url.render_as_string(hide_password=False))
-        await working.dispose()
+        vars(db).update(saved)
 
 
 # --- /health and /ready ---------------------------------------------------------------------
