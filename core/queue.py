@@ -154,6 +154,13 @@ _FAIL = _this_attempt().values(
 )
 _RETRY_LATER = _this_attempt().values(status=JobStatus.queued, last_error=bindparam("error"))
 _GIVE_BACK = _this_attempt().values(status=JobStatus.queued, attempts=_JOBS.c.attempts - 1)
+# A pick past the last attempt is not an attempt: the count stays at max_attempts.
+_GIVE_UP = _this_attempt().values(
+    status=JobStatus.failed,
+    attempts=_JOBS.c.attempts - 1,
+    last_error="The worker stopped during the last attempt",
+    finished_at=func.now(),
+)
 _PROGRESS = _this_attempt().values(progress=bindparam("percent"))
 
 
@@ -223,7 +230,7 @@ class JobRunner:
         attempt = row.attempts
         if attempt > row.max_attempts:
             # Earlier attempts were picked and never finished: their worker died each time.
-            await self._finish(job_id, attempt, "The worker stopped during the last attempt")
+            await self._execute(_GIVE_UP, {"job_id": job_id, "attempt": attempt})
             return
         try:
             payload = spec.payload_model.model_validate(row.payload)

@@ -262,6 +262,7 @@ async def test_a_job_whose_worker_died_during_its_last_attempt_is_failed_not_run
     async with worker_in_process(db):
         job = await finished(job_id)
     assert (job.status, job.last_error) == ("failed", "The worker stopped during the last attempt")
+    assert job.attempts == job.max_attempts
     assert await effects(marker) == 0
 
 
