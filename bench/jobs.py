@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from bench.cluster import Cluster, start_cluster
-from bench.run import write_latest
+from bench.run import nearest_rank, write_latest
 from core.config import PROJECT_ROOT, settings
 from core.db import Database
 from core.jobs import JobContext, RetryPolicy, job_types
@@ -45,11 +45,6 @@ class NoOp(BaseModel):
 @job_types.register("bench.noop", NoOp, retry=RetryPolicy(max_attempts=1))
 async def noop(_: NoOp, __: JobContext) -> None:
     """Nothing: what is measured is the queue's own cost per job."""
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
 async def enqueue_many(database: Database, count: int) -> None:
@@ -189,8 +184,8 @@ async def measure(cluster: Cluster) -> str:
                 f"| {rate:,.0f} jobs/s | >= 500 jobs/s |"
                 for concurrency, rate in rates.items()
             ],
-            f"| enqueue-to-start p50, idle queue | {percentile(latencies, 0.5):.1f} ms | |",
-            f"| enqueue-to-start p95, idle queue | {percentile(latencies, 0.95):.1f} ms "
+            f"| enqueue-to-start p50, idle queue | {nearest_rank(latencies, 0.5):.1f} ms | |",
+            f"| enqueue-to-start p95, idle queue | {nearest_rank(latencies, 0.95):.1f} ms "
             "| < 100 ms |",
             f"| write transaction, median | {plain:.2f} ms | |",
             f"| same with one job enqueued, median | {enqueuing:.2f} ms "

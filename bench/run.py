@@ -314,9 +314,13 @@ def single_latency(client: Client, endpoint: Endpoint, investors: int) -> Latenc
         samples.append((time.perf_counter() - started) * 1000)
         if sum(samples) > SINGLE_BUDGET_MS:  # a multi-second endpoint: a few samples tell enough
             break
-    samples.sort()
-    # Nearest rank: of 20 samples, the 19th.
-    return Latency(statistics.median(samples), samples[math.ceil(0.95 * len(samples)) - 1])
+    return Latency(statistics.median(samples), nearest_rank(samples, 0.95))
+
+
+def nearest_rank(samples: list[float], share: float) -> float:
+    """The `share` percentile by nearest rank: of 20 samples, the 95th is the 19th."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def pgbench(cluster: Cluster, database: str, investors: int, core: int | None) -> dict[str, float]:

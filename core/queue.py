@@ -100,6 +100,11 @@ async def purge_queue_log(session: AsyncSession, days: int) -> int:
         ),
         {"days": days},
     )
+    return _rows_affected(result)
+
+
+def _rows_affected(result: object) -> int:
+    """The row count of a DELETE run through a session (typed as a plain Result)."""
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -399,4 +404,4 @@ async def delete_finished_jobs(session: AsyncSession, days: int) -> int:
             Job.finished_at < func.now() - timedelta(days=days),
         )
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return _rows_affected(result)

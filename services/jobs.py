@@ -6,15 +6,11 @@ from pydantic import BaseModel
 from sqlalchemy import func, insert, update
 
 from core import queue
-from core.exceptions import ConflictError, NotFoundError, PermissionDeniedError
+from core.exceptions import ConflictError, PermissionDeniedError
 from core.jobs import job_types
 from models.job import Job, JobStatus
 from models.user import AuthenticatedUser
 from services.base import BaseService
-
-
-class JobNotFound(NotFoundError):
-    message = "Job not found"
 
 
 class JobNotRetryable(ConflictError):
@@ -31,9 +27,7 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
     model = Job
     sort_fields: ClassVar[dict[str, Any]] = {"id": Job.id, "created_at": Job.created_at}
     default_sort = "-id"
-
-    def not_found(self) -> NotFoundError:
-        return JobNotFound()
+    not_found_message = "Job not found"
 
     async def enqueue(
         self, job_type: str, payload: BaseModel, *, created_by: int | None = None

@@ -1,8 +1,6 @@
 """Email through the job queue: a real worker, a real SMTP server (aiosmtpd) on 127.0.0.1."""
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +12,7 @@ from services.emails import send_later
 from services.jobs import JobService
 from tests.factories import scalar
 from tests.test_email import Mailbox, make_email, smtp_server
-from worker.runtime import run_worker
+from tests.worker_process import finished, worker_in_process
 
 pytestmark = pytest.mark.committing
 
@@ -36,28 +34,6 @@ def smtp_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield point_at
 
 
-@asynccontextmanager
-async def worker() -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(db, settings, stop, grace_s=2))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-
-
-async def wait_for_status(job_id: int, statuses: set[str], deadline_s: float = 30) -> str:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while loop.time() < end:
-        status = await scalar("SELECT status FROM jobs WHERE id = :id", id=job_id)
-        if status in statuses:
-            return str(status)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} still not in {statuses} after {deadline_s} s")
-
-
 async def queue_email(email: OutgoingEmail) -> int:
     async with db.sessionmaker() as session, session.begin():
         return await send_later(JobService(session), email)
@@ -71,8 +47,8 @@ async def test_a_refused_first_attempt_is_retried_and_the_message_arrives_once(
     with smtp_server(mailbox) as port:
         smtp_backend(port)
         job_id = await queue_email(email)
-        async with worker():
-            assert await wait_for_status(job_id, {"succeeded", "failed"}) == "succeeded"
+        async with worker_in_process(db):
+            assert (await finished(job_id)).status == "succeeded"
     (envelope,) = mailbox.delivered
     assert mailbox.message()["Message-ID"] == email.message_id
     assert await scalar("SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 2
@@ -86,8 +62,8 @@ async def test_a_permanent_refusal_fails_the_job_at_once_with_the_reason(
     with smtp_server(mailbox) as port:
         smtp_backend(port)
         job_id = await queue_email(make_email())
-        async with worker():
-            assert await wait_for_status(job_id, {"succeeded", "failed"}) == "failed"
+        async with worker_in_process(db):
+            assert (await finished(job_id)).status == "failed"
     assert mailbox.delivered == []
     assert await scalar("SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 1
     error = await scalar("SELECT last_error FROM jobs WHERE id = :id", id=job_id)
@@ -104,7 +80,7 @@ async def test_an_email_queued_in_a_rolled_back_transaction_is_never_sent(
             await send_later(JobService(session), make_email(subject="Jamais envoyé"))
             await session.rollback()
         sent = await queue_email(make_email(subject="Envoyé"))
-        async with worker():
-            assert await wait_for_status(sent, {"succeeded", "failed"}) == "succeeded"
+        async with worker_in_process(db):
+            assert (await finished(sent)).status == "succeeded"
     assert mailbox.message()["Subject"] == "Envoyé"
     assert await scalar("SELECT count(*) FROM jobs") == 1
