@@ -3,13 +3,11 @@
 schedule, tests/worker_schedules.py), all on 127.0.0.1 and the test database's socket."""
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from itertools import takewhile
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +15,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from core.config import PROJECT_ROOT
 from tests.factories import bearer, create_user, fetch, first_admin_id, scalar
 from tests.uvicorn_process import uvicorn_process
+from tests.worker_process import worker_subprocess
 from tests.worker_schedules import (
     EFFECT_JOB_TYPE,
     SCHEDULED_MARKER,
@@ -41,34 +39,25 @@ STOP_TIMEOUT_S = 30.0
 def worker_process(
     database_url: str, log: Path, *, schedule_cron: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m worker` with the test job type (and schedule); stopped by SIGTERM at the end,
-    killed if it outlives STOP_TIMEOUT_S. Its log goes to `log`."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
+    """`python -m worker` with the test job type (and schedule), with the default concurrency and
+    heartbeat; stopped by SIGTERM at the end, killed if it outlives STOP_TIMEOUT_S."""
+    settings = {
         "RUN_WORKER": "false",
         "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
-        "PYTHONUNBUFFERED": "1",
+        "WORKER_CONCURRENCY": "4",
+        "JOB_HEARTBEAT_TIMEOUT_SECONDS": "60",
     }
     if schedule_cron is not None:
-        env["TEST_SCHEDULE_CRON"] = schedule_cron
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_schedules"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield worker
-    finally:
-        worker.terminate()
+        settings["TEST_SCHEDULE_CRON"] = schedule_cron
+    with worker_subprocess(
+        database_url, log, module="tests.worker_schedules", **settings
+    ) as worker:
         try:
-            worker.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+            yield worker
+        finally:
+            worker.terminate()
+            with suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=STOP_TIMEOUT_S)
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], what: str, limit_s: float = 30.0) -> T:

@@ -188,10 +188,11 @@ async def worker_in_process(
 
 @contextlib.contextmanager
 def worker_subprocess(
-    database_url: str, log: Path, **settings: str
+    database_url: str, log: Path, *, module: str = "tests.worker_process", **settings: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m tests.worker_process` on the database, its output appended to `log`; killed
-    when the block ends if the test has not stopped it. `settings` are environment variables."""
+    """`python -m <module>` (a worker launcher: this one by default) on the database, its output
+    appended to `log`; killed when the block ends if the test has not stopped it. `settings` are
+    environment variables."""
     environment = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -202,7 +203,7 @@ def worker_subprocess(
     }
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_process"],
+            [sys.executable, "-m", module],
             cwd=PROJECT_ROOT,
             env=environment,
             stdout=output,
