@@ -1,6 +1,6 @@
 """Background jobs as the Jobs API shows them: enqueue, list, read, retry, cancel."""
 
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, insert, update
@@ -25,7 +25,7 @@ class JobNotCancellable(ConflictError):
 
 class JobService(BaseService[Job, BaseModel, BaseModel]):
     model = Job
-    sort_fields: ClassVar[dict[str, Any]] = {"id": Job.id, "created_at": Job.created_at}
+    # Newest first; the list offers no other order.
     default_sort = "-id"
     not_found_message = "Job not found"
 
