@@ -1,7 +1,9 @@
-"""Every router of the API, included under /api/v1."""
+"""Every router of the API, included under /api/v1, each operation bound to its permission."""
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
+from api.deps import bind_policy
 from api.routes import auth, contacts, interactions, investors, jobs, kpis, users
 
 API_PREFIX = "/api/v1"
@@ -16,3 +18,12 @@ def include_api(app: FastAPI) -> None:
     nested routers in turn, a cost paid on each request, so there is no /api/v1 router."""
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    bind_policy(
+        [
+            (route, method, route.path_format)
+            for router in ROUTERS
+            for route in router.routes
+            if isinstance(route, APIRoute)
+            for method in sorted(route.methods or ())
+        ]
+    )

@@ -17,11 +17,13 @@ from core.db import (
     get_write_session,
     read_session,
 )
-from core.exceptions import AuthError, PermissionDeniedError
+from core.exceptions import AuthError
+from core.policy import POLICY, Grant, Ownership, Rule, check_ownership, check_role
 from core.security import InvalidTokenError, decode_access_token
 from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
 from services.auth import AuthService
+from services.base import BaseService
 from services.contacts import ContactService
 from services.interactions import InteractionService
 from services.investors import InvestorService
@@ -72,7 +74,39 @@ class _BearerCaller(OAuth2PasswordBearer):
         # that now belongs to another account (ids restart after a restore).
         if user is None or user.security_stamp != claims.stamp:
             raise InvalidTokenError()
+        rule = operation_rules.get(id(request.scope.get("route")))
+        if check_role(user.role, rule) is Grant.owned and rule and rule.ownership:
+            await _check_owner(request, user, rule.ownership)
         return user
+
+
+# The permission rule of each /api/v1 operation, by the identity of its route (what the router
+# puts in the request's scope): filled by `bind_policy` when the app is built.
+operation_rules: dict[int, Rule] = {}
+
+
+def bind_policy(routes: Sequence[tuple[object, str, str]]) -> None:
+    """Give each (route, method, path below the API prefix) its rule from core.policy.POLICY;
+    an operation the policy does not name stops the start-up."""
+    missing = [(method, path) for _, method, path in routes if (method, path) not in POLICY]
+    if missing:
+        raise RuntimeError(f"Operations missing from core.policy.POLICY: {missing}")
+    for route, method, path in routes:
+        operation_rules[id(route)] = POLICY[(method, path)]
+
+
+async def _check_owner(request: HTTPConnection, user: AuthenticatedUser, owned: Ownership) -> None:
+    """403 unless the caller owns the record the path names; 404 when there is none. A path id
+    that is no integer is left to the route's validation (422)."""
+    raw = request.path_params.get(owned.path_param, "")
+    if not (isinstance(raw, str) and raw.isascii() and raw.isdigit()):
+        return
+    service_class = OWNED_RECORDS[owned.path_param]
+    async with read_session() as session:
+        owners = await service_class(session).owners_of(_row_id(int(raw)))
+    if owners is None:
+        raise service_class(session).not_found()
+    check_ownership(user.id, owners, owned)
 
 
 # auto_error=False so a missing token gets our JSON body; tokenUrl drives Swagger's Authorize.
@@ -85,13 +119,14 @@ get_current_user = _BearerCaller(
 CurrentUser = Annotated[AuthenticatedUser, Depends(get_current_user)]
 
 
-async def get_admin_user(user: CurrentUser) -> AuthenticatedUser:
-    if not user.is_admin:
-        raise PermissionDeniedError("Administrator role required")
-    return user
-
-
-AdminUser = Annotated[AuthenticatedUser, Depends(get_admin_user)]
+# The service that finds the owners of the record each owned path parameter names.
+OWNED_RECORDS: dict[str, type[BaseService[Any, Any, Any]]] = {
+    "investor_id": InvestorService,
+    "contact_id": ContactService,
+    "interaction_id": InteractionService,
+    "kpi_id": KpiService,
+    "job_id": JobService,
+}
 
 
 ServiceT = TypeVar("ServiceT")

@@ -69,7 +69,7 @@ def request_paths(investors: int, deep_cursor: InvestorCursor | None) -> dict[st
         if deep_cursor is None:
             raise LookupError("the page before the last gave no next_cursor to resume at")
         return await InvestorService(s).list_investors(
-            unfiltered, sort="name", skip=0, limit=50, after=deep_cursor
+            unfiltered, sort="name", skip=0, limit=50, caller_id=1, after=deep_cursor
         )
 
     def search(term: str) -> RequestPath:
@@ -79,10 +79,10 @@ def request_paths(investors: int, deep_cursor: InvestorCursor | None) -> dict[st
         "auth (every request): user by id": lambda s: UserService(s).get_caller(1),
         "GET one investor": lambda s: InvestorService(s).get_detail(middle),
         "list page 1": lambda s: InvestorService(s).list_investors(
-            unfiltered, sort="name", skip=0, limit=50
+            unfiltered, sort="name", skip=0, limit=50, caller_id=1
         ),
         "list deep page": lambda s: InvestorService(s).list_investors(
-            unfiltered, sort="name", skip=max(investors - 50, 0), limit=50
+            unfiltered, sort="name", skip=max(investors - 50, 0), limit=50, caller_id=1
         ),
         "list deep page (cursor)": list_deep_cursor,
         "search rare term": search("Quintavalle"),
@@ -157,7 +157,7 @@ async def _deep_cursor(url: str, investors: int) -> InvestorCursor | None:
     (_, _, token), _ = await _capture(
         url,
         lambda s: InvestorService(s).list_investors(
-            InvestorFilters(), sort="name", skip=max(investors - 100, 0), limit=50
+            InvestorFilters(), sort="name", skip=max(investors - 100, 0), limit=50, caller_id=1
         ),
     )
     return InvestorCursor.decode(token) if token else None

@@ -86,6 +86,7 @@ class Investor(TimestampMixin, Base):
         Index("ix_investors_pipeline_stage_id", "pipeline_stage", "id"),
         Index("ix_investors_client_type", "client_type"),
         Index("ix_investors_is_active", "is_active"),
+        Index("ix_investors_owner_id_name_id", "owner_id", "name", "id"),
         Index("ix_investors_pipeline_rank_id", "pipeline_rank", "id"),
         Index(
             "ix_investors_search_text_trgm",
@@ -119,6 +120,8 @@ class Investor(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default="true"
     )
+    # The salesperson in charge; null = unassigned (also when that user is deleted).
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # Generated columns: sorting by pipeline order and trigram search both use plain indexes.
     pipeline_rank: Mapped[int] = mapped_column(
         SmallInteger, Computed(PIPELINE_RANK_SQL, persisted=True), nullable=False

@@ -10,8 +10,12 @@ from models.base import Base, TimestampMixin, value_enum
 
 
 class UserRole(enum.StrEnum):
+    """What an account may do: core.policy holds the table."""
+
     admin = "admin"
+    manager = "manager"
     user = "user"
+    viewer = "viewer"
 
 
 class User(TimestampMixin, Base):

@@ -240,6 +240,8 @@ class Integer:
 
 
 Count = Annotated[int, Integer(ge=0, le=PG_INT_MAX)]
+# A reference to a row by its id, in a request body.
+RowId = Annotated[int, Integer(ge=1, le=PG_INT_MAX)]
 # Strict: `0` is not a boolean.
 StrictBool = Annotated[bool, Strict()]
 StrictDate = Annotated[date, BeforeValidator(_strict_date)]

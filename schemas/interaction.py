@@ -10,12 +10,13 @@ from schemas.common import (
     Integer,
     LongText,
     ReadModel,
+    RowId,
     ShortText,
     StrictDate,
     omittable,
 )
 
-ContactId = Annotated[int, Integer(ge=1, le=PG_INT_MAX)]
+ContactId = RowId
 DurationMinutes = Annotated[int, Integer(ge=0, le=1440)]
 
 

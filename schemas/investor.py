@@ -24,6 +24,7 @@ from schemas.common import (
     Page,
     Phone,
     ReadModel,
+    RowId,
     ShortText,
     StrictBool,
     bounded_str,
@@ -43,6 +44,11 @@ class InvestorCreate(InputModel):
     pipeline_stage: PipelineStage = PipelineStage.prospect_froid
     client_type: ClientType | None = None
     is_active: StrictBool = True
+    owner_id: RowId | None = Field(
+        default=None,
+        description="The salesperson in charge (an active user); left out: the creator; "
+        "null: unassigned. Only a manager or an admin may name someone else.",
+    )
 
 
 class InvestorUpdate(InputModel):
@@ -56,6 +62,11 @@ class InvestorUpdate(InputModel):
     pipeline_stage: PipelineStage = omittable()
     client_type: ClientType | None = None
     is_active: StrictBool = omittable()
+    owner_id: RowId | None = Field(
+        default=None,
+        description="The salesperson in charge (an active user), or null for unassigned. "
+        "Only a manager or an admin may name someone else.",
+    )
 
 
 class InvestorRead(ReadModel):
@@ -70,6 +81,7 @@ class InvestorRead(ReadModel):
     pipeline_stage: PipelineStage
     client_type: ClientType | None
     is_active: bool
+    owner_id: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -180,12 +192,23 @@ class InvestorPage(Page[InvestorRead]):
     )
 
 
+# Whose investors a list or a search keeps: a user id, the caller's (`me`) or nobody's (`none`).
+OwnerRef = Annotated[
+    str,
+    Field(
+        pattern=r"^(?:me|none|[1-9][0-9]{0,9})$",
+        description="A user id, `me` (the caller) or `none` (unassigned)",
+    ),
+]
+
+
 class InvestorFilters(BaseModel):
     """Optional list filters; none is applied unless sent."""
 
     pipeline_stage: PipelineStage | None = None
     client_type: ClientType | None = None
     is_active: bool | None = None
+    owner_id: OwnerRef | None = None
 
 
 # The `q` of a search: trimmed, 1-200 characters, no NUL byte.

@@ -1,6 +1,6 @@
 """Generic CRUD service that entity services subclass."""
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -35,6 +35,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     sort_fields: ClassVar[Mapping[str, InstrumentedAttribute[Any]]] = {}
     default_sort: ClassVar[str] = "id"
     not_found_message: ClassVar[str] = "Resource not found"
+    # The columns holding the ids of the users who own a row (core.policy: a role granted only
+    # what it owns may change the row when it is one of them), on the model or on a table its
+    # foreign keys reach. Empty: nobody owns it.
+    owner_columns: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -61,8 +65,8 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     async def integrity_guard(
         self,
         *,
-        unique: type[AppError] | None = None,
-        foreign_key: type[AppError] | None = None,
+        unique: Callable[[], AppError] | None = None,
+        foreign_key: Callable[[], AppError] | None = None,
     ) -> AsyncIterator[None]:
         """Run writes in a SAVEPOINT and raise these errors on unique / foreign-key violations.
 
@@ -85,6 +89,17 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         stmt = select(self._id_column).where(self._id_column == id_)
         if (await self.session.execute(stmt)).first() is None:
             raise self.not_found()
+
+    async def owners_of(self, id_: int) -> tuple[int | None, ...] | None:
+        """The row's `owner_columns` values, or None when there is no such row."""
+        stmt = select(*self.owner_columns).select_from(self.model)
+        joined: list[Any] = [self.model]
+        for column in self.owner_columns:
+            if column.class_ not in joined:
+                joined.append(column.class_)
+                stmt = stmt.join(column.class_)
+        row = (await self.session.execute(stmt.where(self._id_column == id_))).first()
+        return None if row is None else tuple(row)
 
     def order_by(self, sort: str | None) -> list[ColumnElement[Any]]:
         """ORDER BY clauses for a whitelisted sort key, with `id` as the stable tiebreaker."""

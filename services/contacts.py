@@ -20,6 +20,7 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
     sort_fields: ClassVar = {"name": Contact.name}
     default_sort = "name"
     not_found_message = "Contact not found"
+    owner_columns = (Investor.owner_id,)
 
     async def _ensure_investor(self, investor_id: int, *, lock: bool = False) -> None:
         stmt = select(Investor.id).where(Investor.id == investor_id)

@@ -8,6 +8,7 @@ from core.exceptions import ConflictError, NotFoundError
 from models.aggregates import InteractionTypeCount
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
+from models.investor import Investor
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
 from services.base import BaseService
 from services.investors import InvestorService
@@ -22,6 +23,8 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
     # Newest first: latest date, then latest id.
     default_sort = "-date"
     not_found_message = "Interaction not found"
+    # Its author, and the owner of its investor.
+    owner_columns = (Investor.owner_id, Interaction.created_by)
 
     async def list_interactions(
         self, filters: InteractionFilters, *, skip: int, limit: int

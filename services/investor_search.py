@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    Subquery,
     Text,
     bindparam,
     func,
@@ -78,9 +79,18 @@ def best_matches(term: BindParameter[str], cap: BindParameter[int]) -> CTE:
     )
 
 
-def _search_statements() -> tuple[Select[tuple[int]], Select[tuple[object, ...]]]:
-    """The total of the best matches alone, and a page of them with their total."""
-    best = best_matches(bindparam("q", type_=Text), bindparam("cap", type_=Integer))
+def _search_statements(*, by_owner: bool) -> tuple[Select[tuple[int]], Select[tuple[object, ...]]]:
+    """The total of the best matches alone, and a page of them with their total; `by_owner`:
+    only the matches whose owner is the `owner_id` parameter (null: unassigned ones)."""
+    best: CTE | Subquery = best_matches(bindparam("q", type_=Text), bindparam("cap", type_=Integer))
+    if by_owner:
+        # Among the best matches (at most the cap), by primary key.
+        best = (
+            select(best.c.investor_id, best.c.score)
+            .join(Investor, Investor.id == best.c.investor_id)
+            .where(Investor.owner_id.is_not_distinct_from(bindparam("owner_id", type_=Integer)))
+            .subquery("owned")
+        )
     # The matches are found (and scored) once, in a CTE that gives both the total and the page.
     total = select(func.count()).select_from(best).scalar_subquery()
     page = (
@@ -107,18 +117,27 @@ def _search_statements() -> tuple[Select[tuple[int]], Select[tuple[object, ...]]
 
 # Built once: SQLAlchemy memoises a statement's cache key on the object, so requests skip
 # building the statement and generating its key.
-_TOTAL, _PAGE = _search_statements()
+_TOTAL, _PAGE = _search_statements(by_owner=False)
+_OWNED_TOTAL, _OWNED_PAGE = _search_statements(by_owner=True)
+
+# No owner filter (an owner filter of `none` is None: unassigned).
+ANY_OWNER = -1
 
 
 async def search_investors(
-    session: AsyncSession, q: str, *, skip: int, limit: int
+    session: AsyncSession, q: str, *, skip: int, limit: int, owner_id: int | None = ANY_OWNER
 ) -> tuple[list[RowMapping], int]:
-    """A page of the investors best matching `q`, best first, and how many were ranked."""
+    """A page of the investors best matching `q`, best first, and how many were ranked (among
+    those of `owner_id`, when given)."""
     params = {"q": q, "cap": SEARCH_CANDIDATES, "skip": skip, "limit": limit}
-    rows = list((await session.execute(_PAGE, params)).mappings().all())
+    total_stmt, page_stmt = _TOTAL, _PAGE
+    if owner_id != ANY_OWNER:
+        params["owner_id"] = owner_id
+        total_stmt, page_stmt = _OWNED_TOTAL, _OWNED_PAGE
+    rows = list((await session.execute(page_stmt, params)).mappings().all())
     if rows:
         return rows, rows[0]["total"]
     if skip == 0:
         return [], 0
     # Past the last page: the total still has to be told.
-    return [], (await session.execute(_TOTAL, params)).scalar_one()
+    return [], (await session.execute(total_stmt, params)).scalar_one()

@@ -18,7 +18,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import RowMapping
 
-from core.exceptions import ConflictError
+from core.exceptions import ConflictError, InvalidFieldError
+from core.policy import check_owner_assignment
 from models.aggregates import (
     NO_CLIENT_TYPE_KEY,
     InvestorCount,
@@ -33,6 +34,8 @@ from models.investor import (
     PipelineStage,
 )
 from models.kpi import Kpi
+from models.user import AuthenticatedUser, User
+from schemas.common import PG_INT_MAX
 from schemas.contact import ContactRead
 from schemas.investor import (
     InvestorCreate,
@@ -49,6 +52,11 @@ from services.base import BaseService
 class DuplicateInvestorEmail(ConflictError):
     code = "duplicate_email"
     message = "An investor with this email already exists"
+
+
+class InvalidOwner(InvalidFieldError):
+    code = "invalid_owner"
+    message = "The owner must be an active user"
 
 
 # What pages of investors return: mappings of the read schema's columns, not tracked entities
@@ -69,6 +77,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     }
     default_sort = "name"
     not_found_message = "Investor not found"
+    owner_columns = (Investor.owner_id,)
 
     async def list_investors(
         self,
@@ -77,17 +86,13 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         sort: str,
         skip: int,
         limit: int,
+        caller_id: int,
         after: InvestorCursor | None = None,
     ) -> tuple[list[RowMapping], int, str | None]:
-        """A page of investors matching the filters, their total and the next page's cursor."""
-        where: list[ColumnElement[bool]] = []
-        if filters.pipeline_stage is not None:
-            where.append(Investor.pipeline_stage == filters.pipeline_stage)
-        if filters.client_type is not None:
-            where.append(Investor.client_type == filters.client_type)
-        if filters.is_active is not None:
-            where.append(Investor.is_active.is_(filters.is_active))
-        total = await self.count_investors(filters)
+        """A page of investors matching the filters, their total and the next page's cursor.
+        `caller_id` is whom an `owner_id=me` filter means."""
+        where = self._filters(filters, caller_id)
+        total = await self.count_investors(filters, caller_id)
         if total == 0 or skip >= total:
             return [], total, None
         if after is not None:
@@ -118,8 +123,29 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         resume = tuple_(literal(cursor.key, column.type), literal(cursor.id, Integer))
         return row < resume if cursor.sort.startswith("-") else row > resume
 
-    async def count_investors(self, filters: InvestorFilters) -> int:
-        """How many investors match the filters, summed from the trigger-kept counters."""
+    def _filters(self, filters: InvestorFilters, caller_id: int) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if filters.pipeline_stage is not None:
+            where.append(Investor.pipeline_stage == filters.pipeline_stage)
+        if filters.client_type is not None:
+            where.append(Investor.client_type == filters.client_type)
+        if filters.is_active is not None:
+            where.append(Investor.is_active.is_(filters.is_active))
+        if filters.owner_id is not None:
+            owner = owner_of(filters.owner_id, caller_id)
+            where.append(
+                Investor.owner_id.is_(None) if owner is None else Investor.owner_id == owner
+            )
+        return where
+
+    async def count_investors(self, filters: InvestorFilters, caller_id: int) -> int:
+        """How many investors match the filters, summed from the trigger-kept counters (which
+        know no owner: a filter on the owner counts rows, on its index)."""
+        if filters.owner_id is not None:
+            stmt = (
+                select(func.count()).select_from(Investor).where(*self._filters(filters, caller_id))
+            )
+            return int((await self.session.execute(stmt)).scalar_one())
         where: list[ColumnElement[bool]] = []
         if filters.pipeline_stage is not None:
             where.append(InvestorCount.pipeline_stage == filters.pipeline_stage)
@@ -153,21 +179,30 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             raise self.not_found()
         return InvestorDetail.model_validate(row)
 
-    async def create_investor(self, data: InvestorCreate, *, changed_by: int) -> Investor:
-        """Create an investor and its first stage-history entry; taken email → 409."""
-        async with self.integrity_guard(unique=DuplicateInvestorEmail):
-            investor = await self.create(data)
-            self._record_stage_change(investor, None, changed_by)
+    async def create_investor(self, data: InvestorCreate, *, caller: AuthenticatedUser) -> Investor:
+        """Create an investor (owned by its creator unless the body names an owner) and its
+        first stage-history entry; taken email → 409."""
+        owner_id = data.owner_id if "owner_id" in data.model_fields_set else caller.id
+        check_owner_assignment(caller.role, caller.id, owner_id, current=caller.id)
+        await self._ensure_valid_owner(owner_id)
+        async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
+            investor = await self.create(data.model_copy(update={"owner_id": owner_id}))
+            self._record_stage_change(investor, None, caller.id)
             await self.session.flush()
         return investor
 
     async def update_investor(
-        self, investor_id: int, data: InvestorUpdate, *, changed_by: int
+        self, investor_id: int, data: InvestorUpdate, *, caller: AuthenticatedUser
     ) -> Investor:
         """Partial update; a changed stage is recorded in the history; taken email → 409."""
+        changed_by = caller.id
         investor = await self.get(investor_id, for_update=True)
+        if "owner_id" in data.model_fields_set:
+            check_owner_assignment(caller.role, caller.id, data.owner_id, current=investor.owner_id)
+            if data.owner_id != investor.owner_id:
+                await self._ensure_valid_owner(data.owner_id)
         previous_stage = investor.pipeline_stage
-        async with self.integrity_guard(unique=DuplicateInvestorEmail):
+        async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
             await self.update(investor, data)
             if investor.pipeline_stage != previous_stage:
                 self._record_stage_change(investor, previous_stage, changed_by)
@@ -203,6 +238,15 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         """Delete an investor; contacts, interactions, KPIs and history go by DB cascade."""
         await self.delete(await self.get(investor_id, for_update=True))
 
+    async def _ensure_valid_owner(self, owner_id: int | None) -> None:
+        """422 invalid_owner unless `owner_id` is null or an active user (read under a share
+        lock, so the user cannot be deleted before this transaction ends)."""
+        if owner_id is None:
+            return
+        stmt = select(User.is_active).where(User.id == owner_id).with_for_update(read=True)
+        if not (await self.session.execute(stmt)).scalar_one_or_none():
+            raise _invalid_owner()
+
     def _record_stage_change(
         self, investor: Investor, from_stage: PipelineStage | None, changed_by: int
     ) -> None:
@@ -214,6 +258,21 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 changed_by=changed_by,
             )
         )
+
+
+def _invalid_owner() -> InvalidOwner:
+    return InvalidOwner("body", "owner_id")
+
+
+def owner_of(ref: str, caller_id: int) -> int | None:
+    """The user id an `owner_id` filter names: `me` is the caller, `none` nobody (None); an id
+    too large for the column names nobody either (0: ids start at 1)."""
+    if ref == "none":
+        return None
+    if ref == "me":
+        return caller_id
+    value = int(ref)
+    return value if value <= PG_INT_MAX else 0
 
 
 def _stats_statement() -> Select[Any]:

@@ -6,10 +6,9 @@ from pydantic import BaseModel
 from sqlalchemy import func, insert, update
 
 from core import queue
-from core.exceptions import ConflictError, PermissionDeniedError
+from core.exceptions import ConflictError
 from core.jobs import job_types
 from models.job import Job, JobStatus
-from models.user import AuthenticatedUser
 from services.base import BaseService
 
 
@@ -28,6 +27,7 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
     # Newest first; the list offers no other order.
     default_sort = "-id"
     not_found_message = "Job not found"
+    owner_columns = (Job.created_by,)
 
     async def enqueue(
         self, job_type: str, payload: BaseModel, *, created_by: int | None = None
@@ -52,17 +52,19 @@ class JobService(BaseService[Job, BaseModel, BaseModel]):
         await queue.push(self.session, job_type, job_id)
         return job_id
 
-    async def get_visible(self, job_id: int, caller: AuthenticatedUser) -> Job:
-        """An admin sees every job; anyone else only the jobs they caused (others: 403)."""
-        job = await self.get(job_id)
-        if not caller.is_admin and job.created_by != caller.id:
-            raise PermissionDeniedError("Only an administrator or the job's author may read it")
-        return job
-
     async def list_jobs(
-        self, *, status: JobStatus | None, job_type: str | None, skip: int, limit: int
+        self,
+        *,
+        status: JobStatus | None,
+        job_type: str | None,
+        created_by: int | None,
+        skip: int,
+        limit: int,
     ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first; only those `created_by` caused, when given."""
         where = []
+        if created_by is not None:
+            where.append(Job.created_by == created_by)
         if status is not None:
             where.append(Job.status == status)
         if job_type is not None:

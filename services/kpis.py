@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from core.exceptions import ConflictError
 from models.aggregates import KpiMonthTotal
+from models.investor import Investor
 from models.kpi import Kpi
 from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
 from services.base import BaseService
@@ -55,6 +56,7 @@ def _totals(*where: ColumnElement[bool]) -> Select[Any]:
 class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
     model = Kpi
     not_found_message = "KPI not found"
+    owner_columns = (Investor.owner_id,)
 
     async def upsert_month(self, investor_id: int, data: KpiUpsert) -> tuple[Kpi, bool]:
         """Create or update the body's month in one statement; True when the row was created."""

@@ -88,8 +88,14 @@ async def bearer(user_id: int) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def insert_investor(name: str = "Acme Capital") -> int:
-    return int(await scalar("INSERT INTO investors (name) VALUES (:name) RETURNING id", name=name))
+async def insert_investor(name: str = "Acme Capital", owner_id: int | None = None) -> int:
+    return int(
+        await scalar(
+            "INSERT INTO investors (name, owner_id) VALUES (:name, :owner_id) RETURNING id",
+            name=name,
+            owner_id=owner_id,
+        )
+    )
 
 
 async def insert_contact(investor_id: int, name: str = "Jeanne Martin") -> int:

@@ -7,22 +7,26 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from httpx import AsyncClient
 from jose import jwt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.deps import get_admin_user
 from core.config import JWT_AUDIENCE, JWT_ISSUER, settings
 from core.db import db
+from core.policy import POLICY, Action
 from models import Base
 from services.jobs import JobService
 from services.users import UserService
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
 from tests.factories import USER_PASSWORD, first_admin_id
 from worker.tasks import PurgePayload
+
+FORBIDDEN_TO_USERS = {
+    "detail": "Not allowed for the user role: only an admin may manage users",
+    "code": "forbidden",
+}
 
 API = "/api/v1"
 FORGED_ID = 777_777
@@ -88,8 +92,11 @@ def _schema_properties(name: str) -> set[str]:
 
 
 async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dict[str, int]:
-    """One row of every entity, created through the API; returns the path parameters."""
-    investor = await client.post(f"{API}/investors", json={"name": "Acme"}, headers=admin)
+    """One row of every entity, created through the API, the investor owned by the user;
+    returns the path parameters."""
+    investor = await client.post(
+        f"{API}/investors", json={"name": "Acme", "owner_id": user_id}, headers=admin
+    )
     assert investor.status_code == 201, investor.text
     investor_id = investor.json()["id"]
     contact = await client.post(
@@ -108,7 +115,7 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         headers=admin,
     )
     assert kpi.status_code == 201, kpi.text
-    # A job the admin caused: the user may not read it (403), like the admin-only routes.
+    # A job the admin caused: the user may not read it (403), unlike the job list (its own).
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue(
             "jobs.purge", PurgePayload(), created_by=await first_admin_id()
@@ -197,7 +204,10 @@ async def test_a_user_cannot_make_themself_admin(
         f"{API}/users/{user_id}", json={"role": "admin", "is_active": True}, headers=user_headers
     )
     assert own.status_code == 403
-    assert error_of(own) == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(own) == {
+        "detail": "Not allowed for the user role: only an admin may manage users",
+        "code": "forbidden",
+    }
     created = await client.post(
         f"{API}/users",
         json={"email": "evil@crm.test", "full_name": "Evil", "password": "evil-pass-1"}
@@ -238,7 +248,7 @@ async def test_no_get_response_contains_a_password_or_a_hash(
         query = {"q": "acme"} if path.endswith("/search") else {}
         for role, headers in (("admin", admin_headers), ("user", user_headers)):
             response = await client.get(url, params=query, headers=headers)
-            admin_only = path.startswith((f"{API}/users", f"{API}/jobs"))
+            admin_only = path.startswith((f"{API}/users", f"{API}/jobs/"))
             expected = 403 if role == "user" and admin_only else 200
             assert response.status_code == expected, (role, url, response.text)
             assert "password" not in response.text.lower(), (role, url)
@@ -250,27 +260,19 @@ async def test_no_get_response_contains_a_password_or_a_hash(
 # --- function-level authorisation ------------------------------------------------------------
 
 
-def _needs_admin(dependant: Dependant) -> bool:
-    pending = [dependant]
-    while pending:
-        current = pending.pop()
-        if current.call is get_admin_user:
-            return True
-        pending.extend(current.dependencies)
-    return False
-
-
 def _api_routes() -> list[tuple[str, str, bool]]:
-    """(method, full path, admin only) of every API route, walked from the app itself."""
+    """(method, full path, admin only) of every API route, walked from the app itself: admin
+    only = user administration in the permission policy."""
     from main import app
 
     routes = []
     # FastAPI keeps included routers unflattened: the contexts carry the full paths.
     for route in iter_route_contexts(app.routes):
         path, methods = route.path, route.methods
-        dependant = getattr(route, "dependant", None)
-        if isinstance(path, str) and path.startswith(API) and methods and dependant:
-            routes += [(method, path, _needs_admin(dependant)) for method in methods]
+        if isinstance(path, str) and path.startswith(API) and methods:
+            for method in methods:
+                rule = POLICY[(method, str(route.path_format).removeprefix(API))]
+                routes.append((method, path, rule.action is Action.manage_users))
     return sorted(routes)
 
 
@@ -286,7 +288,10 @@ async def test_every_admin_route_is_forbidden_to_a_regular_user(
         body = VALID_BODIES["UserCreate"] if method in ("POST", "PUT") else None
         response = await client.request(method, url, json=body, headers=user_headers)
         assert response.status_code == 403, (method, path, response.text)
-        assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
+        assert error_of(response) == {
+            "detail": "Not allowed for the user role: only an admin may manage users",
+            "code": "forbidden",
+        }
 
     rows = await session.execute(text("SELECT id, email, full_name, role FROM users ORDER BY id"))
     assert [tuple(row)[1:] for row in rows] == [

@@ -29,6 +29,11 @@ from tests.factories import bearer, create_user
 from tests.test_auth import until
 from tests.test_db_sessions import connect_directly
 
+FORBIDDEN_TO_USERS = {
+    "detail": "Not allowed for the user role: only an admin may manage users",
+    "code": "forbidden",
+}
+
 # Changes reach the cache by notification, and only committed changes are notified.
 pytestmark = pytest.mark.committing
 
@@ -151,7 +156,10 @@ async def test_an_admin_demoted_by_plain_sql_is_refused_admin_routes(client: Asy
     await change_elsewhere("UPDATE users SET role = 'user' WHERE id = $1", admin_id)
     response = await client.get(USERS, headers=headers)
     assert response.status_code == 403
-    assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(response) == {
+        "detail": "Not allowed for the user role: only an admin may manage users",
+        "code": "forbidden",
+    }
     me = await client.get(ME, headers=headers)
     assert me.status_code == 200, me.text
     assert (me.json()["role"], me.json()["is_admin"]) == ("user", False)

@@ -46,7 +46,8 @@ async def test_creation_records_the_first_stage(
 async def test_move_walks_the_whole_pipeline_then_409(
     client: AsyncClient, admin_headers: dict[str, str], user_headers: dict[str, str], user_id: int
 ) -> None:
-    investor = await make_investor(client, admin_headers)
+    # The user walks its own investor along the pipeline.
+    investor = await make_investor(client, admin_headers, owner_id=user_id)
     for expected in PIPELINE[1:]:
         response = await client.put(
             f"{INVESTORS}/{investor['id']}/move-to-next-stage", headers=user_headers

@@ -11,6 +11,7 @@ from tests.conftest import error_of
 from tests.factories import (
     INVESTORS,
     execute,
+    first_admin_id,
     insert_interaction,
     insert_kpi,
     make_contact,
@@ -105,6 +106,7 @@ async def test_create_with_every_field(client: AsyncClient, admin_headers: dict[
     assert body == {
         **payload,
         "email": "Contact@sg.fr",
+        "owner_id": await first_admin_id(),
         "id": body["id"],
         "created_at": body["created_at"],
         "updated_at": body["updated_at"],

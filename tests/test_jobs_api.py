@@ -152,13 +152,25 @@ async def test_a_user_reads_the_jobs_they_caused_and_no_other(
         assert error_of(refused)["code"] == "forbidden"
 
 
-async def test_a_user_may_not_list_retry_or_cancel_even_their_own_jobs(
+async def test_a_user_lists_only_their_own_jobs(
+    client: AsyncClient, user_headers: dict[str, str], user_id: int, admin_headers: dict[str, str]
+) -> None:
+    own = await insert_job("failed", created_by=user_id)
+    others = await insert_job("failed", created_by=await first_admin_id())
+    listed = await client.get(JOBS, headers=user_headers)
+    assert listed.status_code == 200, listed.text
+    assert [job["id"] for job in listed.json()["items"]] == [own]
+    assert listed.json()["total"] == 1
+    everything = await client.get(JOBS, headers=admin_headers)
+    assert [job["id"] for job in everything.json()["items"]] == [others, own]
+
+
+async def test_a_user_may_not_retry_or_cancel_even_their_own_jobs(
     client: AsyncClient, user_headers: dict[str, str], user_id: int
 ) -> None:
     failed = await insert_job("failed", created_by=user_id)
     queued = await insert_job("queued", created_by=user_id)
     for response in (
-        await client.get(JOBS, headers=user_headers),
         await client.post(f"{JOBS}/{failed}/retry", headers=user_headers),
         await client.post(f"{JOBS}/{queued}/cancel", headers=user_headers),
     ):

@@ -50,9 +50,9 @@ async def test_every_route_requires_a_token(client: AsyncClient, method: str, pa
 
 
 async def test_create_fills_omitted_metrics_with_zero(
-    client: AsyncClient, user_headers: Headers
+    client: AsyncClient, user_headers: Headers, user_id: int
 ) -> None:
-    investor_id = await insert_investor()
+    investor_id = await insert_investor(owner_id=user_id)
     data = await upsert(client, user_headers, investor_id, rdv_count=4, revenue=1250.5)
     assert data["investor_id"] == investor_id
     assert (data["year"], data["month"]) == (2026, 3)

@@ -15,6 +15,11 @@ from services.auth import DEFAULT_ADMIN_EMAIL, AuthService
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of, owner_connection
 from tests.factories import USER_PASSWORD, bearer, create_user, first_admin_id
 
+FORBIDDEN_TO_USERS = {
+    "detail": "Not allowed for the user role: only an admin may manage users",
+    "code": "forbidden",
+}
+
 USERS = "/api/v1/users"
 LOGIN = "/api/v1/auth/login"
 
@@ -81,7 +86,10 @@ async def test_regular_user_gets_403_on_every_route(
     body = new_user(email="x@crm.test") if method == "POST" else {"full_name": "X"}
     response = await client.request(method, path, json=body, headers=user_headers)
     assert response.status_code == 403
-    assert error_of(response) == {"detail": "Administrator role required", "code": "forbidden"}
+    assert error_of(response) == {
+        "detail": "Not allowed for the user role: only an admin may manage users",
+        "code": "forbidden",
+    }
 
 
 @pytest.mark.parametrize(("method", "path"), EVERY_ROUTE)

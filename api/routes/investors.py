@@ -20,11 +20,13 @@ from schemas.investor import (
     InvestorSort,
     InvestorStats,
     InvestorUpdate,
+    OwnerRef,
     SearchText,
     StageChangeRead,
 )
 from services import investor_search
-from services.investor_search import SEARCH_CANDIDATES
+from services.investor_search import ANY_OWNER, SEARCH_CANDIDATES
+from services.investors import owner_of
 
 router = APIRouter(prefix="/investors", tags=["investors"])
 
@@ -64,7 +66,7 @@ async def read_investor(
 
 @router.get("", response_model=InvestorPage, responses=errors(*AUTHENTICATED))
 async def list_investors(
-    _: CurrentUser,
+    user: CurrentUser,
     investors: InvestorReader,
     page: PageParams,
     filters: Annotated[InvestorFilters, Query()],
@@ -80,10 +82,10 @@ async def list_investors(
         ),
     ] = None,
 ) -> InvestorPage:
-    """List investors, optionally filtered by stage, client type and activity."""
+    """List investors, optionally filtered by stage, client type, activity and owner."""
     after = _resume_after(cursor, sort=sort, skip=page.skip)
     items, total, next_cursor = await investors.list_investors(
-        filters, sort=sort, skip=page.skip, limit=page.limit, after=after
+        filters, sort=sort, skip=page.skip, limit=page.limit, caller_id=user.id, after=after
     )
     return InvestorPage(
         items=[InvestorRead.model_validate(investor) for investor in items],
@@ -99,20 +101,26 @@ async def list_investors(
     response_model=Page[InvestorRead],
     responses=errors(*AUTHENTICATED),
     description="Search investors and their contacts, ignoring case and accents, tolerating "
-    f"typos. Only the {SEARCH_CANDIDATES} best matches are ranked and paged: `total` counts "
-    "them (so it stops there), and literal matches come before approximate ones. A term of one "
+    f"typos. Only the {SEARCH_CANDIDATES} best matches are ranked and paged (then filtered by "
+    "`owner_id`, if sent): `total` counts them (so it stops there), and literal matches come "
+    "before approximate ones. A term of one "
     "or two characters (once accents are removed) only matches the start of a word of an "
     "investor's name or company or of a contact's name: `ro` finds Rothschild, not Caroline.",
 )
 async def search_investors(
-    _: CurrentUser,
+    user: CurrentUser,
     investors: InvestorReader,
     page: PageParams,
     q: Annotated[SearchText, Query(description="Text to look for (1-200 characters)")],
+    owner_id: Annotated[OwnerRef | None, Query()] = None,
 ) -> Page[InvestorRead]:
     """Search investors and their contacts, ignoring case and accents, tolerating typos."""
     items, total = await investor_search.search_investors(
-        investors.session, q, skip=page.skip, limit=page.limit
+        investors.session,
+        q,
+        skip=page.skip,
+        limit=page.limit,
+        owner_id=ANY_OWNER if owner_id is None else owner_of(owner_id, user.id),
     )
     return page.of(InvestorRead, items, total)
 
@@ -127,26 +135,30 @@ async def investor_stats(_: CurrentUser, investors: InvestorReader) -> InvestorS
     "",
     response_model=InvestorRead,
     status_code=status.HTTP_201_CREATED,
-    responses=errors(*AUTHENTICATED, 409),
+    responses=errors(*AUTHENTICATED, 403, 409),
 )
 async def create_investor(
     body: InvestorCreate, user: CurrentUser, investors: InvestorWriter
 ) -> InvestorRead:
     """Create an investor."""
-    return InvestorRead.model_validate(await investors.create_investor(body, changed_by=user.id))
+    return InvestorRead.model_validate(await investors.create_investor(body, caller=user))
 
 
 @router.put(
-    "/{investor_id:id}", response_model=InvestorRead, responses=errors(*AUTHENTICATED, 404, 409)
+    "/{investor_id:id}",
+    response_model=InvestorRead,
+    responses=errors(*AUTHENTICATED, 403, 404, 409),
 )
 @router.patch(
-    "/{investor_id:id}", response_model=InvestorRead, responses=errors(*AUTHENTICATED, 404, 409)
+    "/{investor_id:id}",
+    response_model=InvestorRead,
+    responses=errors(*AUTHENTICATED, 403, 404, 409),
 )
 async def update_investor(
     investor_id: IdPath, body: InvestorUpdate, user: CurrentUser, investors: InvestorWriter
 ) -> InvestorRead:
     """Update an investor (only the fields sent change)."""
-    investor = await investors.update_investor(investor_id, body, changed_by=user.id)
+    investor = await investors.update_investor(investor_id, body, caller=user)
     return InvestorRead.model_validate(investor)
 
 

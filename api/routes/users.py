@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import AdminUser, IdPath, PageParams, UserReader, UserWriter
+from api.deps import CurrentUser, IdPath, PageParams, UserReader, UserWriter
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.user import UserCreate, UserRead, UserSort, UserUpdate
@@ -16,7 +16,7 @@ ADMIN = (*AUTHENTICATED, 403)
 
 @router.get("", response_model=Page[UserRead], responses=errors(*ADMIN))
 async def list_users(
-    _: AdminUser,
+    _: CurrentUser,
     users: UserReader,
     page: PageParams,
     sort: Annotated[UserSort, Query()] = "email",
@@ -32,20 +32,20 @@ async def list_users(
     status_code=status.HTTP_201_CREATED,
     responses=errors(*ADMIN, 409),
 )
-async def create_user(body: UserCreate, _: AdminUser, users: UserWriter) -> UserRead:
+async def create_user(body: UserCreate, _: CurrentUser, users: UserWriter) -> UserRead:
     """Create a user."""
     return UserRead.model_validate(await users.create(body))
 
 
 @router.get("/{user_id:id}", response_model=UserRead, responses=errors(*ADMIN, 404))
-async def read_user(user_id: IdPath, _: AdminUser, users: UserReader) -> UserRead:
+async def read_user(user_id: IdPath, _: CurrentUser, users: UserReader) -> UserRead:
     """Read a user."""
     return UserRead.model_validate(await users.get(user_id))
 
 
 @router.put("/{user_id:id}", response_model=UserRead, responses=errors(*ADMIN, 404, 409))
 async def update_user(
-    user_id: IdPath, body: UserUpdate, _: AdminUser, users: UserWriter
+    user_id: IdPath, body: UserUpdate, _: CurrentUser, users: UserWriter
 ) -> UserRead:
     """Update a user (only the fields sent change)."""
     return UserRead.model_validate(await users.update_user(user_id, body))
@@ -56,7 +56,7 @@ async def update_user(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(*ADMIN, 404, 409),
 )
-async def delete_user(user_id: IdPath, admin: AdminUser, users: UserWriter) -> None:
+async def delete_user(user_id: IdPath, admin: CurrentUser, users: UserWriter) -> None:
     """Delete a user; not yourself, nor the last active admin."""
     user = await users.get_for_change(user_id)
     await users.delete_user(user, acting_user=admin)
