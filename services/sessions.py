@@ -46,8 +46,7 @@ def refresh_token_digest(refresh_token: str) -> bytes:
     """What is stored of a refresh token, and looked up: a lookup by digest compares no secret
     byte by byte, and a copy of the table gives no token back. A fast hash is enough for 256
     random bits, which no one can guess."""
-    # surrogatepass: JSON can carry a lone surrogate, which plain UTF-8 refuses to encode.
-    return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).digest()
+    return hashlib.sha256(refresh_token.encode()).digest()
 
 
 def _mint(
