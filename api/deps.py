@@ -1,10 +1,12 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import AfterValidator, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -29,6 +31,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.sessions import SessionService
 from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
@@ -71,8 +74,13 @@ class _BearerCaller(OAuth2PasswordBearer):
             async with read_session() as session:
                 user = await UserService(session).get_caller(claims.user_id)
         # Another stamp: the token predates a password, role or activity change, or names an id
-        # that now belongs to another account (ids restart after a restore).
-        if user is None or user.security_stamp != claims.stamp:
+        # that now belongs to another account (ids restart after a restore). A revoked session:
+        # the token's was logged out (an empty set first: a UUID's hash is a Python call).
+        if (
+            user is None
+            or user.security_stamp != claims.stamp
+            or (user.revoked_sessions and claims.session_id in user.revoked_sessions)
+        ):
             raise InvalidTokenError()
         rule = operation_rules.get(id(request.scope.get("route")))
         if check_role(user.role, rule) is Grant.owned and rule and rule.ownership:
@@ -119,6 +127,17 @@ get_current_user = _BearerCaller(
 CurrentUser = Annotated[AuthenticatedUser, Depends(get_current_user)]
 
 
+async def get_current_session_id(request: HTTPConnection, _caller: CurrentUser) -> uuid.UUID:
+    """The session of the request's access token, once its caller is known: a dependency of
+    its own, so that requests other than a logout never pay for it. The token was verified for
+    the caller just before, so decoding it again is answered from the verified tokens."""
+    _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return decode_access_token(token, settings).session_id
+
+
+CurrentSessionId = Annotated[uuid.UUID, Depends(get_current_session_id)]
+
+
 # The service that finds the owners of the record each owned path parameter names.
 OWNED_RECORDS: dict[str, type[BaseService[Any, Any, Any]]] = {
     "investor_id": InvestorService,
@@ -158,6 +177,7 @@ def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
 UserReader = Annotated[UserService, _reader(UserService)]
 UserWriter = Annotated[UserService, _writer(UserService)]
 AuthWriter = Annotated[AuthService, _writer(AuthService)]
+SessionWriter = Annotated[SessionService, _writer(SessionService)]
 InvestorReader = Annotated[InvestorService, _reader(InvestorService)]
 InvestorWriter = Annotated[InvestorService, _writer(InvestorService)]
 ContactReader = Annotated[ContactService, _reader(ContactService)]

@@ -160,6 +160,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     jwt_algorithm: str = "HS256"
     jwt_expiration_hours: int = Field(default=24, ge=1, le=24 * 30)
+    # Lifetime of each refresh token (services.sessions): a session unused this long ends.
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
 
     allowed_origins: Annotated[list[str], NoDecode] = [
         "http://localhost:3000",

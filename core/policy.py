@@ -114,8 +114,15 @@ def _rules(
 # Every /api/v1 operation, by method and path below the prefix (as in the OpenAPI document).
 # An operation missing here is refused (and makes app start-up and tests/test_policy.py fail).
 POLICY: Mapping[tuple[str, str], Rule] = {
-    **_rules(Action.public, ("POST", "/auth/login")),
-    **_rules(Action.self_service, ("GET", "/auth/me"), ("PUT", "/auth/me/password")),
+    # Their proof is in the body (a password, a refresh token), not a bearer token.
+    **_rules(Action.public, ("POST", "/auth/login"), ("POST", "/auth/refresh")),
+    **_rules(
+        Action.self_service,
+        ("GET", "/auth/me"),
+        ("PUT", "/auth/me/password"),
+        ("POST", "/auth/logout"),
+        ("POST", "/auth/logout-all"),
+    ),
     **_rules(
         Action.read,
         ("GET", "/investors"),

@@ -108,17 +108,20 @@ class AccessClaims(NamedTuple):
     user_id: int
     # The account's security stamp when the token was issued (models.user.User).
     stamp: uuid.UUID
+    # The session (refresh-token family, models.session.AuthSession) the token belongs to.
+    session_id: uuid.UUID
 
 
 def create_access_token(
-    user_id: int, security_stamp: uuid.UUID, settings: Settings
+    user_id: int, security_stamp: uuid.UUID, session_id: uuid.UUID, settings: Settings
 ) -> tuple[str, int]:
-    """Sign a token for the user; returns it with its lifetime in seconds."""
+    """Sign a token for the user's session; returns it with its lifetime in seconds."""
     now = datetime.now(UTC)
     lifetime = timedelta(hours=settings.jwt_expiration_hours)
     claims = {
         "sub": str(user_id),
         "stamp": security_stamp.hex,
+        "sid": session_id.hex,
         "iat": int(now.timestamp()),
         "nbf": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()),
@@ -158,8 +161,8 @@ _verified_tokens = _VerifiedTokens(size=4096)
 
 
 def decode_access_token(token: str, settings: Settings) -> AccessClaims:
-    """Verify signature, algorithm, expiry, issuer, audience and type; return the user id and
-    the security stamp, which the caller compares with the account's."""
+    """Verify signature, algorithm, expiry, issuer, audience and type; return the user id, the
+    security stamp and the session, which the caller compares with the account's."""
     cache_key = (token, settings.signing_key(), settings.jwt_algorithm)
     cached = _verified_tokens.get(cache_key)
     if cached is not None:
@@ -198,7 +201,11 @@ def decode_access_token(token: str, settings: Settings) -> AccessClaims:
     # jose only checks that int(iat) succeeds, which a string or a bool passes.
     if type(issued_at) is not int or issued_at > time.time() + IAT_LEEWAY_SECONDS:
         raise InvalidTokenError()
-    verified = AccessClaims(_user_id(claims.get("sub")), _security_stamp(claims.get("stamp")))
+    verified = AccessClaims(
+        _user_id(claims.get("sub")),
+        _hex_uuid(claims.get("stamp")),
+        _hex_uuid(claims.get("sid")),
+    )
     _verified_tokens.put(cache_key, verified, int(claims["exp"]))
     return verified
 
@@ -212,8 +219,9 @@ def _user_id(subject: object) -> int:
     return user_id
 
 
-def _security_stamp(claim: object) -> uuid.UUID:
-    # A token without one predates the stamps (migration 0009): refused like a revoked one.
+def _hex_uuid(claim: object) -> uuid.UUID:
+    # A token without its stamp (migration 0009) or its session (migration 0013) predates them:
+    # it is refused like a revoked one, since no password change or logout could end it.
     if not isinstance(claim, str) or len(claim) != 32:
         raise InvalidTokenError()
     try:

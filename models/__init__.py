@@ -13,11 +13,13 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.session import AuthSession, RefreshToken
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
     "FINISHED_STATUSES",
     "PIPELINE_ORDER",
+    "AuthSession",
     "Base",
     "ClientType",
     "Contact",
@@ -32,6 +34,7 @@ __all__ = [
     "KpiMonthTotal",
     "LoginFailure",
     "PipelineStage",
+    "RefreshToken",
     "ScheduleRun",
     "User",
     "UserRole",

@@ -39,7 +39,7 @@ class User(TimestampMixin, Base):
         Boolean, nullable=False, default=True, server_default="true"
     )
     # Carried in every access token and compared on every request: replacing it (password,
-    # role or activity change, UserService.rotate_security_stamp) kills every token issued
+    # role or activity change, UserService.end_all_sessions) kills every token issued
     # before. Random, so a restored backup's reused ids never match an older account's tokens.
     security_stamp: Mapped[uuid.UUID] = mapped_column(
         Uuid, nullable=False, default=uuid.uuid4, server_default=func.gen_random_uuid()
@@ -64,6 +64,10 @@ class AuthenticatedUser:
     role: UserRole
     is_active: bool
     security_stamp: uuid.UUID
+    # The account's revoked sessions (logout) whose access tokens may still be unexpired: a
+    # token carrying one of them is refused. Read with the rest, so a cached caller costs no
+    # extra query; a revocation evicts the account like any other change to it.
+    revoked_sessions: frozenset[uuid.UUID] = frozenset()
 
     @property
     def is_admin(self) -> bool:

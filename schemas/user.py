@@ -1,5 +1,7 @@
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from models.user import UserRole
 from schemas.common import (
@@ -10,6 +12,7 @@ from schemas.common import (
     ReadModel,
     StrictBool,
     SubmittedPassword,
+    bounded_str,
     omittable,
 )
 
@@ -53,6 +56,18 @@ class Token(ReadModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105
     expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+# Issued ones have 43 characters; the bound only keeps absurd bodies out.
+RefreshTokenText: Any = bounded_str(256, min_length=1)
+
+
+class RefreshRequest(InputModel):
+    refresh_token: Annotated[
+        RefreshTokenText, Field(description="The refresh token of the login or last refresh")
+    ]
 
 
 class PasswordChange(InputModel):

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
 from core.exceptions import AuthError, BadRequestError, TooManyAttemptsError
-from core.security import create_access_token, passwords
+from core.security import passwords
 from models.user import LoginFailure, LoginSuccess, User, UserRole
+from services.sessions import IssuedTokens, SessionService
 from services.users import UserService
 
 logger = logging.getLogger(__name__)
@@ -154,19 +155,20 @@ class AuthService:
             )
         )
 
-    def issue_token(self, user: User, settings: Settings) -> tuple[str, int]:
-        return create_access_token(user.id, user.security_stamp, settings)
+    async def issue_tokens(self, user: User, settings: Settings) -> IssuedTokens:
+        """A new session for the authenticated user: an access token and a refresh token."""
+        return await SessionService(self.session).start(user, settings)
 
     async def change_password(self, user_id: int, current: str, new: str) -> None:
         """Replace the password after checking the current one (400 invalid_password); every
-        token issued before, the caller's included, is refused from then on."""
+        session ends, the caller's included: its tokens are refused from then on."""
         async with passwords.slot():
             # Locked: two concurrent changes cannot both pass the check against the old password.
             user = await self.users.get(user_id, for_update=True)
             if not await passwords.verify(current, user.hashed_password):
                 raise BadRequestError("The current password is incorrect", code="invalid_password")
             user.hashed_password = await passwords.hash(new)
-        self.users.rotate_security_stamp(user)
+        await self.users.end_all_sessions(user)
         await self.session.flush()
 
     async def ensure_first_admin(self, settings: Settings) -> str | None:

@@ -5,10 +5,12 @@ import uuid
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import Uuid, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from core.exceptions import ConflictError
 from core.security import passwords
+from models.session import CLOCK_SKEW_MARGIN, AuthSession
 from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService
@@ -129,6 +131,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
             role=row["role"],
             is_active=True,
             security_stamp=row["security_stamp"],
+            revoked_sessions=frozenset(row["revoked_sessions"]),
         )
         caller_cache.put(user, generation)
         return user
@@ -145,7 +148,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
     async def update_user(self, user_id: int, data: UserUpdate) -> User:
         """Partial update that never leaves the system without an active admin; a new password,
-        a new role or a deactivation ends every session of the account."""
+        a new role or a deactivation ends every session of the account (end_all_sessions)."""
         values = data.model_dump(exclude_unset=True)
         # Hashed before the account is locked: waiting for a hashing slot (a login flood takes
         # them all) must not hold the user-change lock and a pooled connection meanwhile.
@@ -163,17 +166,27 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
             or values.get("role", user.role) != user.role
             or (user.is_active and not values.get("is_active", True))
         ):
-            self.rotate_security_stamp(user)
+            await self.end_all_sessions(user)
         async with self.integrity_guard(unique=DuplicateUserEmail):
             await super().update(user, data)
             await self.session.flush()  # a password alone is no field update() sets
         return user
 
-    def rotate_security_stamp(self, user: User) -> None:
-        """Give the account a new security stamp: every token issued before is refused, by every
-        process, as soon as the transaction commits (and by this one at once)."""
+    async def end_all_sessions(self, user: User) -> None:
+        """A new security stamp and every session revoked: every access and refresh token issued
+        before is refused, by every process, as soon as the transaction commits (and by this one
+        at once)."""
+        # Imported here: services.sessions builds on this module (the callers' cache).
+        from services.sessions import SessionService
+
         user.security_stamp = uuid.uuid4()
+        await SessionService(self.session).end_all(user.id)
         caller_cache.evict(user.id)
+
+    async def log_out_everywhere(self, user_id: int) -> None:
+        """End every session of the account (its own request, logout-all)."""
+        await self.end_all_sessions(await self.get(user_id, for_update=True))
+        await self.session.flush()
 
     async def delete_user(self, user: User, *, acting_user: AuthenticatedUser) -> None:
         """Delete a user, except oneself or the last active admin."""
@@ -201,6 +214,21 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
 
 
 _users = User.__table__.c
+_sessions = AuthSession.__table__.c
+# The account's revoked sessions whose access tokens may not have expired yet: an index of
+# their own keeps this to the few revoked, however many sessions the account has.
+_REVOKED_SESSIONS = func.array(
+    select(_sessions.id)
+    .where(
+        _sessions.user_id == _users.id,
+        _sessions.revoked_at.is_not(None),
+        # Written into the statement: a bound value would cost its encoding on every lookup.
+        _sessions.access_expires_at
+        > func.now() - text(f"interval '{CLOCK_SKEW_MARGIN.total_seconds():.0f} seconds'"),
+    )
+    .scalar_subquery(),
+    type_=ARRAY(Uuid()),
+)
 # Read on every authenticated request the cache does not answer: plain Core on the table (see
 # services.investors._detail_statement), built once (see services.investors._STATS).
 _CALLER = select(
@@ -210,4 +238,5 @@ _CALLER = select(
     _users.role,
     _users.is_active,
     _users.security_stamp,
+    _REVOKED_SESSIONS.label("revoked_sessions"),
 ).where(_users.id == bindparam("user_id"))

@@ -81,10 +81,11 @@ async def account(user_id: int) -> tuple[int, uuid.UUID]:
 
 
 async def bearer(user_id: int) -> dict[str, str]:
-    """An Authorization header for this user, as a login would give (with its security stamp)."""
+    """An Authorization header for this user, as a login would give (with its security stamp),
+    in a session of its own that no logout can end (tests/test_sessions.py logs in for those)."""
     from core.security import create_access_token
 
-    token, _ = create_access_token(*(await account(user_id)), settings)
+    token, _ = create_access_token(*(await account(user_id)), uuid.uuid4(), settings)
     return {"Authorization": f"Bearer {token}"}
 
 

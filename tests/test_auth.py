@@ -48,9 +48,16 @@ def assert_invalid_credentials(response: Response) -> None:
 def assert_token(response: Response) -> str:
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {
+        "access_token",
+        "token_type",
+        "expires_in",
+        "refresh_token",
+        "refresh_expires_in",
+    }
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 86400
+    assert body["refresh_expires_in"] == 30 * 86400
     token: str = body["access_token"]
     return token
 
@@ -304,6 +311,7 @@ def claims_for(account: Account, **overrides: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "sub": str(account[0]),
         "stamp": account[1].hex,
+        "sid": uuid.uuid4().hex,
         "iat": int(now.timestamp()),
         "exp": int((now + timedelta(hours=1)).timestamp()),
         "iss": JWT_ISSUER,
@@ -377,6 +385,9 @@ BAD_TOKENS: dict[str, Any] = {
     "another stamp": lambda uid: sign(claims_for(uid, stamp=uuid.uuid4().hex)),
     "stamp not hex": lambda uid: sign(claims_for(uid, stamp="z" * 32)),
     "stamp not a string": lambda uid: sign(claims_for(uid, stamp=12345)),
+    # Issued before sessions could be revoked: no logout could end it.
+    "missing sid": lambda uid: sign(claims_for(uid, sid=None)),
+    "sid not hex": lambda uid: sign(claims_for(uid, sid="z" * 32)),
     "garbage": lambda uid: "not.a.token",
 }
 

@@ -12,6 +12,7 @@ import asyncio
 import io
 import os
 import re
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def admin_auth(app: object, session_loop: asyncio.AbstractEventLoop) -> dict[str
         async with db.sessionmaker() as session:
             query = text("SELECT id, security_stamp FROM users WHERE email = :email")
             admin = (await session.execute(query, {"email": ADMIN_EMAIL})).one()
-        return create_access_token(admin.id, admin.security_stamp, settings)[0]
+        return create_access_token(admin.id, admin.security_stamp, uuid.uuid4(), settings)[0]
 
     token = session_loop.run_until_complete(admin_token())
     return {"Authorization": f"Bearer {token}"}

@@ -37,8 +37,11 @@ for row in TABLE.values():
 # allowed to `user` whatever it owns; `log` is logging an interaction with any investor.
 OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/auth/login"): "public",
+    ("POST", "/auth/refresh"): "public",
     ("GET", "/auth/me"): "self",
     ("PUT", "/auth/me/password"): "self",
+    ("POST", "/auth/logout"): "self",
+    ("POST", "/auth/logout-all"): "self",
     ("GET", "/investors"): "read",
     ("GET", "/investors/search"): "read",
     ("GET", "/investors/stats"): "read",
@@ -89,6 +92,7 @@ NO_TARGET = {
 NEW_PASSWORD = "Tulipe-Horizon-Quartz-92"
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/auth/login"): {"email": "{email}", "password": USER_PASSWORD},
+    ("POST", "/auth/refresh"): {"refresh_token": "{refresh_token}"},
     ("PUT", "/auth/me/password"): {
         "current_password": USER_PASSWORD,
         "new_password": NEW_PASSWORD,
@@ -199,6 +203,10 @@ async def test_permission_matrix(
         await scalar(
             "UPDATE jobs SET status = 'queued' WHERE id = :id RETURNING id", id=params["job_id"]
         )
+    if operation == ("POST", "/auth/refresh"):
+        login = {"email": params["email"], "password": USER_PASSWORD}
+        logged_in = await client.post(f"{API}/auth/login", json=login)
+        params["refresh_token"] = logged_in.json()["refresh_token"]
     body = BODIES.get(operation)
     response = await client.request(
         method,

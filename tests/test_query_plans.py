@@ -283,6 +283,8 @@ class Sample:
     user: int
     queued_job: int
     failed_job: int
+    # The refresh token of a login of the sample's user, for the refresh's whole path.
+    refresh_token: str
 
 
 async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
@@ -342,14 +344,20 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
             text("UPDATE jobs SET status = 'failed', attempts = 3 WHERE id = :id"),
             {"id": failed_job},
         )
+    user = await create_user("planner@crm.test")
+    login = await client.post(
+        "/api/v1/auth/login", json={"email": "planner@crm.test", "password": USER_PASSWORD}
+    )
+    assert login.status_code == 200, login.text
     return Sample(
         investor=quintavalle["id"],
         contact=contact["id"],
         interaction=interactions[0]["id"],
         kpi=kpis[0]["id"],
-        user=await create_user("planner@crm.test"),
+        user=user,
         queued_job=queued_job,
         failed_job=failed_job,
+        refresh_token=login.json()["refresh_token"],
     )
 
 
@@ -371,6 +379,8 @@ class Call:
     whole_tables: frozenset[str] = frozenset()
     # `{job_id:id}` names the sample's failed job rather than its queued one.
     failed_job: bool = False
+    # The body is the sample's refresh token.
+    sends_refresh_token: bool = False
 
     def url(self, sample: Sample, *more: str) -> str:
         values = {
@@ -418,6 +428,9 @@ CALLS = [
         body={"current_password": ADMIN_PASSWORD, "new_password": "another-password-456"},
         status=204,
     ),
+    Call("refresh", "POST", "/api/v1/auth/refresh", sends_refresh_token=True),
+    Call("logout", "POST", "/api/v1/auth/logout", status=204),
+    Call("logout everywhere", "POST", "/api/v1/auth/logout-all", status=204),
     Call("investor detail", "GET", ONE_INVESTOR),
     *(page(f"investors by {sort}", INVESTORS, f"sort={sort}") for sort in SORTS),
     page("investors of a stage", INVESTORS, "pipeline_stage=prospect_chaud"),
@@ -553,8 +566,9 @@ async def test_no_request_path_reads_a_whole_table(
         first = await client.get(call.url(sample, "limit=1"), headers=admin_headers)
         assert first.status_code == 200, first.text
         url = call.url(sample, "limit=1", f"cursor={first.json()['next_cursor']}")
+    body = {"refresh_token": sample.refresh_token} if call.sends_refresh_token else call.body
     with captured_statements() as statements:
-        response = await client.request(call.method, url, json=call.body, headers=admin_headers)
+        response = await client.request(call.method, url, json=body, headers=admin_headers)
     assert response.status_code == call.status, response.text
     if call.rows:
         assert response.json()["items"], response.text

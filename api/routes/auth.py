@@ -1,4 +1,4 @@
-"""Login, current user and password change."""
+"""Login, refresh and logout, current user and password change."""
 
 import ipaddress
 from typing import Any
@@ -7,11 +7,19 @@ from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import AuthWriter, CurrentUser, WriteSession
+from api.deps import (
+    AuthWriter,
+    CurrentSessionId,
+    CurrentUser,
+    SessionWriter,
+    UserWriter,
+    WriteSession,
+)
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
-from schemas.user import LoginJSON, Me, PasswordChange, Token
+from schemas.user import LoginJSON, Me, PasswordChange, RefreshRequest, Token
 from services.auth import InvalidCredentials
+from services.sessions import RefreshTokenReused
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -104,7 +112,7 @@ def _client_address(request: Request) -> str:
     responses=errors(401, 413, 422, 429, 503),
 )
 async def login(request: Request, session: WriteSession, auth: AuthWriter) -> Token:
-    """Exchange email and password for a Bearer access token."""
+    """Exchange email and password for a Bearer access token and a refresh token."""
     credentials = await _read_credentials(request)
     user = await auth.authenticate(
         credentials.email, credentials.password, _client_address(request), settings
@@ -113,8 +121,32 @@ async def login(request: Request, session: WriteSession, auth: AuthWriter) -> To
         # Keep the recorded failure: it is what the throttle counts.
         await session.commit()
         raise InvalidCredentials()
-    token, expires_in = auth.issue_token(user, settings)
-    return Token(access_token=token, expires_in=expires_in)
+    return Token.model_validate(await auth.issue_tokens(user, settings))
+
+
+@router.post("/refresh", response_model=Token, responses=errors(401, 503))
+async def refresh(body: RefreshRequest, session: WriteSession, sessions: SessionWriter) -> Token:
+    """Exchange a refresh token, used up, for a new access token and a new refresh token."""
+    try:
+        return Token.model_validate(await sessions.refresh(body.refresh_token, settings))
+    except RefreshTokenReused:
+        # The session's revocation stands, though the request fails.
+        await session.commit()
+        raise
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=errors(*AUTHENTICATED))
+async def logout(user: CurrentUser, session_id: CurrentSessionId, sessions: SessionWriter) -> None:
+    """End this token's session: its access tokens and refresh token stop working."""
+    await sessions.end(user.id, session_id)
+
+
+@router.post(
+    "/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=errors(*AUTHENTICATED)
+)
+async def logout_all(user: CurrentUser, users: UserWriter) -> None:
+    """End every session of the authenticated user, on every device, this one included."""
+    await users.log_out_everywhere(user.id)
 
 
 @router.get("/me", response_model=Me, responses=errors(*AUTHENTICATED))
