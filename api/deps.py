@@ -27,6 +27,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
@@ -72,7 +73,34 @@ class _BearerCaller(OAuth2PasswordBearer):
         # that now belongs to another account (ids restart after a restore).
         if user is None or user.security_stamp != claims.stamp:
             raise InvalidTokenError()
+        if settings.require_2fa_for_admins:
+            refuse_admin_without_two_factor(user, request)
         return user
+
+
+class TwoFactorRequired(PermissionDeniedError):
+    code = "2fa_required"
+    message = "Turn on two-factor login first: administrators need it (POST /api/v1/auth/2fa/setup)"
+
+
+# What an admin without two-factor login may still reach under REQUIRE_2FA_FOR_ADMINS: its own
+# profile, the routes that turn 2FA on, and logout. Written out: api/__init__ (API_PREFIX)
+# imports the routes, which import this module.
+_OPEN_WITHOUT_TWO_FACTOR = frozenset(
+    {"/api/v1/auth/me", "/api/v1/auth/logout", "/api/v1/auth/logout-all"}
+)
+_TWO_FACTOR_ROUTES = "/api/v1/auth/2fa/"
+
+
+def refuse_admin_without_two_factor(user: AuthenticatedUser, request: HTTPConnection) -> None:
+    """403 2fa_required for an admin without two-factor login, outside the routes it needs to
+    turn it on (called only while REQUIRE_2FA_FOR_ADMINS is set)."""
+    if user.two_factor_enabled or not user.is_admin:
+        return
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    if path in _OPEN_WITHOUT_TWO_FACTOR or path.startswith(_TWO_FACTOR_ROUTES):
+        return
+    raise TwoFactorRequired()
 
 
 # auto_error=False so a missing token gets our JSON body; tokenUrl drives Swagger's Authorize.
@@ -133,6 +161,7 @@ KpiReader = Annotated[KpiService, _reader(KpiService)]
 KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
+TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

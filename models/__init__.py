@@ -13,6 +13,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.two_factor import RecoveryCode
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "KpiMonthTotal",
     "LoginFailure",
     "PipelineStage",
+    "RecoveryCode",
     "ScheduleRun",
     "User",
     "UserRole",

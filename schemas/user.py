@@ -12,6 +12,7 @@ from schemas.common import (
     SubmittedPassword,
     omittable,
 )
+from schemas.two_factor import SecondFactor
 
 
 class UserCreate(InputModel):
@@ -37,6 +38,7 @@ class UserRead(ReadModel):
     role: UserRole
     is_admin: bool
     is_active: bool
+    two_factor_enabled: bool
     created_at: datetime
     updated_at: datetime
 
@@ -47,6 +49,8 @@ UserSort = Literal["email", "-email", "full_name", "-full_name", "created_at", "
 class LoginJSON(InputModel):
     email: Email
     password: SubmittedPassword
+    # With two-factor login on: a TOTP code or an unused recovery code.
+    otp: SecondFactor | None = None
 
 
 class Token(ReadModel):
@@ -67,3 +71,4 @@ class Me(ReadModel):
     role: UserRole
     is_admin: bool
     is_active: bool
+    two_factor_enabled: bool

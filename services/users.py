@@ -129,6 +129,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
             role=row["role"],
             is_active=True,
             security_stamp=row["security_stamp"],
+            two_factor_enabled=row["two_factor_enabled"],
         )
         caller_cache.put(user, generation)
         return user
@@ -210,4 +211,5 @@ _CALLER = select(
     _users.role,
     _users.is_active,
     _users.security_stamp,
+    _users.totp_secret.is_not(None).label("two_factor_enabled"),
 ).where(_users.id == bindparam("user_id"))
