@@ -66,7 +66,8 @@ class Keyring:
         if version != FORMAT_VERSION or cipher is None:
             raise DecryptionError("The value was sealed by an unknown key or format")
         try:
-            raw = base64.urlsafe_b64decode(token.encode())
+            # Validating: characters outside the alphabet are an altered value, not skipped.
+            raw = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
             plaintext = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
             return plaintext.decode()
         except (InvalidTag, ValueError):  # ValueError: bad base64 (binascii.Error) or UTF-8
