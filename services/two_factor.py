@@ -15,7 +15,7 @@ import segno
 from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.encryption import keyring
+from core.encryption import DecryptionError, keyring
 from core.exceptions import AuthError, BadRequestError, ConflictError
 from core.security import passwords
 from models.two_factor import RecoveryCode
@@ -78,6 +78,19 @@ def _context(user_id: int) -> str:
     return f"users.totp_secret:{user_id}"
 
 
+def _open(sealed: str, user_id: int) -> str:
+    try:
+        return keyring().decrypt(sealed, context=_context(user_id))
+    except DecryptionError:
+        # A server fault (500), named for the operator: the key changed or was lost.
+        logger.error(
+            "The TOTP secret of user %s does not decrypt: ENCRYPTION_KEY (or "
+            "data/encryption_key) is not the key it was sealed with",
+            user_id,
+        )
+        raise
+
+
 def _qr_png_base64(uri: str) -> str:
     buffer = io.BytesIO()
     segno.make(uri, error="m", micro=False).save(buffer, kind="png", scale=5)
@@ -135,8 +148,7 @@ class TwoFactorService:
             raise TwoFactorAlreadyEnabled()
         if user.totp_pending_secret is None:
             raise TwoFactorSetupRequired()
-        secret = keyring().decrypt(user.totp_pending_secret, context=_context(user.id))
-        step = _matching_step(secret, code, after=None)
+        step = _matching_step(_open(user.totp_pending_secret, user.id), code, after=None)
         if step is None:
             raise InvalidOtp()
         user.totp_secret, user.totp_pending_secret = user.totp_pending_secret, None
@@ -160,7 +172,7 @@ class TwoFactorService:
         if user.totp_secret is None:
             return False
         if len(code) == 6 and code.isdigit():
-            secret = keyring().decrypt(user.totp_secret, context=_context(user.id))
+            secret = _open(user.totp_secret, user.id)
             step = _matching_step(secret, code, after=user.totp_last_step)
             if step is None:
                 return False

@@ -2,6 +2,7 @@
 recovery codes, lockout), REQUIRE_2FA_FOR_ADMINS, an admin's reset, and the secrets encrypted
 at rest. The server's clock is set by each test (`clock`): codes come from pyotp's `at()`."""
 
+import asyncio
 import base64
 import logging
 import re
@@ -23,7 +24,15 @@ from core.config import Settings, settings
 from core.encryption import DecryptionError, Keyring, keyring
 from services.two_factor import RECOVERY_CODE_COUNT
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
-from tests.factories import USER_PASSWORD, bearer, create_user, fetch, first_admin_id, scalar
+from tests.factories import (
+    USER_PASSWORD,
+    bearer,
+    create_user,
+    execute,
+    fetch,
+    first_admin_id,
+    scalar,
+)
 from tests.test_auth import ME, assert_throttled, assert_token, bearer_header
 
 LOGIN = "/api/v1/auth/login"
@@ -284,6 +293,35 @@ async def test_codes_one_step_away_are_accepted_two_steps_away_refused(
     assert_token(await login(client, enabled.totp.at(now, counter_offset=1)))
     # Older than the last accepted step, though within the drift: refused.
     assert_error(await login(client, enabled.totp.at(now)), 401, "invalid_otp")
+
+
+@pytest.mark.committing  # two requests at once need connections of their own
+@pytest.mark.parametrize("kind", ["totp", "recovery"])
+async def test_two_logins_at_once_with_one_code_one_passes(
+    client: AsyncClient, enabled: Enabled, clock: Clock, kind: str
+) -> None:
+    code = enabled.totp.at(clock.now) if kind == "totp" else enabled.recovery_codes[0]
+
+    responses = await asyncio.gather(login(client, code), login(client, code))
+
+    assert sorted(response.status_code for response in responses) == [200, 401]
+    refused = next(response for response in responses if response.status_code == 401)
+    assert error_of(refused)["code"] == "invalid_otp"
+
+
+async def test_a_secret_sealed_with_another_key_is_a_logged_server_error(
+    client: AsyncClient, enabled: Enabled, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    foreign = Keyring("a-key-that-is-not-this-servers-0123456789abcdef")
+    sealed = foreign.encrypt(enabled.secret, context=f"users.totp_secret:{enabled.user_id}")
+    await execute("UPDATE users SET totp_secret = :s WHERE id = :id", s=sealed, id=enabled.user_id)
+
+    response = await login(client, enabled.totp.at(clock.now))
+
+    assert response.status_code == 500
+    assert error_of(response) == {"detail": "Internal server error", "code": "internal_error"}
+    assert "ENCRYPTION_KEY" in caplog.text
+    assert enabled.secret not in caplog.text and enabled.secret not in response.text
 
 
 async def test_a_recovery_code_opens_one_login(
