@@ -73,14 +73,14 @@ class TwoFactorNotEnabled(ConflictError):
     message = "Two-factor login is not on for this account"
 
 
-def _context(user_id: int) -> str:
-    # Binds a sealed secret to its account: copied into another user's row, it does not open.
+def totp_context(user_id: int) -> str:
+    """What a user's sealed TOTP secret is bound to: copied into another row, it does not open."""
     return f"users.totp_secret:{user_id}"
 
 
 def _open(sealed: str, user_id: int) -> str:
     try:
-        return keyring().decrypt(sealed, context=_context(user_id))
+        return keyring().decrypt(sealed, context=totp_context(user_id))
     except DecryptionError:
         # A server fault (500), named for the operator: the key changed or was lost.
         logger.error(
@@ -114,8 +114,9 @@ def _new_recovery_code() -> str:
     )
 
 
-def _recovery_digest(code: str) -> str:
-    # As typed: in either case, with or without its hyphens.
+def recovery_code_digest(code: str) -> str:
+    """What is kept of a recovery code, from the code as typed: in either case, with or without
+    its hyphens."""
     return hashlib.sha256(code.lower().replace("-", "").encode()).hexdigest()
 
 
@@ -133,7 +134,7 @@ class TwoFactorService:
         if user.two_factor_enabled:
             raise TwoFactorAlreadyEnabled()
         secret = pyotp.random_base32()  # 160 bits, as RFC 4226 recommends
-        user.totp_pending_secret = keyring().encrypt(secret, context=_context(user.id))
+        user.totp_pending_secret = keyring().encrypt(secret, context=totp_context(user.id))
         await self.session.flush()
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=ISSUER)
         # About 20 ms of pure Python: off the event loop, which serves every other request.
@@ -158,7 +159,7 @@ class TwoFactorService:
         await self.session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
         await self.session.execute(
             insert(RecoveryCode),
-            [{"user_id": user.id, "code_hash": _recovery_digest(code)} for code in codes],
+            [{"user_id": user.id, "code_hash": recovery_code_digest(code)} for code in codes],
         )
         await self.session.flush()
         # This process sees the flag at once; the others when the change commits (NOTIFY).
@@ -192,7 +193,7 @@ class TwoFactorService:
             delete(RecoveryCode)
             .where(
                 RecoveryCode.user_id == user.id,
-                RecoveryCode.code_hash == _recovery_digest(code),
+                RecoveryCode.code_hash == recovery_code_digest(code),
             )
             .returning(RecoveryCode.id)
         )

@@ -22,7 +22,7 @@ import core.config
 import services.two_factor
 from core.config import Settings, settings
 from core.encryption import DecryptionError, Keyring, keyring
-from services.two_factor import RECOVERY_CODE_COUNT
+from services.two_factor import RECOVERY_CODE_COUNT, totp_context
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
 from tests.factories import (
     USER_PASSWORD,
@@ -313,7 +313,7 @@ async def test_a_secret_sealed_with_another_key_is_a_logged_server_error(
     client: AsyncClient, enabled: Enabled, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     foreign = Keyring("a-key-that-is-not-this-servers-0123456789abcdef")
-    sealed = foreign.encrypt(enabled.secret, context=f"users.totp_secret:{enabled.user_id}")
+    sealed = foreign.encrypt(enabled.secret, context=totp_context(enabled.user_id))
     await execute("UPDATE users SET totp_secret = :s WHERE id = :id", s=sealed, id=enabled.user_id)
 
     response = await login(client, enabled.totp.at(clock.now))
@@ -505,13 +505,13 @@ async def test_the_secret_is_stored_encrypted(enabled: Enabled) -> None:
 
     assert enabled.secret not in stored
     assert enabled.secret.lower() not in stored.lower()
-    context = f"users.totp_secret:{enabled.user_id}"
+    context = totp_context(enabled.user_id)
     assert keyring().decrypt(stored, context=context) == enabled.secret
     with pytest.raises(DecryptionError):
         Keyring("another-key-that-is-long-enough-for-this-0123").decrypt(stored, context=context)
     # Bound to its account: copied into another user's row, it does not open.
     with pytest.raises(DecryptionError):
-        keyring().decrypt(stored, context=f"users.totp_secret:{enabled.user_id + 1}")
+        keyring().decrypt(stored, context=totp_context(enabled.user_id + 1))
 
 
 OLD_KEY = "the-old-key-long-enough-for-aes-gcm-0123456789"
