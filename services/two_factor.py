@@ -172,7 +172,7 @@ class TwoFactorService:
         unused recovery code (then spent): each code opens one login at most."""
         if user.totp_secret is None:
             return False
-        if len(code) == 6 and code.isdigit():
+        if len(code) == 6 and code.isascii() and code.isdigit():
             secret = _open(user.totp_secret, user.id)
             step = _matching_step(secret, code, after=user.totp_last_step)
             if step is None:
