@@ -18,6 +18,7 @@ from api.routes import health, metrics
 from api.routes.docs import add_offline_docs
 from core.config import settings
 from core.db import db
+from core.encryption import keyring
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import EdgeMiddleware
 from core.observability import configure_logging
@@ -68,6 +69,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # Again: `uvicorn.run(app)` configures its loggers after the import (create_app).
     configure_logging(settings.log_format)
     settings.signing_key()  # load or create data/secret_key before the first request
+    keyring()  # likewise data/encryption_key (two-factor secrets)
     db.configure(settings)
     db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
     try:

@@ -20,7 +20,15 @@ from core.db import (
     read_session,
 )
 from core.exceptions import AuthError
-from core.policy import POLICY, Grant, Ownership, Rule, check_ownership, check_role
+from core.policy import (
+    POLICY,
+    Grant,
+    Ownership,
+    Rule,
+    check_ownership,
+    check_role,
+    check_two_factor,
+)
 from core.security import InvalidTokenError, decode_access_token
 from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
@@ -32,6 +40,7 @@ from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
 from services.sessions import SessionService
+from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
@@ -83,6 +92,8 @@ class _BearerCaller(OAuth2PasswordBearer):
         ):
             raise InvalidTokenError()
         rule = operation_rules.get(id(request.scope.get("route")))
+        if settings.require_2fa_for_admins:
+            check_two_factor(user.role, user.two_factor_enabled, rule)
         if check_role(user.role, rule) is Grant.owned and rule and rule.ownership:
             await _check_owner(request, user, rule.ownership)
         return user
@@ -188,6 +199,7 @@ KpiReader = Annotated[KpiService, _reader(KpiService)]
 KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
+TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

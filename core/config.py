@@ -173,6 +173,14 @@ class Settings(BaseSettings):
     first_admin_email: str | None = None
     first_admin_password: SecretStr | None = None
 
+    # Admins without two-factor login reach only their profile, /auth/2fa/* and logout (403
+    # 2fa_required elsewhere) until they turn it on.
+    require_2fa_for_admins: bool = False
+    # Key of the secrets kept encrypted in the database (TOTP secrets, core/encryption.py);
+    # unset, a key generated once in data/encryption_key. Never derived from SECRET_KEY: a new
+    # signing key must not make every stored secret unreadable.
+    encryption_key: SecretStr | None = None
+
     login_max_failures: int = Field(default=5, ge=1)
     login_failure_window_minutes: int = Field(default=15, ge=1)
     # argon2 hashes at once per process (each takes 64 MiB and a core for a fraction of a
@@ -327,6 +335,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _encryption_key_long_enough(self) -> "Settings":
+        key = self.encryption_key
+        if key is not None and len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"ENCRYPTION_KEY is shorter than {MIN_SECRET_KEY_BYTES} bytes")
+        return self
+
+    @model_validator(mode="after")
     def _passwords_into_urls(self) -> "Settings":
         self.database_url = _with_password(
             "DATABASE_URL", self.database_url, "DATABASE_PASSWORD", self.database_password
@@ -367,6 +382,13 @@ class Settings(BaseSettings):
         if self.secret_key is None:
             self.secret_key = SecretStr(load_or_create_secret_key(DATA_DIR / "secret_key"))
         return self.secret_key.get_secret_value()
+
+    def encryption_key_material(self) -> str:
+        """The key of the secrets encrypted at rest: ENCRYPTION_KEY, or a random key generated
+        once and kept in data/encryption_key."""
+        if self.encryption_key is None:
+            self.encryption_key = SecretStr(load_or_create_secret_key(DATA_DIR / "encryption_key"))
+        return self.encryption_key.get_secret_value()
 
 
 def _with_password(

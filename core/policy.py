@@ -103,12 +103,18 @@ class Rule:
     # What a role granted `owned` must own; None when the operation names no record (a create,
     # a list filtered to the caller's own rows).
     ownership: Ownership | None = None
+    # Reachable by an admin who has not turned two-factor login on while REQUIRE_2FA_FOR_ADMINS
+    # is set: its own profile, the routes that turn 2FA on, and logout.
+    without_two_factor: bool = False
 
 
 def _rules(
-    action: Action, *operations: tuple[str, str], ownership: Ownership | None = None
+    action: Action,
+    *operations: tuple[str, str],
+    ownership: Ownership | None = None,
+    without_two_factor: bool = False,
 ) -> dict[tuple[str, str], Rule]:
-    return dict.fromkeys(operations, Rule(action, ownership))
+    return dict.fromkeys(operations, Rule(action, ownership, without_two_factor))
 
 
 # Every /api/v1 operation, by method and path below the prefix (as in the OpenAPI document).
@@ -116,12 +122,16 @@ def _rules(
 POLICY: Mapping[tuple[str, str], Rule] = {
     # Their proof is in the body (a password, a refresh token), not a bearer token.
     **_rules(Action.public, ("POST", "/auth/login"), ("POST", "/auth/refresh")),
+    **_rules(Action.self_service, ("PUT", "/auth/me/password")),
     **_rules(
         Action.self_service,
         ("GET", "/auth/me"),
-        ("PUT", "/auth/me/password"),
         ("POST", "/auth/logout"),
         ("POST", "/auth/logout-all"),
+        ("POST", "/auth/2fa/setup"),
+        ("POST", "/auth/2fa/enable"),
+        ("POST", "/auth/2fa/disable"),
+        without_two_factor=True,
     ),
     **_rules(
         Action.read,
@@ -179,6 +189,7 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         ("GET", "/users/{user_id}"),
         ("PUT", "/users/{user_id}"),
         ("DELETE", "/users/{user_id}"),
+        ("DELETE", "/users/{user_id}/2fa"),
     ),
 }
 
@@ -200,6 +211,18 @@ def check_role(role: UserRole, rule: Rule | None) -> Grant:
     if granted is Grant.none:
         raise Forbidden(f"Not allowed for the {role.value} role: {_ROLE_REFUSALS[rule.action]}")
     return granted
+
+
+class TwoFactorRequired(PermissionDeniedError):
+    code = "2fa_required"
+    message = "Turn on two-factor login first: administrators need it (POST /api/v1/auth/2fa/setup)"
+
+
+def check_two_factor(role: UserRole, two_factor_enabled: bool, rule: Rule | None) -> None:
+    """403 2fa_required for an admin without two-factor login, outside the operations it needs
+    to turn it on (checked only while REQUIRE_2FA_FOR_ADMINS is set)."""
+    if role is UserRole.admin and not two_factor_enabled and not (rule and rule.without_two_factor):
+        raise TwoFactorRequired()
 
 
 def check_ownership(caller_id: int, owners: tuple[int | None, ...], ownership: Ownership) -> None:

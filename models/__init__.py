@@ -14,6 +14,7 @@ from models.investor import (
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
 from models.session import AuthSession, RefreshToken
+from models.two_factor import RecoveryCode
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "KpiMonthTotal",
     "LoginFailure",
     "PipelineStage",
+    "RecoveryCode",
     "RefreshToken",
     "ScheduleRun",
     "User",

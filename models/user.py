@@ -3,7 +3,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Uuid, func, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin, value_enum
@@ -44,10 +55,20 @@ class User(TimestampMixin, Base):
     security_stamp: Mapped[uuid.UUID] = mapped_column(
         Uuid, nullable=False, default=uuid.uuid4, server_default=func.gen_random_uuid()
     )
+    # Two-factor login (services/two_factor.py): the TOTP secret, encrypted (core/encryption.py);
+    # set, 2FA is on. The pending one waits for its first code (POST /auth/2fa/enable).
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(255))
+    # The time step of the last code accepted: a code is accepted once, and none older after it.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
     @property
     def is_admin(self) -> bool:
         return self.role == UserRole.admin
+
+    @property
+    def two_factor_enabled(self) -> bool:
+        return self.totp_secret is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,7 @@ class AuthenticatedUser:
     # token carrying one of them is refused. Read with the rest, so a cached caller costs no
     # extra query; a revocation evicts the account like any other change to it.
     revoked_sessions: frozenset[uuid.UUID] = frozenset()
+    two_factor_enabled: bool = False
 
     @property
     def is_admin(self) -> bool:

@@ -15,6 +15,7 @@ from schemas.common import (
     bounded_str,
     omittable,
 )
+from schemas.two_factor import SecondFactor
 
 
 class UserCreate(InputModel):
@@ -40,6 +41,7 @@ class UserRead(ReadModel):
     role: UserRole
     is_admin: bool
     is_active: bool
+    two_factor_enabled: bool
     created_at: datetime
     updated_at: datetime
 
@@ -50,6 +52,8 @@ UserSort = Literal["email", "-email", "full_name", "-full_name", "created_at", "
 class LoginJSON(InputModel):
     email: Email
     password: SubmittedPassword
+    # With two-factor login on: a TOTP code or an unused recovery code.
+    otp: SecondFactor | None = None
 
 
 class Token(ReadModel):
@@ -82,3 +86,4 @@ class Me(ReadModel):
     role: UserRole
     is_admin: bool
     is_active: bool
+    two_factor_enabled: bool

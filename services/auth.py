@@ -14,6 +14,7 @@ from core.exceptions import AuthError, BadRequestError, TooManyAttemptsError
 from core.security import passwords
 from models.user import LoginFailure, LoginSuccess, User, UserRole
 from services.sessions import IssuedTokens, SessionService
+from services.two_factor import InvalidLoginOtp, OtpRequired, TwoFactorService
 from services.users import UserService
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,21 @@ class AuthService:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.users = UserService(session)
+        self.two_factor = TwoFactorService(session)
 
     async def authenticate(
-        self, email: str, password: str, client_address: str, settings: Settings
+        self,
+        email: str,
+        password: str,
+        client_address: str,
+        settings: Settings,
+        *,
+        otp: str | None = None,
     ) -> User | None:
         """The active user with these credentials, or None after recording the failure; 429
         while the email is locked for this address, or slowed down for every new address.
+        With two-factor login on, the right password without `otp` is 401 otp_required, and
+        with a wrong or used one 401 invalid_otp, recorded as a failure like a wrong password.
 
         The check, the password verification and the record of one attempt run under a lock
         on the email (every process), so no parallel attempt slips between count and record.
@@ -75,6 +85,14 @@ class AuthService:
                 await self._record_failure(email, client_address, settings)
                 logger.info("Failed login attempt")
                 return None
+            # Only past the password: a wrong one never tells whether 2FA is on.
+            if user.two_factor_enabled:
+                if otp is None:
+                    raise OtpRequired()
+                if not await self.two_factor.accept_code(user, otp):
+                    await self._record_failure(email, client_address, settings)
+                    logger.info("Failed two-factor login attempt")
+                    raise InvalidLoginOtp()
             await self._record_success(user, client_address)
             return user
 

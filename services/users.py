@@ -132,6 +132,7 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
             is_active=True,
             security_stamp=row["security_stamp"],
             revoked_sessions=frozenset(row["revoked_sessions"]),
+            two_factor_enabled=row["two_factor_enabled"],
         )
         caller_cache.put(user, generation)
         return user
@@ -239,4 +240,5 @@ _CALLER = select(
     _users.is_active,
     _users.security_stamp,
     _REVOKED_SESSIONS.label("revoked_sessions"),
+    _users.totp_secret.is_not(None).label("two_factor_enabled"),
 ).where(_users.id == bindparam("user_id"))

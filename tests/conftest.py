@@ -17,6 +17,8 @@ from typing import Any, Literal, NamedTuple
 os.environ.pop("DATABASE_URL", None)
 os.environ["DEBUG"] = "false"
 os.environ["SECRET_KEY"] = "test-secret-key-that-is-long-enough-for-hs256-0123456789"
+# Else the first TOTP setup would create data/encryption_key in the working copy.
+os.environ["ENCRYPTION_KEY"] = "test-encryption-key-long-enough-for-aes-gcm-0123456789"
 os.environ["FIRST_ADMIN_EMAIL"] = "admin@crm.test"
 os.environ["FIRST_ADMIN_PASSWORD"] = "admin-password-123"
 os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"

@@ -48,6 +48,8 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "InteractionUpdate": {"subject": "Renamed"},
     "KpiUpsert": {"year": 2024, "month": 3, "rdv_count": 1},
     "KpiUpdate": {"rdv_count": 2},
+    "TwoFactorEnable": {"code": "123456"},
+    "TwoFactorDisable": {"password": USER_PASSWORD, "code": "123456"},
 }
 
 # Columns the server owns; `role`/`is_admin` are only legitimate in the admin's user bodies.
@@ -281,7 +283,7 @@ async def test_every_admin_route_is_forbidden_to_a_regular_user(
 ) -> None:
     routes = [(method, path) for method, path, admin_only in _api_routes() if admin_only]
     user_routes = {(m, path) for m, path, _ in _api_routes() if path.startswith(f"{API}/users")}
-    assert len(user_routes) == 5
+    assert len(user_routes) == 6
     assert user_routes <= set(routes)
     for method, path in routes:
         url = path.replace("{user_id:id}", str(user_id))

@@ -467,6 +467,7 @@ async def test_me_returns_exactly_the_public_fields(
         "role": "user",
         "is_admin": False,
         "is_active": True,
+        "two_factor_enabled": False,
     }
 
 

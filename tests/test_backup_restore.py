@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pyrage  # type: ignore[import-untyped]
 import pytest
 from httpx import AsyncClient
@@ -210,6 +211,13 @@ async def populate(client: AsyncClient) -> dict[str, str]:
         {"email": "sales@crm.test", "full_name": "Élodie Vente", "password": "sales-pass-1234"},
         admin,
     )
+    # Two-factor login: an encrypted secret and recovery codes (before the failure below, which
+    # a successful login would clear).
+    sales = await login(client, "sales@crm.test", "sales-pass-1234")
+    secret = (await client.post(f"{API}/auth/2fa/setup", headers=sales)).json()["secret"]
+    code = pyotp.TOTP(secret).now()
+    enabled = await client.post(f"{API}/auth/2fa/enable", json={"code": code}, headers=sales)
+    assert enabled.status_code == 200, enabled.text
     failed = await client.post(
         f"{API}/auth/login", json={"email": "sales@crm.test", "password": "wrong-password"}
     )

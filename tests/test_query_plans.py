@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, get_args
 
+import pyotp
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
@@ -42,10 +43,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import db
+from core.encryption import keyring
 from main import app as fastapi_app
 from models import Base
 from schemas.investor import InvestorSort
 from services.jobs import JobService
+from services.two_factor import recovery_code_digest, totp_context
 from services.users import caller_cache
 from tests.conftest import ADMIN_PASSWORD, connection_as, engine_event
 from tests.factories import (
@@ -349,6 +352,18 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         "/api/v1/auth/login", json={"email": "planner@crm.test", "password": USER_PASSWORD}
     )
     assert login.status_code == 200, login.text
+    # An account with two-factor login on and a known recovery code (login with otp below).
+    second_factor = await create_user("second-factor@crm.test")
+    async with db.sessionmaker() as session, session.begin():
+        sealed = keyring().encrypt(pyotp.random_base32(), context=totp_context(second_factor))
+        await session.execute(
+            text("UPDATE users SET totp_secret = :sealed WHERE id = :id"),
+            {"sealed": sealed, "id": second_factor},
+        )
+        await session.execute(
+            text("INSERT INTO recovery_codes (user_id, code_hash) VALUES (:id, :digest)"),
+            {"id": second_factor, "digest": recovery_code_digest(RECOVERY_CODE)},
+        )
     return Sample(
         investor=quintavalle["id"],
         contact=contact["id"],
@@ -411,6 +426,7 @@ ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
 USERS = "/api/v1/users"
 JOBS = "/api/v1/jobs"
 SEARCH = f"{INVESTORS}/search"
+RECOVERY_CODE = "aaaa-bbbb-cccc-dddd"
 SORTS = list(get_args(InvestorSort))
 
 CALLS = [
@@ -421,6 +437,23 @@ CALLS = [
         "/api/v1/auth/login",
         body={"email": "planner@crm.test", "password": USER_PASSWORD},
     ),
+    Call(
+        "login with a recovery code",
+        "POST",
+        "/api/v1/auth/login",
+        body={"email": "second-factor@crm.test", "password": USER_PASSWORD, "otp": RECOVERY_CODE},
+    ),
+    Call("2FA setup", "POST", "/api/v1/auth/2fa/setup"),
+    # The admin has nothing pending and 2FA off: the account's locked read, then 409.
+    Call("2FA enable", "POST", "/api/v1/auth/2fa/enable", body={"code": "123456"}, status=409),
+    Call(
+        "2FA disable",
+        "POST",
+        "/api/v1/auth/2fa/disable",
+        body={"password": ADMIN_PASSWORD, "code": "123456"},
+        status=409,
+    ),
+    Call("2FA reset", "DELETE", f"{USERS}/{{user_id:id}}/2fa", status=204),
     Call(
         "change password",
         "PUT",

@@ -30,6 +30,7 @@ READ_FIELDS = {
     "role",
     "is_admin",
     "is_active",
+    "two_factor_enabled",
     "created_at",
     "updated_at",
 }

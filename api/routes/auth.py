@@ -20,6 +20,7 @@ from core.config import settings
 from schemas.user import LoginJSON, Me, PasswordChange, RefreshRequest, Token
 from services.auth import InvalidCredentials
 from services.sessions import RefreshTokenReused
+from services.two_factor import InvalidLoginOtp
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -43,6 +44,8 @@ _LOGIN_BODY: dict[str, Any] = {
                         "scope": {"type": "string"},
                         "client_id": {"type": "string"},
                         "client_secret": {"type": "string"},
+                        # The JSON body's otp, without its null: a form field is sent or not.
+                        "otp": LoginJSON.model_json_schema()["properties"]["otp"]["anyOf"][0],
                     },
                 }
             },
@@ -71,12 +74,11 @@ async def _read_credentials(request: Request) -> LoginJSON:
             return LoginJSON.model_validate(payload)
         if content_type == "application/x-www-form-urlencoded":
             form = await request.form()
-            username, password = form.get("username"), form.get("password")
-            return LoginJSON.model_validate(
-                {"email": username, "password": password}
-                if isinstance(username, str) and isinstance(password, str)
-                else {}
-            )
+            username, password, otp = form.get("username"), form.get("password"), form.get("otp")
+            fields: dict[str, Any] = {} if otp is None else {"otp": otp}
+            if isinstance(username, str) and isinstance(password, str):
+                fields |= {"email": username, "password": password}
+            return LoginJSON.model_validate(fields)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
@@ -112,11 +114,21 @@ def _client_address(request: Request) -> str:
     responses=errors(401, 413, 422, 429, 503),
 )
 async def login(request: Request, session: WriteSession, auth: AuthWriter) -> Token:
-    """Exchange email and password for a Bearer access token and a refresh token."""
+    """Exchange email and password (and `otp`, with two-factor login on) for a Bearer access
+    token and a refresh token."""
     credentials = await _read_credentials(request)
-    user = await auth.authenticate(
-        credentials.email, credentials.password, _client_address(request), settings
-    )
+    try:
+        user = await auth.authenticate(
+            credentials.email,
+            credentials.password,
+            _client_address(request),
+            settings,
+            otp=credentials.otp,
+        )
+    except InvalidLoginOtp:
+        # Keep the recorded failure, as below.
+        await session.commit()
+        raise
     if user is None:
         # Keep the recorded failure: it is what the throttle counts.
         await session.commit()

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import CurrentUser, IdPath, PageParams, UserReader, UserWriter
+from api.deps import CurrentUser, IdPath, PageParams, TwoFactorWriter, UserReader, UserWriter
 from api.responses import AUTHENTICATED, errors
 from schemas.common import Page
 from schemas.user import UserCreate, UserRead, UserSort, UserUpdate
@@ -60,3 +60,13 @@ async def delete_user(user_id: IdPath, admin: CurrentUser, users: UserWriter) ->
     """Delete a user; not yourself, nor the last active admin."""
     user = await users.get_for_change(user_id)
     await users.delete_user(user, acting_user=admin)
+
+
+@router.delete(
+    "/{user_id:id}/2fa",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(*ADMIN, 404),
+)
+async def reset_two_factor(user_id: IdPath, _: CurrentUser, two_factor: TwoFactorWriter) -> None:
+    """Turn a user's two-factor login off (a lost phone): its secret and recovery codes go."""
+    await two_factor.reset(user_id)
