@@ -38,6 +38,7 @@ FORGED_HASH = "$argon2id$v=19$m=65536,t=3,p=4$forged$forged"
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "LoginJSON": {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
     "PasswordChange": {"current_password": USER_PASSWORD, "new_password": "another-pass-123"},
+    "RefreshRequest": {"refresh_token": "a-refresh-token-as-issued-at-login-0123456"},
     "UserCreate": {"email": "new@crm.test", "full_name": "New User", "password": "new-pass-123"},
     "UserUpdate": {"full_name": "Renamed"},
     "InvestorCreate": {"name": "Forged Capital"},
