@@ -13,6 +13,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "Kpi",
     "KpiMonthTotal",
     "LoginFailure",
+    "PasswordResetRequest",
+    "PasswordResetToken",
     "PipelineStage",
     "ScheduleRun",
     "User",
