@@ -27,6 +27,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.password_reset import PasswordResetService
 from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
@@ -123,6 +124,7 @@ def _writer(service_class: Callable[[AsyncSession], ServiceT]) -> Any:
 UserReader = Annotated[UserService, _reader(UserService)]
 UserWriter = Annotated[UserService, _writer(UserService)]
 AuthWriter = Annotated[AuthService, _writer(AuthService)]
+PasswordResetWriter = Annotated[PasswordResetService, _writer(PasswordResetService)]
 InvestorReader = Annotated[InvestorService, _reader(InvestorService)]
 InvestorWriter = Annotated[InvestorService, _writer(InvestorService)]
 ContactReader = Annotated[ContactService, _reader(ContactService)]
