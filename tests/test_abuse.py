@@ -34,7 +34,11 @@ FORGED_HASH = "$argon2id$v=19$m=65536,t=3,p=4$forged$forged"
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "LoginJSON": {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
     "PasswordChange": {"current_password": USER_PASSWORD, "new_password": "another-pass-123"},
-    "UserCreate": {"email": "new@crm.test", "full_name": "New User", "password": "quiet-orbit-lamp-62"},
+    "UserCreate": {
+        "email": "new@crm.test",
+        "full_name": "New User",
+        "password": "quiet-orbit-lamp-62",
+    },
     "UserUpdate": {"full_name": "Renamed"},
     "MeUpdate": {"full_name": "Renamed"},
     "PasswordResetRequestBody": {"email": "user@crm.test"},

@@ -207,7 +207,11 @@ async def populate(client: AsyncClient) -> dict[str, str]:
     await post(
         client,
         "/users",
-        {"email": "sales@crm.test", "full_name": "Élodie Vente", "password": "orbit-quiet-lamp-1234"},
+        {
+            "email": "sales@crm.test",
+            "full_name": "Élodie Vente",
+            "password": "orbit-quiet-lamp-1234",
+        },
         admin,
     )
     failed = await client.post(
