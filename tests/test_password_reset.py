@@ -11,11 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiosmtpd.smtp import Envelope
 from httpx import AsyncClient, Response
+from pydantic import ValidationError
 
-from core.config import settings
+from core.config import Settings, settings
 from core.db import db
 from services.jobs import JobService
-from services.password_reset import PASSWORD_RESET_JOB, PasswordResetService
+from services.password_reset import PASSWORD_RESET_JOB, PasswordResetService, reset_link
 from tests.conftest import error_of
 from tests.factories import USER_PASSWORD, bearer, create_user, execute, fetch, scalar
 from tests.test_email import Mailbox, parse, smtp_server
@@ -360,3 +361,27 @@ async def test_no_job_runs_for_an_account_deactivated_since_the_request(
 
     assert mailbox.delivered == []
     assert await scalar("SELECT count(*) FROM password_reset_tokens") == 0
+
+
+# --- PASSWORD_RESET_URL ---------------------------------------------------------------------
+
+
+def test_the_link_keeps_the_pages_own_query_and_replaces_a_token() -> None:
+    page = Settings(
+        _env_file=None, password_reset_url="https://crm.example.fr/reset?lang=fr&token=x"
+    )
+    assert reset_link("abc_-9", page) == "https://crm.example.fr/reset?lang=fr&token=abc_-9"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://crm.example.fr/reset",
+        "crm.example.fr/reset",
+        "https:///reset",
+        "https://crm.example.fr/#/reset",
+    ],
+)
+def test_a_reset_url_that_is_no_web_page_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="PASSWORD_RESET_URL"):
+        Settings(_env_file=None, password_reset_url=url)
