@@ -53,6 +53,7 @@ from tests.factories import (
     INVESTORS,
     USER_PASSWORD,
     create_user,
+    execute,
     make_contact,
     make_investor,
 )
@@ -342,12 +343,20 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
             text("UPDATE jobs SET status = 'failed', attempts = 3 WHERE id = :id"),
             {"id": failed_job},
         )
+    planner = await create_user("planner@crm.test")
+    # The reset link's token, stored as the job stores it (its SHA-256).
+    await execute(
+        "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) "
+        "VALUES (sha256(convert_to(:token, 'UTF8')), :user_id, now() + interval '30 minutes')",
+        token=RESET_TOKEN,
+        user_id=planner,
+    )
     return Sample(
         investor=quintavalle["id"],
         contact=contact["id"],
         interaction=interactions[0]["id"],
         kpi=kpis[0]["id"],
-        user=await create_user("planner@crm.test"),
+        user=planner,
         queued_job=queued_job,
         failed_job=failed_job,
     )
@@ -402,6 +411,7 @@ USERS = "/api/v1/users"
 JOBS = "/api/v1/jobs"
 SEARCH = f"{INVESTORS}/search"
 SORTS = list(get_args(InvestorSort))
+RESET_TOKEN = "planned-reset-token"
 
 CALLS = [
     Call("current user", "GET", "/api/v1/auth/me"),
@@ -416,6 +426,26 @@ CALLS = [
         "PUT",
         "/api/v1/auth/me/password",
         body={"current_password": ADMIN_PASSWORD, "new_password": "another-password-456"},
+        status=204,
+    ),
+    Call(
+        "update profile",
+        "PUT",
+        "/api/v1/auth/me",
+        body={"email": "chief@crm.test", "current_password": ADMIN_PASSWORD},
+    ),
+    Call(
+        "request password reset",
+        "POST",
+        "/api/v1/auth/password-reset/request",
+        body={"email": "planner@crm.test"},
+        status=202,
+    ),
+    Call(
+        "confirm password reset",
+        "POST",
+        "/api/v1/auth/password-reset/confirm",
+        body={"token": RESET_TOKEN, "new_password": "harbour-violet-lamp-1"},
         status=204,
     ),
     Call("investor detail", "GET", ONE_INVESTOR),
@@ -526,7 +556,7 @@ CALLS = [
         "create user",
         "POST",
         USERS,
-        body={"email": "new@crm.test", "full_name": "New User", "password": "new-password-789"},
+        body={"email": "new@crm.test", "full_name": "New User", "password": "quiet-orbit-lamp-62"},
         status=201,
     ),
     Call("read user", "GET", f"{USERS}/{{user_id:id}}"),
