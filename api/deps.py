@@ -39,6 +39,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.password_reset import PasswordResetService
 from services.sessions import SessionService
 from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
@@ -189,6 +190,7 @@ UserReader = Annotated[UserService, _reader(UserService)]
 UserWriter = Annotated[UserService, _writer(UserService)]
 AuthWriter = Annotated[AuthService, _writer(AuthService)]
 SessionWriter = Annotated[SessionService, _writer(SessionService)]
+PasswordResetWriter = Annotated[PasswordResetService, _writer(PasswordResetService)]
 InvestorReader = Annotated[InvestorService, _reader(InvestorService)]
 InvestorWriter = Annotated[InvestorService, _writer(InvestorService)]
 ContactReader = Annotated[ContactService, _reader(ContactService)]

@@ -6,6 +6,7 @@ import secrets
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -244,6 +245,10 @@ class Settings(BaseSettings):
     # CA certificates that sign the server's certificate (an internal CA), instead of the system's.
     smtp_ca_file: Path | None = None
 
+    # The page of the web client where a password reset is finished: the emailed link is this
+    # URL with the reset token appended as the query parameter `token`.
+    password_reset_url: str = "http://localhost:5173/password-reset"  # noqa: S105
+
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, values: object) -> object:
@@ -314,6 +319,16 @@ class Settings(BaseSettings):
     @classmethod
     def _display_name_needs_no_quoting(cls, value: str | None) -> str | None:
         return None if value is None else check_display_name(value.strip())
+
+    @field_validator("password_reset_url")
+    @classmethod
+    def _web_page_url(cls, value: str) -> str:
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.fragment:
+            raise ValueError(
+                "PASSWORD_RESET_URL must be an http(s) URL with a host and no #fragment"
+            )
+        return value.strip()
 
     @field_validator("jwt_algorithm")
     @classmethod

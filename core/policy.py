@@ -120,12 +120,19 @@ def _rules(
 # Every /api/v1 operation, by method and path below the prefix (as in the OpenAPI document).
 # An operation missing here is refused (and makes app start-up and tests/test_policy.py fail).
 POLICY: Mapping[tuple[str, str], Rule] = {
-    # Their proof is in the body (a password, a refresh token), not a bearer token.
-    **_rules(Action.public, ("POST", "/auth/login"), ("POST", "/auth/refresh")),
+    # Their proof is in the body (a password, a refresh or reset token), not a bearer token.
+    **_rules(
+        Action.public,
+        ("POST", "/auth/login"),
+        ("POST", "/auth/refresh"),
+        ("POST", "/auth/password-reset/request"),
+        ("POST", "/auth/password-reset/confirm"),
+    ),
     **_rules(Action.self_service, ("PUT", "/auth/me/password")),
     **_rules(
         Action.self_service,
         ("GET", "/auth/me"),
+        ("PUT", "/auth/me"),
         ("POST", "/auth/logout"),
         ("POST", "/auth/logout-all"),
         ("POST", "/auth/2fa/setup"),

@@ -96,6 +96,10 @@ class PasswordHashing:
         """Check a password; with no hash, still spend the same time and answer False."""
         return await self._run(_verify, password, hashed)
 
+    async def run(self, function: Callable[..., ResultT], *args: object) -> ResultT:
+        """Other CPU-bound password work (strength scoring) in the same threads and slots."""
+        return await self._run(function, *args)
+
     async def _run(self, function: Callable[..., ResultT], *args: object) -> ResultT:
         async with self.slot():
             return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)

@@ -13,6 +13,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.session import AuthSession, RefreshToken
 from models.two_factor import RecoveryCode
 from models.user import LoginFailure, User, UserRole
@@ -34,6 +35,8 @@ __all__ = [
     "Kpi",
     "KpiMonthTotal",
     "LoginFailure",
+    "PasswordResetRequest",
+    "PasswordResetToken",
     "PipelineStage",
     "RecoveryCode",
     "RefreshToken",

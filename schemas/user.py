@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from models.user import UserRole
 from schemas.common import (
@@ -87,3 +87,36 @@ class Me(ReadModel):
     is_admin: bool
     is_active: bool
     two_factor_enabled: bool
+
+
+class MeUpdate(InputModel):
+    """One's own profile; a new email needs the current password."""
+
+    full_name: Name = omittable()
+    email: Email = omittable()
+    current_password: SubmittedPassword = omittable()
+
+
+class PasswordResetRequestBody(InputModel):
+    email: Email
+
+
+class PasswordResetAccepted(ReadModel):
+    message: str = (
+        "If an active account uses this address, a reset link valid 30 minutes is on its way."
+    )
+
+
+# What the reset email's link carries: URL-safe base64 (43 characters today), with room for a
+# longer token.
+ResetToken = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$"
+    ),
+]
+
+
+class PasswordResetConfirm(InputModel):
+    token: ResetToken
+    new_password: Password

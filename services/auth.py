@@ -10,9 +10,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
-from core.exceptions import AuthError, BadRequestError, TooManyAttemptsError
+from core.exceptions import AuthError, BadRequestError, InvalidFieldError, TooManyAttemptsError
+from core.password_policy import check_password_strength
 from core.security import passwords
+from models.password_reset import PasswordResetToken
 from models.user import LoginFailure, LoginSuccess, User, UserRole
+from schemas.user import MeUpdate, UserUpdate
 from services.sessions import IssuedTokens, SessionService
 from services.two_factor import InvalidLoginOtp, OtpRequired, TwoFactorService
 from services.users import UserService
@@ -23,6 +26,16 @@ logger = logging.getLogger(__name__)
 class InvalidCredentials(AuthError):
     code = "invalid_credentials"
     message = "Incorrect email or password"
+
+
+class InvalidCurrentPassword(BadRequestError):
+    code = "invalid_password"
+    message = "The current password is incorrect"
+
+
+class CurrentPasswordRequired(InvalidFieldError):
+    code = "current_password_required"
+    message = "The current password is required to change the email"
 
 
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
@@ -184,10 +197,34 @@ class AuthService:
             # Locked: two concurrent changes cannot both pass the check against the old password.
             user = await self.users.get(user_id, for_update=True)
             if not await passwords.verify(current, user.hashed_password):
-                raise BadRequestError("The current password is incorrect", code="invalid_password")
+                raise InvalidCurrentPassword()
+            await check_password_strength(
+                new, email=user.email, full_name=user.full_name, field="new_password"
+            )
             user.hashed_password = await passwords.hash(new)
         await self.users.end_all_sessions(user)
         await self.session.flush()
+
+    async def update_profile(self, user_id: int, data: MeUpdate) -> User:
+        """Change one's own name or email; a new email needs the current password (400
+        invalid_password, 422 when missing) and voids the reset links sent to the old one."""
+        changes = data.model_dump(exclude_unset=True, exclude={"current_password"})
+        if "email" in changes:
+            async with passwords.slot():
+                user = await self.users.get(user_id)
+                # Stored lower-cased: the same address in other capitals is no change.
+                if changes["email"].lower() == user.email:
+                    del changes["email"]
+                elif data.current_password is None:
+                    raise CurrentPasswordRequired("body", "current_password")
+                elif not await passwords.verify(data.current_password, user.hashed_password):
+                    raise InvalidCurrentPassword()
+        user = await self.users.update_user(user_id, UserUpdate.model_validate(changes))
+        if "email" in changes:
+            await self.session.execute(
+                delete(PasswordResetToken).where(PasswordResetToken.user_id == user_id)
+            )
+        return user
 
     async def ensure_first_admin(self, settings: Settings) -> str | None:
         """Create an admin when no user exists; returns the generated password, if any."""

@@ -9,6 +9,7 @@ from sqlalchemy import Uuid, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from core.exceptions import ConflictError
+from core.password_policy import check_password_strength
 from core.security import passwords
 from models.session import CLOCK_SKEW_MARGIN, AuthSession
 from models.user import AuthenticatedUser, User, UserRole
@@ -109,7 +110,10 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def create(self, data: UserCreate, **extra: Any) -> User:
-        """Create a user; a taken email (any case) is 409 duplicate_email."""
+        """Create a user; a taken email (any case) is 409 duplicate_email, a weak password 422."""
+        await check_password_strength(
+            data.password, email=data.email, full_name=data.full_name, field="password"
+        )
         hashed_password = await passwords.hash(data.password)
         async with self.integrity_guard(unique=DuplicateUserEmail):
             return await super().create(data, hashed_password=hashed_password, **extra)
@@ -151,9 +155,19 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         """Partial update that never leaves the system without an active admin; a new password,
         a new role or a deactivation ends every session of the account (end_all_sessions)."""
         values = data.model_dump(exclude_unset=True)
-        # Hashed before the account is locked: waiting for a hashing slot (a login flood takes
-        # them all) must not hold the user-change lock and a pooled connection meanwhile.
-        new_hash = await passwords.hash(values["password"]) if "password" in values else None
+        # Checked and hashed before the account is locked: waiting for a hashing slot (a login
+        # flood takes them all) must not hold the user-change lock and a pooled connection
+        # meanwhile.
+        new_hash = None
+        if "password" in values:
+            current = await self.get(user_id)
+            await check_password_strength(
+                values["password"],
+                email=values.get("email", current.email),
+                full_name=values.get("full_name", current.full_name),
+                field="password",
+            )
+            new_hash = await passwords.hash(values["password"])
         user = await self.get_for_change(user_id)
         loses_admin = values.get("role", user.role) != UserRole.admin or not values.get(
             "is_active", user.is_active

@@ -219,6 +219,24 @@ async def user_headers(user_id: int) -> dict[str, str]:
     return await bearer(user_id)
 
 
+@pytest.fixture
+def smtp_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    """The application's settings pointed at a test SMTP server on 127.0.0.1 (port set per
+    test, see tests/test_email.py's smtp_server)."""
+
+    def point_at(port: int) -> None:
+        for name, value in {
+            "email_backend": "smtp",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_security": "none",
+            "email_from": "crm@tpm-finance.test",
+        }.items():
+            monkeypatch.setattr(settings, name, value)
+
+    yield point_at
+
+
 def error_of(response: Response) -> dict[str, Any]:
     """The error body without its request id, once that id is checked against X-Request-ID."""
     body: dict[str, Any] = response.json()

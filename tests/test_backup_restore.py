@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core.db import db
 from models import Base
 from services.jobs import JobService
+from services.password_reset import PasswordResetService
 from services.users import caller_cache
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DatabaseUrls, owner_connection
 from tests.factories import bearer, create_user
@@ -205,15 +206,19 @@ async def populate(client: AsyncClient) -> dict[str, str]:
     (The fixtures' `admin_headers` keeps a session open, whose lock would block the restore.)
     """
     admin = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    await post(
+    sales_user = await post(
         client,
         "/users",
-        {"email": "sales@crm.test", "full_name": "Élodie Vente", "password": "sales-pass-1234"},
+        {
+            "email": "sales@crm.test",
+            "full_name": "Élodie Vente",
+            "password": "orbit-quiet-lamp-1234",
+        },
         admin,
     )
     # Two-factor login: an encrypted secret and recovery codes (before the failure below, which
     # a successful login would clear).
-    sales = await login(client, "sales@crm.test", "sales-pass-1234")
+    sales = await login(client, "sales@crm.test", "orbit-quiet-lamp-1234")
     secret = (await client.post(f"{API}/auth/2fa/setup", headers=sales)).json()["secret"]
     code = pyotp.TOTP(secret).now()
     enabled = await client.post(f"{API}/auth/2fa/enable", json={"code": code}, headers=sales)
@@ -249,6 +254,14 @@ async def populate(client: AsyncClient) -> dict[str, str]:
                 {"year": 2026, "month": month, "revenue": 1000.5 * month, "closings": month},
                 admin,
             )
+    # A password reset asked for (its request counted, its job queued), and the token its job
+    # would mint.
+    reset = await client.post(
+        f"{API}/auth/password-reset/request", json={"email": sales_user["email"]}
+    )
+    assert reset.status_code == 202, reset.text
+    async with db.sessionmaker() as session, session.begin():
+        await PasswordResetService(session).mint_token(sales_user["id"])
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())

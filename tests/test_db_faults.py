@@ -204,7 +204,7 @@ async def _lock_user_row(cluster: Cluster, user_id: int) -> tuple[asyncpg.Connec
 
 
 async def _create_user(http: httpx.AsyncClient, headers: dict[str, str], email: str) -> int:
-    body = {"email": email, "full_name": "Target", "password": "target-pass-1"}
+    body = {"email": email, "full_name": "Target", "password": "orbit-quiet-lamp-1"}
     response = await http.post(f"{API}/users", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return int(response.json()["id"])

@@ -1,11 +1,9 @@
 """Email through the job queue: a real worker, a real SMTP server (aiosmtpd) on 127.0.0.1."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from core.config import settings
 from core.db import db
 from core.email import OutgoingEmail
 from services.emails import send_later
@@ -15,23 +13,6 @@ from tests.test_email import Mailbox, make_email, smtp_server
 from tests.worker_process import finished, worker_in_process
 
 pytestmark = pytest.mark.committing
-
-
-@pytest.fixture
-def smtp_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The application's settings pointed at a test SMTP server (set per test)."""
-
-    def point_at(port: int) -> None:
-        for name, value in {
-            "email_backend": "smtp",
-            "smtp_host": "127.0.0.1",
-            "smtp_port": port,
-            "smtp_security": "none",
-            "email_from": "crm@tpm-finance.test",
-        }.items():
-            monkeypatch.setattr(settings, name, value)
-
-    yield point_at
 
 
 async def queue_email(email: OutgoingEmail) -> int:

@@ -19,7 +19,7 @@ def new_user(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "email": "alice@crm.test",
         "full_name": "Alice Martin",
-        "password": "alice-password-1",
+        "password": "harbour-violet-lamp-1",
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
+from core.db import db
 from core.policy import GRANTS, POLICY, Action, Grant
 from models.user import UserRole
+from services.password_reset import PasswordResetService
 from tests.conftest import error_of
 from tests.factories import USER_PASSWORD, bearer, create_user, scalar
 
@@ -38,6 +40,9 @@ for row in TABLE.values():
 OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/auth/login"): "public",
     ("POST", "/auth/refresh"): "public",
+    ("POST", "/auth/password-reset/request"): "public",
+    ("POST", "/auth/password-reset/confirm"): "public",
+    ("PUT", "/auth/me"): "self",
     ("GET", "/auth/me"): "self",
     ("PUT", "/auth/me/password"): "self",
     ("POST", "/auth/logout"): "self",
@@ -97,6 +102,12 @@ NEW_PASSWORD = "Tulipe-Horizon-Quartz-92"
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/auth/login"): {"email": "{email}", "password": USER_PASSWORD},
     ("POST", "/auth/refresh"): {"refresh_token": "{refresh_token}"},
+    ("POST", "/auth/password-reset/request"): {"email": "{email}"},
+    ("POST", "/auth/password-reset/confirm"): {
+        "token": "{reset_token}",
+        "new_password": NEW_PASSWORD,
+    },
+    ("PUT", "/auth/me"): {"full_name": "Renamed Caller"},
     ("PUT", "/auth/me/password"): {
         "current_password": USER_PASSWORD,
         "new_password": NEW_PASSWORD,
@@ -185,6 +196,7 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "year": 2026,
         "month": 1,
         "email": f"{role}.caller@crm.test",
+        "caller_id": caller,
     }
     return await bearer(caller), params
 
@@ -219,6 +231,11 @@ async def test_permission_matrix(
         login = {"email": params["email"], "password": USER_PASSWORD}
         logged_in = await client.post(f"{API}/auth/login", json=login)
         params["refresh_token"] = logged_in.json()["refresh_token"]
+    if operation == ("POST", "/auth/password-reset/confirm"):
+        async with db.sessionmaker() as session, session.begin():
+            params["reset_token"] = await PasswordResetService(session).mint_token(
+                params["caller_id"]
+            )
     body = BODIES.get(operation)
     response = await client.request(
         method,

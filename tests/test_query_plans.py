@@ -56,6 +56,7 @@ from tests.factories import (
     INVESTORS,
     USER_PASSWORD,
     create_user,
+    execute,
     make_contact,
     make_investor,
 )
@@ -364,6 +365,14 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
             text("INSERT INTO recovery_codes (user_id, code_hash) VALUES (:id, :digest)"),
             {"id": second_factor, "digest": recovery_code_digest(RECOVERY_CODE)},
         )
+    planner = user
+    # The reset link's token, stored as the job stores it (its SHA-256).
+    await execute(
+        "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) "
+        "VALUES (sha256(convert_to(:token, 'UTF8')), :user_id, now() + interval '30 minutes')",
+        token=RESET_TOKEN,
+        user_id=planner,
+    )
     return Sample(
         investor=quintavalle["id"],
         contact=contact["id"],
@@ -428,6 +437,7 @@ JOBS = "/api/v1/jobs"
 SEARCH = f"{INVESTORS}/search"
 RECOVERY_CODE = "aaaa-bbbb-cccc-dddd"
 SORTS = list(get_args(InvestorSort))
+RESET_TOKEN = "planned-reset-token"
 
 CALLS = [
     Call("current user", "GET", "/api/v1/auth/me"),
@@ -464,6 +474,26 @@ CALLS = [
     Call("refresh", "POST", "/api/v1/auth/refresh", sends_refresh_token=True),
     Call("logout", "POST", "/api/v1/auth/logout", status=204),
     Call("logout everywhere", "POST", "/api/v1/auth/logout-all", status=204),
+    Call(
+        "update profile",
+        "PUT",
+        "/api/v1/auth/me",
+        body={"email": "chief@crm.test", "current_password": ADMIN_PASSWORD},
+    ),
+    Call(
+        "request password reset",
+        "POST",
+        "/api/v1/auth/password-reset/request",
+        body={"email": "planner@crm.test"},
+        status=202,
+    ),
+    Call(
+        "confirm password reset",
+        "POST",
+        "/api/v1/auth/password-reset/confirm",
+        body={"token": RESET_TOKEN, "new_password": "harbour-violet-lamp-1"},
+        status=204,
+    ),
     Call("investor detail", "GET", ONE_INVESTOR),
     *(page(f"investors by {sort}", INVESTORS, f"sort={sort}") for sort in SORTS),
     page("investors of a stage", INVESTORS, "pipeline_stage=prospect_chaud"),
@@ -572,7 +602,7 @@ CALLS = [
         "create user",
         "POST",
         USERS,
-        body={"email": "new@crm.test", "full_name": "New User", "password": "new-password-789"},
+        body={"email": "new@crm.test", "full_name": "New User", "password": "quiet-orbit-lamp-62"},
         status=201,
     ),
     Call("read user", "GET", f"{USERS}/{{user_id:id}}"),

@@ -40,7 +40,7 @@ def new_user(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "email": "alice@crm.test",
         "full_name": "Alice Martin",
-        "password": "alice-password-1",
+        "password": "harbour-violet-lamp-1",
     }
     body.update(overrides)
     return body
@@ -125,7 +125,7 @@ async def test_create_user(client: AsyncClient, admin_headers: dict[str, str]) -
         True,
     )
     assert created["is_admin"] is False
-    assert await login_status(client, "alice.martin@crm.test", "alice-password-1") == 200
+    assert await login_status(client, "alice.martin@crm.test", "harbour-violet-lamp-1") == 200
 
 
 async def test_create_admin_and_inactive_user(
@@ -135,7 +135,7 @@ async def test_create_admin_and_inactive_user(
     assert (admin["role"], admin["is_admin"]) == ("admin", True)
     off = await make_user(client, admin_headers, email="off@crm.test", is_active=False)
     assert off["is_active"] is False
-    assert await login_status(client, "off@crm.test", "alice-password-1") == 401
+    assert await login_status(client, "off@crm.test", "harbour-violet-lamp-1") == 401
 
 
 @pytest.mark.parametrize("email", ["alice@crm.test", "ALICE@crm.test", "Alice@CRM.TEST"])
@@ -290,7 +290,7 @@ async def test_update_password(client: AsyncClient, admin_headers: dict[str, str
     assert response.status_code == 200
     assert_no_secret(response)
     assert await login_status(client, "alice@crm.test", "another-password") == 200
-    assert await login_status(client, "alice@crm.test", "alice-password-1") == 401
+    assert await login_status(client, "alice@crm.test", "harbour-violet-lamp-1") == 401
 
 
 async def test_disabling_a_user_revokes_their_token(
@@ -427,7 +427,7 @@ async def test_delete_user(client: AsyncClient, admin_headers: dict[str, str]) -
     assert response.content == b""
     again = await client.get(f"{USERS}/{alice['id']}", headers=admin_headers)
     assert again.status_code == 404
-    assert await login_status(client, "alice@crm.test", "alice-password-1") == 401
+    assert await login_status(client, "alice@crm.test", "harbour-violet-lamp-1") == 401
 
 
 async def test_deleting_yourself_is_409(client: AsyncClient, admin_headers: dict[str, str]) -> None:

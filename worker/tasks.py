@@ -8,9 +8,9 @@ from core.queue import delete_finished_jobs, purge_queue_log
 from core.schedules import Schedule, schedules
 
 # Feature modules that declare job types, imported for their registrations.
-from services import emails
+from services import emails, password_reset
 
-FEATURE_JOB_MODULES = (emails,)
+FEATURE_JOB_MODULES = (emails, password_reset)
 
 
 class PurgePayload(BaseModel):

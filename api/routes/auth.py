@@ -1,4 +1,4 @@
-"""Login, refresh and logout, current user and password change."""
+"""Login, refresh and logout, current user, profile and password change, password reset."""
 
 import ipaddress
 from typing import Any
@@ -11,14 +11,26 @@ from api.deps import (
     AuthWriter,
     CurrentSessionId,
     CurrentUser,
+    PasswordResetWriter,
     SessionWriter,
     UserWriter,
     WriteSession,
 )
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
-from schemas.user import LoginJSON, Me, PasswordChange, RefreshRequest, Token
+from schemas.user import (
+    LoginJSON,
+    Me,
+    MeUpdate,
+    PasswordChange,
+    PasswordResetAccepted,
+    PasswordResetConfirm,
+    PasswordResetRequestBody,
+    RefreshRequest,
+    Token,
+)
 from services.auth import InvalidCredentials
+from services.password_reset import REQUEST_FLOOR_S, lasting_at_least
 from services.sessions import RefreshTokenReused
 from services.two_factor import InvalidLoginOtp
 
@@ -176,3 +188,37 @@ async def change_my_password(body: PasswordChange, user: CurrentUser, auth: Auth
     """Change the authenticated user's password; every token issued before (this one too) stops
     working."""
     await auth.change_password(user.id, body.current_password, body.new_password)
+
+
+@router.put("/me", response_model=Me, responses=errors(400, *AUTHENTICATED, 409))
+async def update_me(body: MeUpdate, user: CurrentUser, auth: AuthWriter) -> Me:
+    """Change the authenticated user's name or email (a new email needs current_password)."""
+    return Me.model_validate(await auth.update_profile(user.id, body))
+
+
+@router.post(
+    "/password-reset/request",
+    response_model=PasswordResetAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(503),
+)
+async def request_password_reset(
+    body: PasswordResetRequestBody, session: WriteSession, resets: PasswordResetWriter
+) -> PasswordResetAccepted:
+    """Email a reset link to the active account using this address; the same answer, in the
+    same time, whether one does or not."""
+    async with lasting_at_least(REQUEST_FLOOR_S):
+        await resets.request_reset(body.email, settings)
+        # Inside the timed block: the job's rows make the commit of a known address dearer.
+        await session.commit()
+    return PasswordResetAccepted()
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(400, 503),
+)
+async def confirm_password_reset(body: PasswordResetConfirm, resets: PasswordResetWriter) -> None:
+    """Set a new password with the emailed token; every session of the account ends."""
+    await resets.confirm(body.token, body.new_password)
