@@ -68,6 +68,10 @@ class Keyring:
         try:
             # Validating: characters outside the alphabet are an altered value, not skipped.
             raw = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
+            # Canonical only: a last character whose unused low bits were changed decodes to
+            # the same bytes, yet it is not the value that was stored.
+            if base64.urlsafe_b64encode(raw).decode() != token:
+                raise ValueError("not the canonical encoding")
             plaintext = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
             return plaintext.decode()
         except (InvalidTag, ValueError):  # ValueError: bad base64 (binascii.Error) or UTF-8

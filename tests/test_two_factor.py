@@ -555,6 +555,19 @@ def test_an_altered_ciphertext_does_not_open(tamper: Any) -> None:
     assert OLD_KEY not in str(raised.value)
 
 
+def test_a_non_canonical_encoding_of_the_stored_value_does_not_open() -> None:
+    ring = Keyring(OLD_KEY)
+    sealed = ring.encrypt("JBSWY3DPEHPK3PXP", context="c")
+    # 44 sealed bytes: one padding character, and a last data character with two unused bits,
+    # which base64 decoding ignores.
+    body, last, padding = sealed[:-2], sealed[-2], sealed[-1]
+    assert padding == "="
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    sibling = alphabet[alphabet.index(last) ^ 1]
+    with pytest.raises(DecryptionError):
+        ring.decrypt(body + sibling + padding, context="c")
+
+
 def test_an_encryption_key_shorter_than_32_bytes_is_refused() -> None:
     with pytest.raises(ValidationError, match="ENCRYPTION_KEY is shorter than 32 bytes"):
         Settings(_env_file=None, encryption_key="k" * 31)
