@@ -13,6 +13,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.trash import TrashEntity, TrashEntry
 from models.user import LoginFailure, User, UserRole
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "LoginFailure",
     "PipelineStage",
     "ScheduleRun",
+    "TrashEntity",
+    "TrashEntry",
     "User",
     "UserRole",
 ]

@@ -1,10 +1,11 @@
 """investor_counts, kpi_month_totals and interaction_type_counts: the trigger-kept counters always
-equal a fresh GROUP BY.
+equal a fresh GROUP BY of the live rows (those not in the trash).
 
-Writes go through the API (creates, updates, stage moves, deletes with their cascades, KPI
-upserts, months moved by PUT, interactions logged, retyped and deleted), through multi-row SQL
-statements, and concurrently; after each batch the counters, /investors/stats, the list totals
-and the month summaries are compared with live computations over the base tables.
+Writes go through the API (creates, updates, stage moves, deletes to the trash with their
+children, restores, purges now and by the nightly job, KPI upserts, months moved by PUT,
+interactions logged, retyped and deleted), through multi-row SQL statements, and concurrently;
+after each batch the counters, /investors/stats, the list totals and the month summaries are
+compared with live computations over the base tables.
 """
 
 import asyncio
@@ -30,7 +31,7 @@ INVESTOR_COUNTERS = (
 )
 INVESTOR_LIVE = (
     "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) FROM investors "
-    "GROUP BY 1, 2, 3"
+    "WHERE deleted_at IS NULL GROUP BY 1, 2, 3"
 )
 KPI_COLUMNS = (
     "row_count, total_rdv, total_pitchs, total_due_diligences, total_closings, "
@@ -40,19 +41,20 @@ KPI_COUNTERS = f"SELECT year, month, {KPI_COLUMNS} FROM kpi_month_totals WHERE r
 KPI_EMPTIED = f"SELECT {KPI_COLUMNS} FROM kpi_month_totals WHERE row_count = 0"
 KPI_LIVE = (
     "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
-    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month"
+    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis "
+    "WHERE deleted_at IS NULL GROUP BY year, month"
 )
 # Only a type's sum over its slots means anything (see InteractionTypeCount).
 INTERACTION_COUNTERS = (
     "SELECT type, sum(n) FROM interaction_type_counts GROUP BY type HAVING sum(n) <> 0"
 )
-INTERACTION_LIVE = "SELECT type, count(*) FROM interactions GROUP BY type"
+INTERACTION_LIVE = "SELECT type, count(*) FROM interactions WHERE deleted_at IS NULL GROUP BY type"
 MONTH_LIVE = (
     "SELECT count(DISTINCT investor_id), coalesce(sum(rdv_count), 0), coalesce(sum(pitchs), 0), "
     "coalesce(sum(due_diligences), 0), coalesce(sum(closings), 0), coalesce(sum(revenue), 0), "
     "round(sum(revenue * commission_rate) / nullif(sum(revenue), 0), 2), "
     "round(coalesce(sum(revenue * commission_rate), 0) / 100, 2) "
-    "FROM kpis WHERE year = :year AND month = :month"
+    "FROM kpis WHERE year = :year AND month = :month AND deleted_at IS NULL"
 )
 
 
@@ -81,7 +83,10 @@ async def assert_counters_exact(
         await fetch(session, INTERACTION_LIVE)
     )
 
-    investors = await fetch(session, "SELECT pipeline_stage, client_type, is_active FROM investors")
+    investors = await fetch(
+        session,
+        "SELECT pipeline_stage, client_type, is_active FROM investors WHERE deleted_at IS NULL",
+    )
     response = await client.get(f"{INVESTORS}/stats", headers=headers)
     assert response.status_code == 200, response.text
     by_type: dict[str, int] = {kind.value: 0 for kind in ClientType}
@@ -134,7 +139,7 @@ async def assert_counters_exact(
             "total_commission": as_number(live[7]),
         }
 
-    interactions = await fetch(session, "SELECT type FROM interactions")
+    interactions = await fetch(session, "SELECT type FROM interactions WHERE deleted_at IS NULL")
     for kind in [None, *InteractionType]:
         query = {} if kind is None else {"type": kind.value}
         listed = await client.get(INTERACTIONS, params=query, headers=headers)
@@ -143,7 +148,7 @@ async def assert_counters_exact(
         assert listed.json()["total"] == expected
         assert len(listed.json()["items"]) == min(expected, 50)
 
-    kpis = await fetch(session, "SELECT year, month FROM kpis")
+    kpis = await fetch(session, "SELECT year, month FROM kpis WHERE deleted_at IS NULL")
     periods: list[dict[str, int]] = [
         {},
         {"year": 2026},

@@ -93,7 +93,7 @@ async def update_interaction(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def delete_interaction(
-    interaction_id: IdPath, _: CurrentUser, interactions: InteractionWriter
+    interaction_id: IdPath, user: CurrentUser, interactions: InteractionWriter
 ) -> None:
-    """Delete an interaction."""
-    await interactions.delete(await interactions.get(interaction_id))
+    """Move an interaction to the trash."""
+    await interactions.delete(await interactions.get(interaction_id), deleted_by=user.id)
