@@ -29,6 +29,7 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.trash import TrashService
 from services.users import UserService, caller_cache
 
 # Each route declares which session it needs, through the read or write variant of its
@@ -168,6 +169,8 @@ KpiReader = Annotated[KpiService, _reader(KpiService)]
 KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
+TrashReader = Annotated[TrashService, _reader(TrashService)]
+TrashWriter = Annotated[TrashService, _writer(TrashService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)
