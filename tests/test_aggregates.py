@@ -18,11 +18,14 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import db
 from models import ClientType, InteractionType, PipelineStage
-from tests.factories import INVESTORS, make_investor
+from services.trash import TrashService
+from tests.factories import INVESTORS, execute, make_investor
 
 KPIS = "/api/v1/kpis"
 INTERACTIONS = "/api/v1/interactions"
+TRASH = "/api/v1/trash"
 Headers = dict[str, str]
 MONTHS = [(2025, 12), (2026, 1), (2026, 2)]
 
@@ -198,6 +201,9 @@ async def random_write(
             "interaction_put",
             "interaction_delete",
             "delete",
+            "restore",
+            "purge",
+            "purge_job",
         ]
     )
     if action == "create" or not investors:
@@ -280,8 +286,31 @@ async def random_write(
             f"{INTERACTIONS}/{interaction_id}", json=changes, headers=headers
         )
         assert response.status_code == 200, response.text
+    elif action in ("restore", "purge"):
+        page = await client.get(TRASH, params={"limit": 200}, headers=headers)
+        assert page.status_code == 200, page.text
+        if not page.json()["items"]:
+            return
+        item = rng.choice(page.json()["items"])
+        url = f"{TRASH}/{item['entity']}/{item['id']}"
+        if action == "purge":
+            response = await client.delete(url, headers=headers)
+            assert response.status_code == 204, response.text
+            return
+        response = await client.post(f"{url}/restore", headers=headers)
+        # 409: a live row took its KPI month meanwhile, or its investor is in the trash.
+        assert response.status_code in (200, 409), response.text
+        if response.status_code == 200 and item["entity"] == "investor":
+            investors.append(item["id"])
+    elif action == "purge_job":
+        # About half the trash reaches its purge time; the nightly job's purge runs.
+        await execute(
+            "UPDATE trash_entries SET purge_after = now() WHERE id % 2 = :r", r=rng.randint(0, 1)
+        )
+        async with db.sessionmaker() as session, session.begin():
+            await TrashService(session).purge_expired()
     else:
-        # Its KPI rows and interactions go by cascade: the counters must follow.
+        # Its KPI rows and interactions go to the trash with it: the counters must follow.
         response = await client.delete(f"{INVESTORS}/{investor_id}", headers=headers)
         assert response.status_code == 204, response.text
         investors.remove(investor_id)
@@ -363,6 +392,19 @@ async def test_multi_row_statements_update_counters_once_per_key(
     await session.execute(text("UPDATE interactions SET subject = 'Relance'"))
     await session.execute(text("DELETE FROM interactions WHERE type = 'webinaire' AND id % 2 = 0"))
     await session.execute(text("DELETE FROM investors WHERE id % 7 = 0"))
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    # Rows moved to the trash, back, and destroyed there, many per statement.
+    await session.execute(text("UPDATE investors SET deleted_at = now() WHERE id % 4 = 0"))
+    await session.execute(text("UPDATE kpis SET deleted_at = now() WHERE id % 3 = 0"))
+    await session.execute(text("UPDATE interactions SET deleted_at = now() WHERE id % 5 < 2"))
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    await session.execute(text("UPDATE investors SET deleted_at = NULL WHERE id % 8 = 0"))
+    await session.execute(text("UPDATE kpis SET deleted_at = NULL, pitchs = 1 WHERE id % 6 = 0"))
+    await session.execute(text("UPDATE interactions SET deleted_at = NULL WHERE id % 5 = 0"))
+    await session.execute(text("DELETE FROM investors WHERE deleted_at IS NOT NULL AND id % 3 = 0"))
+    await session.execute(text("DELETE FROM interactions WHERE deleted_at IS NOT NULL"))
     await session.commit()
     await assert_counters_exact(client, admin_headers, session)
     assert await fetch(session, "SELECT count(*) FROM investor_counts WHERE n < 0") == [(0,)]
