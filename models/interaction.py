@@ -5,7 +5,7 @@ from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin, value_enum
-from models.trash import LIVE_ROWS, SoftDeleteMixin, trash_entry_index
+from models.trash import SoftDeleteMixin, trash_entry_index
 
 
 class InteractionType(enum.StrEnum):
@@ -26,8 +26,7 @@ class Interaction(SoftDeleteMixin, TimestampMixin, Base):
             name="duration_minutes_range",
         ),
         # Newest-first listings, globally and per investor.
-        # The unfiltered list walks it newest first: live rows only.
-        Index("ix_interactions_date_id", "date", "id", postgresql_where=LIVE_ROWS),
+        Index("ix_interactions_date_id", "date", "id"),
         Index("ix_interactions_investor_id_date_id", "investor_id", "date", "id"),
         Index("ix_interactions_type_date_id", "type", "date", "id"),
         trash_entry_index("interactions"),

@@ -12,7 +12,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin
-from models.trash import LIVE_ROWS, SoftDeleteMixin, trash_entry_index
+from models.trash import LIVE_ENTRY, SoftDeleteMixin, trash_entry_index
 
 
 class Kpi(SoftDeleteMixin, TimestampMixin, Base):
@@ -28,7 +28,7 @@ class Kpi(SoftDeleteMixin, TimestampMixin, Base):
             "year",
             "month",
             unique=True,
-            postgresql_where=LIVE_ROWS,
+            postgresql_where=LIVE_ENTRY,
         ),
         # Every row of an investor, trashed ones included: what a purge's cascade looks up.
         Index("ix_kpis_investor_id", "investor_id"),
@@ -40,13 +40,7 @@ class Kpi(SoftDeleteMixin, TimestampMixin, Base):
         ),
         CheckConstraint("revenue >= 0", name="revenue_not_negative"),
         CheckConstraint("commission_rate BETWEEN 0 AND 100", name="commission_rate_range"),
-        Index(
-            "ix_kpis_year_month_investor_id",
-            "year",
-            "month",
-            "investor_id",
-            postgresql_where=LIVE_ROWS,
-        ),
+        Index("ix_kpis_year_month_investor_id", "year", "month", "investor_id"),
         # A calendar month of every year, in the list order: no skip scan in PostgreSQL 16.
         Index("ix_kpis_month_year_investor_id_id", "month", "year", "investor_id", "id"),
         trash_entry_index("kpis"),

@@ -62,6 +62,8 @@ def trash_entry_index(table: str) -> Index:
     )
 
 
-# The predicate of a partial index over live rows (lists sort on them, uniqueness binds only
-# them): reads carry the same clause (BaseService.live), so PostgreSQL can use it.
-LIVE_ROWS = text("deleted_at IS NULL")
+# The predicate of a unique index that binds live rows only. Not `deleted_at IS NULL`, which
+# every read carries (BaseService.live): PostgreSQL could then read all live rows through the
+# index (a bitmap scan of it, then a sort) where a walk of the sort order's index is meant. A
+# row has a trash entry exactly while it has a deletion time.
+LIVE_ENTRY = text("trash_entry_id IS NULL")

@@ -73,7 +73,7 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
         upsert = new_row.on_conflict_do_update(
             # The unique index binds live rows only: a trashed month is never the conflict.
             index_elements=[Kpi.investor_id, Kpi.year, Kpi.month],
-            index_where=Kpi.deleted_at.is_(None),
+            index_where=Kpi.trash_entry_id.is_(None),
             set_=changes,
         )
         # xmax is 0 only on a freshly inserted row version.

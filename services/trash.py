@@ -215,7 +215,7 @@ class TrashService(BaseService[TrashEntry, BaseModel, BaseModel]):
             child: Any = column.class_
             entries.append(
                 select(child.trash_entry_id).where(
-                    column == entry.entity_id, child.trash_entry_id.is_not(None)
+                    column == entry.entity_id, child.deleted_at.is_not(None)
                 )
             )
         entry_ids = list((await self.session.execute(union(*entries))).scalars())

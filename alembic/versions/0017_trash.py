@@ -17,19 +17,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TABLES = ("investors", "contacts", "interactions", "kpis")
-LIVE = sa.text("deleted_at IS NULL")
 
-# The indexes that lists walk in their sort order with no other condition: over live rows only,
-# or a filter would discard trashed rows along the walk. Indexes that a foreign-key cascade
-# needs (investor_id) stay whole: a purge cascades to trashed rows.
-LIVE_SORT_INDEXES = {
-    "ix_investors_name_id": ("investors", ["name", "id"]),
-    "ix_investors_created_at_id": ("investors", ["created_at", "id"]),
-    "ix_investors_updated_at_id": ("investors", ["updated_at", "id"]),
-    "ix_investors_pipeline_rank_id": ("investors", ["pipeline_rank", "id"]),
-    "ix_interactions_date_id": ("interactions", ["date", "id"]),
-    "ix_kpis_year_month_investor_id": ("kpis", ["year", "month", "investor_id"]),
-}
+# The indexes reads use stay whole, and reads skip trashed rows with a filter: the trash holds
+# TRASH_RETENTION_DAYS of deletions, a small share of any table. Indexes of live rows only
+# (partial) were tried: where a read's live clause implies their predicate, PostgreSQL may read
+# every live row through one of them (a bitmap scan, then a sort) instead of walking the sort
+# order's index, and it does on small tables. Only uniqueness binds live rows alone, through
+# predicates reads never imply (models/trash.py, LIVE_ENTRY).
 
 # --- the trigger-kept counters (0003, 0004), counting live rows only ---------------------------
 # Trashing a row is an UPDATE whose new version is no longer live (-1), restoring one an UPDATE
@@ -320,16 +314,14 @@ def upgrade() -> None:
             ["trash_entry_id"],
             postgresql_where=sa.text("trash_entry_id IS NOT NULL"),
         )
-    for name, (table, columns) in LIVE_SORT_INDEXES.items():
-        op.drop_index(name, table_name=table)
-        op.create_index(name, table, columns, postgresql_where=LIVE)
     op.drop_index("uq_investors_email_lower", table_name="investors")
+    # Rows without an email never conflict: they stay out of it.
     op.create_index(
         "uq_investors_email_lower",
         "investors",
         [sa.literal_column("lower(email)")],
         unique=True,
-        postgresql_where=LIVE,
+        postgresql_where=sa.text("deleted_at IS NULL AND email IS NOT NULL"),
     )
     op.drop_constraint("uq_kpis_investor_id_year_month", "kpis", type_="unique")
     op.create_index(
@@ -337,8 +329,9 @@ def upgrade() -> None:
         "kpis",
         ["investor_id", "year", "month"],
         unique=True,
-        postgresql_where=LIVE,
+        postgresql_where=sa.text("trash_entry_id IS NULL"),
     )
+    # Every row of an investor, trashed ones included: what a purge's cascade looks up.
     op.create_index("ix_kpis_investor_id", "kpis", ["investor_id"])
     for name in COUNTERS:
         op.execute(_counter_function(name, live_only=True))
@@ -365,9 +358,6 @@ def downgrade() -> None:
     op.create_index(
         "uq_investors_email_lower", "investors", [sa.literal_column("lower(email)")], unique=True
     )
-    for name, (table, columns) in LIVE_SORT_INDEXES.items():
-        op.drop_index(name, table_name=table)
-        op.create_index(name, table, columns)
     for table in TABLES:
         op.drop_index(f"ix_{table}_trash_entry_id", table_name=table)
         op.drop_constraint(

@@ -96,4 +96,5 @@ async def delete_interaction(
     interaction_id: IdPath, user: CurrentUser, interactions: InteractionWriter
 ) -> None:
     """Move an interaction to the trash."""
-    await interactions.delete(await interactions.get(interaction_id), deleted_by=user.id)
+    interaction = await interactions.get(interaction_id, for_update=True)
+    await interactions.delete(interaction, deleted_by=user.id)

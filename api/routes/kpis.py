@@ -116,4 +116,4 @@ async def update_kpi(kpi_id: IdPath, body: KpiUpdate, _: CurrentUser, kpis: KpiW
 )
 async def delete_kpi(kpi_id: IdPath, user: CurrentUser, kpis: KpiWriter) -> None:
     """Move a KPI row to the trash."""
-    await kpis.delete(await kpis.get(kpi_id), deleted_by=user.id)
+    await kpis.delete(await kpis.get(kpi_id, for_update=True), deleted_by=user.id)
