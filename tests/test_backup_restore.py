@@ -241,6 +241,11 @@ async def populate(client: AsyncClient) -> dict[str, str]:
                 {"year": 2026, "month": month, "revenue": 1000.5 * month, "closings": month},
                 admin,
             )
+    # The trash too: a third investor deleted with its contact.
+    trashed = await post(client, "/investors", {"name": "Banque Écartée"}, admin)
+    await post(client, f"/contacts/investor/{trashed['id']}", {"name": "Léa Ancienne"}, admin)
+    deleted = await client.delete(f"{API}/investors/{trashed['id']}", headers=admin)
+    assert deleted.status_code == 204, deleted.text
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())
