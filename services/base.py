@@ -59,7 +59,7 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
 
     def live(self) -> list[ColumnElement[bool]]:
         """The clause every read of a soft-deleted model adds: rows in the trash are not there
-        (the partial indexes of live rows carry the same predicate)."""
+        (walks of the lists' indexes skip them with it, migration 0017)."""
         if issubclass(self.model, SoftDeleteMixin):
             return [self.model.deleted_at.is_(None)]
         return []

@@ -430,7 +430,7 @@ async def test_the_nightly_job_purges_what_has_stayed_past_the_retention(
     # are not.
     await execute(
         "UPDATE trash_entries SET purge_after = now() - interval '1 minute' "
-        "WHERE entity_id = :i AND entity = 'investor' OR entity = 'contact'",
+        "WHERE (entity = 'investor' AND entity_id = :i) OR entity = 'contact'",
         i=old["investor"],
     )
     assert any(schedule.job_type == "trash.purge" for schedule in schedules)
