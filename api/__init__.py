@@ -4,13 +4,23 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.deps import bind_policy
-from api.routes import auth, contacts, interactions, investors, jobs, kpis, two_factor, users
+from api.routes import (
+    auth,
+    contacts,
+    interactions,
+    investors,
+    jobs,
+    kpis,
+    trash,
+    two_factor,
+    users,
+)
 
 API_PREFIX = "/api/v1"
 # In the order requests try them: investors, the most requested, first (docs/adr/0004).
 ROUTERS = tuple(
     module.router
-    for module in (investors, auth, users, contacts, interactions, kpis, jobs, two_factor)
+    for module in (investors, auth, users, contacts, interactions, kpis, jobs, two_factor, trash)
 )
 
 

@@ -41,6 +41,7 @@ from services.jobs import JobService
 from services.kpis import KpiService
 from services.password_reset import PasswordResetService
 from services.sessions import SessionService
+from services.trash import TrashService
 from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
 
@@ -202,6 +203,8 @@ KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
 TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
+TrashReader = Annotated[TrashService, _reader(TrashService)]
+TrashWriter = Annotated[TrashService, _writer(TrashService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -208,6 +208,8 @@ class Settings(BaseSettings):
     # On SIGTERM: running jobs get this long to finish, then go back to the queue.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
     job_retention_days: int = Field(default=30, ge=1, le=3650)
+    # A deleted record stays this long in the trash (restorable), then a nightly job destroys it.
+    trash_retention_days: int = Field(default=30, ge=1, le=3650)
     # Schedules are written in this zone's wall-clock time (cron expressions, DST included).
     timezone: str = "Europe/Paris"
 

@@ -27,6 +27,8 @@ class Action(StrEnum):
     operate = "operate"  # imports, exports, reports, jobs
     follow_jobs = "follow_jobs"  # reads the jobs one caused
     manage_users = "manage_users"  # user administration
+    manage_trash = "manage_trash"  # lists and restores what is in the trash
+    purge_trash = "purge_trash"  # destroys what is in the trash before its time
 
 
 class Grant(StrEnum):
@@ -42,7 +44,11 @@ _ALL, _OWNED, _NONE = Grant.all, Grant.owned, Grant.none
 # The role table. docs/roles.md and the README are checked against it (tests/test_policy.py).
 GRANTS: Mapping[UserRole, Mapping[Action, Grant]] = {
     UserRole.admin: dict.fromkeys(Action, _ALL),
-    UserRole.manager: {**dict.fromkeys(Action, _ALL), Action.manage_users: _NONE},
+    UserRole.manager: {
+        **dict.fromkeys(Action, _ALL),
+        Action.manage_users: _NONE,
+        Action.purge_trash: _NONE,
+    },
     UserRole.user: {
         **dict.fromkeys(Action, _NONE),
         Action.public: _ALL,
@@ -69,6 +75,8 @@ _ROLE_REFUSALS: Mapping[Action, str] = {
     Action.operate: "only a manager or an admin may run imports, exports, reports and jobs",
     Action.follow_jobs: "read-only accounts have no jobs to follow",
     Action.manage_users: "only an admin may manage users",
+    Action.manage_trash: "only a manager or an admin may see and restore the trash",
+    Action.purge_trash: "only an admin may destroy what is in the trash",
 }
 
 
@@ -198,6 +206,10 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         ("DELETE", "/users/{user_id}"),
         ("DELETE", "/users/{user_id}/2fa"),
     ),
+    **_rules(
+        Action.manage_trash, ("GET", "/trash"), ("POST", "/trash/{entity}/{entity_id}/restore")
+    ),
+    **_rules(Action.purge_trash, ("DELETE", "/trash/{entity}/{entity_id}")),
 }
 
 

@@ -15,6 +15,7 @@ from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
 from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.session import AuthSession, RefreshToken
+from models.trash import TrashEntity, TrashEntry
 from models.two_factor import RecoveryCode
 from models.user import LoginFailure, User, UserRole
 
@@ -41,6 +42,8 @@ __all__ = [
     "RecoveryCode",
     "RefreshToken",
     "ScheduleRun",
+    "TrashEntity",
+    "TrashEntry",
     "User",
     "UserRole",
 ]

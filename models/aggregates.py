@@ -77,20 +77,22 @@ class SearchWord(Base):
     word: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
-# Recomputes every trigger-kept table from the base tables. Needed only after a bulk load that
-# bypassed triggers (the benchmark seed loads with session_replication_role = replica);
-# migrations 0003, 0004 and 0007 keep their own frozen copies of the same backfills.
+# Recomputes every trigger-kept table from the base tables (the counters count live rows only,
+# migration 0017). Needed only after a bulk load that bypassed triggers (the benchmark seed
+# loads with session_replication_role = replica); migrations 0003, 0004 and 0007 keep their own
+# frozen copies of the same backfills.
 REBUILD_DERIVED_SQL = (
     "TRUNCATE investor_counts, kpi_month_totals, interaction_type_counts, search_words",
     "INSERT INTO investor_counts (pipeline_stage, client_type, is_active, n) "
     "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) "
-    "FROM investors GROUP BY 1, 2, 3",
+    "FROM investors WHERE deleted_at IS NULL GROUP BY 1, 2, 3",
     "INSERT INTO kpi_month_totals (year, month, row_count, total_rdv, total_pitchs, "
     "total_due_diligences, total_closings, total_revenue, weighted_commission) "
     "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
-    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month",
+    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis "
+    "WHERE deleted_at IS NULL GROUP BY year, month",
     "INSERT INTO interaction_type_counts (type, slot, n) "
-    "SELECT type, 0, count(*) FROM interactions GROUP BY type",
+    "SELECT type, 0, count(*) FROM interactions WHERE deleted_at IS NULL GROUP BY type",
     "INSERT INTO search_words (word) SELECT DISTINCT word FROM ("  # noqa: S608 (constants)
     "SELECT fuzzy_text AS text FROM investors UNION ALL SELECT search_text FROM contacts"
     f") AS texts, regexp_split_to_table(texts.text, '{WORD_SEPARATOR}') AS word "

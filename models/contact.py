@@ -14,6 +14,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, TimestampMixin
+from models.trash import SoftDeleteMixin, trash_entry_index
 
 if TYPE_CHECKING:
     from models.investor import Investor
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 CONTACT_SEARCH_SQL = "lower(crm_unaccent(coalesce(name, '') || ' ' || coalesce(email, '')))"
 
 
-class Contact(TimestampMixin, Base):
+class Contact(SoftDeleteMixin, TimestampMixin, Base):
     """A person at an investor."""
 
     __tablename__ = "contacts"
@@ -42,6 +43,7 @@ class Contact(TimestampMixin, Base):
             postgresql_using="gin",
             postgresql_ops={"name_normalised": "gin_trgm_ops"},
         ),
+        trash_entry_index("contacts"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -5,6 +5,7 @@ from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin, value_enum
+from models.trash import SoftDeleteMixin, trash_entry_index
 
 
 class InteractionType(enum.StrEnum):
@@ -15,7 +16,7 @@ class InteractionType(enum.StrEnum):
     autre = "autre"
 
 
-class Interaction(TimestampMixin, Base):
+class Interaction(SoftDeleteMixin, TimestampMixin, Base):
     """A logged exchange with an investor (call, email, meeting, webinar...)."""
 
     __tablename__ = "interactions"
@@ -28,6 +29,7 @@ class Interaction(TimestampMixin, Base):
         Index("ix_interactions_date_id", "date", "id"),
         Index("ix_interactions_investor_id_date_id", "investor_id", "date", "id"),
         Index("ix_interactions_type_date_id", "type", "date", "id"),
+        trash_entry_index("interactions"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, TimestampMixin, value_enum
+from models.trash import SoftDeleteMixin, trash_entry_index
 
 if TYPE_CHECKING:
     from models.contact import Contact
@@ -75,11 +76,18 @@ INVESTOR_SEARCH_SQL = (
 INVESTOR_FUZZY_SQL = "lower(crm_unaccent(name || ' ' || coalesce(company, '')))"
 
 
-class Investor(TimestampMixin, Base):
+class Investor(SoftDeleteMixin, TimestampMixin, Base):
     __tablename__ = "investors"
     __table_args__ = (
         CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
-        Index("uq_investors_email_lower", func.lower(text("email")), unique=True),
+        # Emails are unique among live investors: a trashed one keeps its email meanwhile. Rows
+        # without an email never conflict and stay out of it.
+        Index(
+            "uq_investors_email_lower",
+            func.lower(text("email")),
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL AND email IS NOT NULL"),
+        ),
         Index("ix_investors_name_id", "name", "id"),
         Index("ix_investors_created_at_id", "created_at", "id"),
         Index("ix_investors_updated_at_id", "updated_at", "id"),
@@ -88,6 +96,7 @@ class Investor(TimestampMixin, Base):
         Index("ix_investors_is_active", "is_active"),
         Index("ix_investors_owner_id_name_id", "owner_id", "name", "id"),
         Index("ix_investors_pipeline_rank_id", "pipeline_rank", "id"),
+        trash_entry_index("investors"),
         Index(
             "ix_investors_search_text_trgm",
             "search_text",

@@ -8,19 +8,30 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, TimestampMixin
+from models.trash import LIVE_ENTRY, SoftDeleteMixin, trash_entry_index
 
 
-class Kpi(TimestampMixin, Base):
+class Kpi(SoftDeleteMixin, TimestampMixin, Base):
     """One investor's commercial figures for one month."""
 
     __tablename__ = "kpis"
     __table_args__ = (
-        UniqueConstraint("investor_id", "year", "month", name="uq_kpis_investor_id_year_month"),
+        # One live row per investor and month (a trashed month may be recorded again); the
+        # upsert names this index's predicate to infer it.
+        Index(
+            "uq_kpis_investor_id_year_month",
+            "investor_id",
+            "year",
+            "month",
+            unique=True,
+            postgresql_where=LIVE_ENTRY,
+        ),
+        # Every row of an investor, trashed ones included: what a purge's cascade looks up.
+        Index("ix_kpis_investor_id", "investor_id"),
         CheckConstraint("year BETWEEN 2000 AND 2100", name="year_range"),
         CheckConstraint("month BETWEEN 1 AND 12", name="month_range"),
         CheckConstraint(
@@ -32,6 +43,7 @@ class Kpi(TimestampMixin, Base):
         Index("ix_kpis_year_month_investor_id", "year", "month", "investor_id"),
         # A calendar month of every year, in the list order: no skip scan in PostgreSQL 16.
         Index("ix_kpis_month_year_investor_id_id", "month", "year", "investor_id", "id"),
+        trash_entry_index("kpis"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

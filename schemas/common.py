@@ -1,12 +1,13 @@
 """Input types shared by every schema: strict, trimmed, bounded, free of NUL bytes."""
 
 import re
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -204,6 +205,21 @@ def _strict_date(value: Any) -> Any:
     return value
 
 
+_DATETIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|z|[+-]\d{2}:?\d{2})"
+)
+
+
+def _strict_datetime(value: Any) -> Any:
+    # ISO 8601 with its offset only: a bare number would be read as a Unix time, and a time
+    # without a zone would depend on the server's.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _DATETIME_RE.fullmatch(value):
+        raise ValueError("must be an ISO 8601 date-time with its offset, as 2026-11-26T09:30:00Z")
+    return value
+
+
 def _strict_decimal(value: Any) -> Any:
     # JSON numbers only: strings and booleans are refused so money is never guessed.
     if isinstance(value, Decimal):
@@ -245,6 +261,7 @@ RowId = Annotated[int, Integer(ge=1, le=PG_INT_MAX)]
 # Strict: `0` is not a boolean.
 StrictBool = Annotated[bool, Strict()]
 StrictDate = Annotated[date, BeforeValidator(_strict_date)]
+StrictDateTime = Annotated[AwareDatetime, BeforeValidator(_strict_datetime)]
 
 
 def _as_number(value: Decimal) -> float | int:

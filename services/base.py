@@ -2,14 +2,16 @@
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from core.config import settings
 from core.exceptions import (
     FOREIGN_KEY_VIOLATION,
     UNIQUE_VIOLATION,
@@ -18,6 +20,7 @@ from core.exceptions import (
     sqlstate,
 )
 from models.base import Base
+from models.trash import SoftDeleteMixin, TrashEntity, TrashEntry
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
@@ -39,6 +42,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     # what it owns may change the row when it is one of them), on the model or on a table its
     # foreign keys reach. Empty: nobody owns it.
     owner_columns: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
+    # Soft delete, for a model with SoftDeleteMixin: its name in the trash, and the foreign keys
+    # (to this model) of the rows a delete takes to the trash with it, as one trash entry.
+    entity: ClassVar[TrashEntity | None] = None
+    trash_children: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -50,9 +57,16 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     def not_found(self) -> NotFoundError:
         return NotFoundError(self.not_found_message)
 
+    def live(self) -> list[ColumnElement[bool]]:
+        """The clause every read of a soft-deleted model adds: rows in the trash are not there
+        (walks of the lists' indexes skip them with it, migration 0017)."""
+        if issubclass(self.model, SoftDeleteMixin):
+            return [self.model.deleted_at.is_(None)]
+        return []
+
     async def get(self, id_: int, *, for_update: bool = False) -> ModelT:
-        """The row with this id, or NotFoundError."""
-        stmt = select(self.model).where(self._id_column == id_)
+        """The live row with this id, or NotFoundError."""
+        stmt = select(self.model).where(self._id_column == id_, *self.live())
         if for_update:
             # A locking read must see the row as it is now, not as the identity map cached it.
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
@@ -84,9 +98,13 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
                 raise foreign_key() from None
             raise
 
-    async def ensure_exists(self, id_: int) -> None:
-        """NotFoundError unless the row exists (without loading it)."""
-        stmt = select(self._id_column).where(self._id_column == id_)
+    async def ensure_exists(self, id_: int, *, lock: bool = False) -> None:
+        """NotFoundError unless the live row exists (without loading it). `lock`: a key-share
+        lock, so that a concurrent delete (or move to the trash) of it waits for this
+        transaction, and rows added under it never reference a deleted parent."""
+        stmt = select(self._id_column).where(self._id_column == id_, *self.live())
+        if lock:
+            stmt = stmt.with_for_update(key_share=True)
         if (await self.session.execute(stmt)).first() is None:
             raise self.not_found()
 
@@ -98,7 +116,8 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             if column.class_ not in joined:
                 joined.append(column.class_)
                 stmt = stmt.join(column.class_)
-        row = (await self.session.execute(stmt.where(self._id_column == id_))).first()
+        stmt = stmt.where(self._id_column == id_, *self.live())
+        row = (await self.session.execute(stmt)).first()
         return None if row is None else tuple(row)
 
     def order_by(self, sort: str | None) -> list[ColumnElement[Any]]:
@@ -124,7 +143,7 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     ) -> tuple[list[Any], int]:
         """Run a page of `stmt` and a separate COUNT over the same filters, unless the entity's
         service already knows the total (from the counters it keeps)."""
-        filtered = stmt.where(*where)
+        filtered = stmt.where(*self.live(), *where)
         if total is None:
             count_stmt = select(func.count()).select_from(
                 filtered.order_by(None).with_only_columns(self._id_column).subquery()
@@ -167,6 +186,37 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             await self.session.flush()
         return obj
 
-    async def delete(self, obj: ModelT) -> None:
-        await self.session.delete(obj)
-        await self.session.flush()
+    async def delete(self, obj: ModelT, *, deleted_by: int | None = None) -> None:
+        """Move the row to the trash (with its `trash_children`), or destroy it when its model
+        has no soft delete."""
+        if self.entity is None:
+            await self.session.delete(obj)
+            await self.session.flush()
+            return
+        id_: int = obj.id  # type: ignore[attr-defined]
+        retention = timedelta(days=settings.trash_retention_days)
+        entry = insert(TrashEntry).values(
+            entity=self.entity,
+            entity_id=id_,
+            deleted_by=deleted_by,
+            purge_after=func.now() + retention,
+        )
+        entry_id, deleted_at = (
+            await self.session.execute(entry.returning(TrashEntry.id, TrashEntry.deleted_at))
+        ).one()
+        rows: list[tuple[Any, ColumnElement[bool]]] = [(self.model, self._id_column == id_)]
+        rows += [(column.class_, column == id_) for column in self.trash_children]
+        for model, where in rows:
+            # Trashing is no edit of the record: updated_at keeps its value. Rows already in
+            # the trash keep their own entry.
+            await self.session.execute(
+                update(model)
+                .where(where, model.deleted_at.is_(None))
+                .values(
+                    deleted_at=deleted_at,
+                    deleted_by=deleted_by,
+                    trash_entry_id=entry_id,
+                    updated_at=model.updated_at,
+                )
+                .execution_options(synchronize_session=False)
+            )

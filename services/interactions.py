@@ -9,6 +9,7 @@ from models.aggregates import InteractionTypeCount
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
 from models.investor import Investor
+from models.trash import TrashEntity
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
 from services.base import BaseService
 from services.investors import InvestorService
@@ -25,6 +26,7 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
     not_found_message = "Interaction not found"
     # Its author, and the owner of its investor.
     owner_columns = (Investor.owner_id, Interaction.created_by)
+    entity = TrashEntity.interaction
 
     async def list_interactions(
         self, filters: InteractionFilters, *, skip: int, limit: int
@@ -73,7 +75,7 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
         self, investor_id: int, data: InteractionCreate, *, created_by: int
     ) -> Interaction:
         """Log an interaction with an investor, optionally with one of its contacts."""
-        await InvestorService(self.session).ensure_exists(investor_id)
+        await InvestorService(self.session).ensure_exists(investor_id, lock=True)
         if data.contact_id is not None:
             await self._check_contact(investor_id, data.contact_id)
         return await self.create(data, investor_id=investor_id, created_by=created_by)
@@ -87,7 +89,9 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
         return await self.update(interaction, data)
 
     async def _check_contact(self, investor_id: int, contact_id: int) -> None:
-        stmt = select(Contact.investor_id).where(Contact.id == contact_id)
+        stmt = select(Contact.investor_id).where(
+            Contact.id == contact_id, Contact.deleted_at.is_(None)
+        )
         owner: int | None = (await self.session.execute(stmt)).scalar_one_or_none()
         if owner is None:
             raise NotFoundError("Contact not found")

@@ -34,6 +34,7 @@ from models.investor import (
     PipelineStage,
 )
 from models.kpi import Kpi
+from models.trash import TrashEntity
 from models.user import AuthenticatedUser, User
 from schemas.common import PG_INT_MAX
 from schemas.contact import ContactRead
@@ -78,6 +79,9 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     default_sort = "name"
     not_found_message = "Investor not found"
     owner_columns = (Investor.owner_id,)
+    entity = TrashEntity.investor
+    # Deleting an investor takes its contacts, interactions and KPIs to the trash with it.
+    trash_children = (Contact.investor_id, Interaction.investor_id, Kpi.investor_id)
 
     async def list_investors(
         self,
@@ -124,7 +128,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         return row < resume if cursor.sort.startswith("-") else row > resume
 
     def _filters(self, filters: InvestorFilters, caller_id: int) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = []
+        where = self.live()
         if filters.pipeline_stage is not None:
             where.append(Investor.pipeline_stage == filters.pipeline_stage)
         if filters.client_type is not None:
@@ -234,9 +238,10 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         )
         return list((await self.session.execute(stmt)).scalars().all())
 
-    async def delete_investor(self, investor_id: int) -> None:
-        """Delete an investor; contacts, interactions, KPIs and history go by DB cascade."""
-        await self.delete(await self.get(investor_id, for_update=True))
+    async def delete_investor(self, investor_id: int, *, deleted_by: int) -> None:
+        """Move an investor to the trash with its contacts, interactions and KPIs (its stage
+        history stays with it)."""
+        await self.delete(await self.get(investor_id, for_update=True), deleted_by=deleted_by)
 
     async def _ensure_valid_owner(self, owner_id: int | None) -> None:
         """422 invalid_owner unless `owner_id` is null or an active user (read under a share
@@ -307,7 +312,7 @@ def _detail_statement() -> Select[Any]:
     # Each contact as the JSON object of its row, in the read schema's columns.
     contact_rows = (
         select(*(contacts[name] for name in ContactRead.model_fields))
-        .where(contacts.investor_id == investors.id)
+        .where(contacts.investor_id == investors.id, contacts.deleted_at.is_(None))
         .correlate(investor_table)
         .subquery("c")
     )
@@ -317,22 +322,22 @@ def _detail_statement() -> Select[Any]:
     return select(
         *(investors[name] for name in InvestorRead.model_fields),
         select(func.count())
-        .where(interactions.investor_id == investors.id)
+        .where(interactions.investor_id == investors.id, interactions.deleted_at.is_(None))
         .scalar_subquery()
         .label("interaction_count"),
         select(func.max(interactions.date))
-        .where(interactions.investor_id == investors.id)
+        .where(interactions.investor_id == investors.id, interactions.deleted_at.is_(None))
         .scalar_subquery()
         .label("last_interaction_date"),
         select(func.count())
-        .where(kpis.investor_id == investors.id)
+        .where(kpis.investor_id == investors.id, kpis.deleted_at.is_(None))
         .scalar_subquery()
         .label("kpi_count"),
         select(func.coalesce(contact_list, literal_column("'[]'::json")))
         .select_from(contact_rows)
         .scalar_subquery()
         .label("contacts"),
-    ).where(investors.id == bindparam("investor_id"))
+    ).where(investors.id == bindparam("investor_id"), investors.deleted_at.is_(None))
 
 
 # Built once, as _STATS: the SPA's hottest read.

@@ -19,6 +19,7 @@ from core.exceptions import ConflictError
 from models.aggregates import KpiMonthTotal
 from models.investor import Investor
 from models.kpi import Kpi
+from models.trash import TrashEntity
 from schemas.kpi import AnnualSummary, KpiFilters, KpiUpdate, KpiUpsert, MonthlySummary
 from services.base import BaseService
 from services.investors import InvestorService
@@ -57,10 +58,11 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
     model = Kpi
     not_found_message = "KPI not found"
     owner_columns = (Investor.owner_id,)
+    entity = TrashEntity.kpi
 
     async def upsert_month(self, investor_id: int, data: KpiUpsert) -> tuple[Kpi, bool]:
         """Create or update the body's month in one statement; True when the row was created."""
-        await InvestorService(self.session).ensure_exists(investor_id)
+        await InvestorService(self.session).ensure_exists(investor_id, lock=True)
         values = data.model_dump(exclude_unset=True)
         new_row = insert(Kpi).values(investor_id=investor_id, **values)
         changes: dict[str, Any] = {
@@ -69,7 +71,10 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
         # Even with no metric sent the conflicting row must be returned, hence a touch.
         changes["updated_at"] = func.now()
         upsert = new_row.on_conflict_do_update(
-            index_elements=[Kpi.investor_id, Kpi.year, Kpi.month], set_=changes
+            # The unique index binds live rows only: a trashed month is never the conflict.
+            index_elements=[Kpi.investor_id, Kpi.year, Kpi.month],
+            index_where=Kpi.trash_entry_id.is_(None),
+            set_=changes,
         )
         # xmax is 0 only on a freshly inserted row version.
         inserted = literal_column("(xmax = 0)", Boolean).label("inserted")
@@ -182,7 +187,9 @@ _MONTH_SUMMARY = _month_summary_statement()
 
 def _annual_summary_statement() -> Select[Any]:
     totals = _totals(
-        Kpi.investor_id == bindparam("investor_id"), Kpi.year == bindparam("year")
+        Kpi.investor_id == bindparam("investor_id"),
+        Kpi.year == bindparam("year"),
+        Kpi.deleted_at.is_(None),
     ).cte("totals")
     months = func.generate_series(1, 12).table_valued("month").render_derived(name="months")
     return (
@@ -203,6 +210,7 @@ def _annual_summary_statement() -> Select[Any]:
                 Kpi.month == months.c.month,
                 Kpi.investor_id == bindparam("investor_id"),
                 Kpi.year == bindparam("year"),
+                Kpi.deleted_at.is_(None),
             ),
         )
         .join(totals, literal_column("true"))

@@ -1,10 +1,11 @@
 """investor_counts, kpi_month_totals and interaction_type_counts: the trigger-kept counters always
-equal a fresh GROUP BY.
+equal a fresh GROUP BY of the live rows (those not in the trash).
 
-Writes go through the API (creates, updates, stage moves, deletes with their cascades, KPI
-upserts, months moved by PUT, interactions logged, retyped and deleted), through multi-row SQL
-statements, and concurrently; after each batch the counters, /investors/stats, the list totals
-and the month summaries are compared with live computations over the base tables.
+Writes go through the API (creates, updates, stage moves, deletes to the trash with their
+children, restores, purges now and by the nightly job, KPI upserts, months moved by PUT,
+interactions logged, retyped and deleted), through multi-row SQL statements, and concurrently;
+after each batch the counters, /investors/stats, the list totals and the month summaries are
+compared with live computations over the base tables.
 """
 
 import asyncio
@@ -17,11 +18,14 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import db
 from models import ClientType, InteractionType, PipelineStage
-from tests.factories import INVESTORS, make_investor
+from services.trash import TrashService
+from tests.factories import INVESTORS, execute, make_investor
 
 KPIS = "/api/v1/kpis"
 INTERACTIONS = "/api/v1/interactions"
+TRASH = "/api/v1/trash"
 Headers = dict[str, str]
 MONTHS = [(2025, 12), (2026, 1), (2026, 2)]
 
@@ -30,7 +34,7 @@ INVESTOR_COUNTERS = (
 )
 INVESTOR_LIVE = (
     "SELECT pipeline_stage, coalesce(client_type, ''), is_active, count(*) FROM investors "
-    "GROUP BY 1, 2, 3"
+    "WHERE deleted_at IS NULL GROUP BY 1, 2, 3"
 )
 KPI_COLUMNS = (
     "row_count, total_rdv, total_pitchs, total_due_diligences, total_closings, "
@@ -40,19 +44,20 @@ KPI_COUNTERS = f"SELECT year, month, {KPI_COLUMNS} FROM kpi_month_totals WHERE r
 KPI_EMPTIED = f"SELECT {KPI_COLUMNS} FROM kpi_month_totals WHERE row_count = 0"
 KPI_LIVE = (
     "SELECT year, month, count(*), sum(rdv_count), sum(pitchs), sum(due_diligences), "
-    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis GROUP BY year, month"
+    "sum(closings), sum(revenue), sum(revenue * commission_rate) FROM kpis "
+    "WHERE deleted_at IS NULL GROUP BY year, month"
 )
 # Only a type's sum over its slots means anything (see InteractionTypeCount).
 INTERACTION_COUNTERS = (
     "SELECT type, sum(n) FROM interaction_type_counts GROUP BY type HAVING sum(n) <> 0"
 )
-INTERACTION_LIVE = "SELECT type, count(*) FROM interactions GROUP BY type"
+INTERACTION_LIVE = "SELECT type, count(*) FROM interactions WHERE deleted_at IS NULL GROUP BY type"
 MONTH_LIVE = (
     "SELECT count(DISTINCT investor_id), coalesce(sum(rdv_count), 0), coalesce(sum(pitchs), 0), "
     "coalesce(sum(due_diligences), 0), coalesce(sum(closings), 0), coalesce(sum(revenue), 0), "
     "round(sum(revenue * commission_rate) / nullif(sum(revenue), 0), 2), "
     "round(coalesce(sum(revenue * commission_rate), 0) / 100, 2) "
-    "FROM kpis WHERE year = :year AND month = :month"
+    "FROM kpis WHERE year = :year AND month = :month AND deleted_at IS NULL"
 )
 
 
@@ -81,7 +86,10 @@ async def assert_counters_exact(
         await fetch(session, INTERACTION_LIVE)
     )
 
-    investors = await fetch(session, "SELECT pipeline_stage, client_type, is_active FROM investors")
+    investors = await fetch(
+        session,
+        "SELECT pipeline_stage, client_type, is_active FROM investors WHERE deleted_at IS NULL",
+    )
     response = await client.get(f"{INVESTORS}/stats", headers=headers)
     assert response.status_code == 200, response.text
     by_type: dict[str, int] = {kind.value: 0 for kind in ClientType}
@@ -134,7 +142,7 @@ async def assert_counters_exact(
             "total_commission": as_number(live[7]),
         }
 
-    interactions = await fetch(session, "SELECT type FROM interactions")
+    interactions = await fetch(session, "SELECT type FROM interactions WHERE deleted_at IS NULL")
     for kind in [None, *InteractionType]:
         query = {} if kind is None else {"type": kind.value}
         listed = await client.get(INTERACTIONS, params=query, headers=headers)
@@ -143,7 +151,7 @@ async def assert_counters_exact(
         assert listed.json()["total"] == expected
         assert len(listed.json()["items"]) == min(expected, 50)
 
-    kpis = await fetch(session, "SELECT year, month FROM kpis")
+    kpis = await fetch(session, "SELECT year, month FROM kpis WHERE deleted_at IS NULL")
     periods: list[dict[str, int]] = [
         {},
         {"year": 2026},
@@ -193,6 +201,9 @@ async def random_write(
             "interaction_put",
             "interaction_delete",
             "delete",
+            "restore",
+            "purge",
+            "purge_job",
         ]
     )
     if action == "create" or not investors:
@@ -275,8 +286,31 @@ async def random_write(
             f"{INTERACTIONS}/{interaction_id}", json=changes, headers=headers
         )
         assert response.status_code == 200, response.text
+    elif action in ("restore", "purge"):
+        page = await client.get(TRASH, params={"limit": 200}, headers=headers)
+        assert page.status_code == 200, page.text
+        if not page.json()["items"]:
+            return
+        item = rng.choice(page.json()["items"])
+        url = f"{TRASH}/{item['entity']}/{item['id']}"
+        if action == "purge":
+            response = await client.delete(url, headers=headers)
+            assert response.status_code == 204, response.text
+            return
+        response = await client.post(f"{url}/restore", headers=headers)
+        # 409: a live row took its KPI month meanwhile, or its investor is in the trash.
+        assert response.status_code in (200, 409), response.text
+        if response.status_code == 200 and item["entity"] == "investor":
+            investors.append(item["id"])
+    elif action == "purge_job":
+        # About half the trash reaches its purge time; the nightly job's purge runs.
+        await execute(
+            "UPDATE trash_entries SET purge_after = now() WHERE id % 2 = :r", r=rng.randint(0, 1)
+        )
+        async with db.sessionmaker() as session, session.begin():
+            await TrashService(session).purge_expired()
     else:
-        # Its KPI rows and interactions go by cascade: the counters must follow.
+        # Its KPI rows and interactions go to the trash with it: the counters must follow.
         response = await client.delete(f"{INVESTORS}/{investor_id}", headers=headers)
         assert response.status_code == 204, response.text
         investors.remove(investor_id)
@@ -358,6 +392,19 @@ async def test_multi_row_statements_update_counters_once_per_key(
     await session.execute(text("UPDATE interactions SET subject = 'Relance'"))
     await session.execute(text("DELETE FROM interactions WHERE type = 'webinaire' AND id % 2 = 0"))
     await session.execute(text("DELETE FROM investors WHERE id % 7 = 0"))
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    # Rows moved to the trash, back, and destroyed there, many per statement.
+    await session.execute(text("UPDATE investors SET deleted_at = now() WHERE id % 4 = 0"))
+    await session.execute(text("UPDATE kpis SET deleted_at = now() WHERE id % 3 = 0"))
+    await session.execute(text("UPDATE interactions SET deleted_at = now() WHERE id % 5 < 2"))
+    await session.commit()
+    await assert_counters_exact(client, admin_headers, session)
+    await session.execute(text("UPDATE investors SET deleted_at = NULL WHERE id % 8 = 0"))
+    await session.execute(text("UPDATE kpis SET deleted_at = NULL, pitchs = 1 WHERE id % 6 = 0"))
+    await session.execute(text("UPDATE interactions SET deleted_at = NULL WHERE id % 5 = 0"))
+    await session.execute(text("DELETE FROM investors WHERE deleted_at IS NOT NULL AND id % 3 = 0"))
+    await session.execute(text("DELETE FROM interactions WHERE deleted_at IS NOT NULL"))
     await session.commit()
     await assert_counters_exact(client, admin_headers, session)
     assert await fetch(session, "SELECT count(*) FROM investor_counts WHERE n < 0") == [(0,)]

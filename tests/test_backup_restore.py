@@ -262,6 +262,11 @@ async def populate(client: AsyncClient) -> dict[str, str]:
     assert reset.status_code == 202, reset.text
     async with db.sessionmaker() as session, session.begin():
         await PasswordResetService(session).mint_token(sales_user["id"])
+    # The trash too: a third investor deleted with its contact.
+    trashed = await post(client, "/investors", {"name": "Banque Écartée"}, admin)
+    await post(client, f"/contacts/investor/{trashed['id']}", {"name": "Léa Ancienne"}, admin)
+    deleted = await client.delete(f"{API}/investors/{trashed['id']}", headers=admin)
+    assert deleted.status_code == 204, deleted.text
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())

@@ -11,6 +11,7 @@ from tests.conftest import error_of
 from tests.factories import (
     INVESTORS,
     execute,
+    fetch,
     first_admin_id,
     insert_interaction,
     insert_kpi,
@@ -404,7 +405,7 @@ async def test_update_to_a_taken_email_is_409(
 # --- delete ---------------------------------------------------------------------------------
 
 
-async def test_delete_cascades_to_contacts_interactions_kpis_and_history(
+async def test_delete_moves_contacts_interactions_and_kpis_to_the_trash_with_it(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     investor = await make_investor(client, admin_headers)
@@ -419,13 +420,25 @@ async def test_delete_cascades_to_contacts_interactions_kpis_and_history(
     assert response.content == b""
     response = await client.get(f"{INVESTORS}/{investor['id']}", headers=admin_headers)
     assert response.status_code == 404
-    for table in ("contacts", "interactions", "kpis", "investor_stage_changes"):
-        count = await scalar(
-            f"SELECT count(*) FROM {table} WHERE investor_id = :i", i=investor["id"]
+    entry = await scalar(
+        "SELECT id FROM trash_entries WHERE entity = 'investor' AND entity_id = :i",
+        i=investor["id"],
+    )
+    for table in ("contacts", "interactions", "kpis"):
+        rows = await fetch(
+            f"SELECT deleted_at IS NOT NULL, trash_entry_id FROM {table} WHERE investor_id = :i",
+            i=investor["id"],
         )
-        assert count == 0, table
-    assert await scalar("SELECT count(*) FROM contacts") == 1
-    assert await scalar("SELECT count(*) FROM investors") == 1
+        assert rows == [(True, entry)], table
+    # The history stays with the trashed investor, for its restore.
+    assert (
+        await scalar(
+            "SELECT count(*) FROM investor_stage_changes WHERE investor_id = :i", i=investor["id"]
+        )
+        == 1
+    )
+    assert await scalar("SELECT count(*) FROM contacts WHERE deleted_at IS NULL") == 1
+    assert await scalar("SELECT count(*) FROM investors WHERE deleted_at IS NULL") == 1
 
 
 # --- list -----------------------------------------------------------------------------------

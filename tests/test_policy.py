@@ -15,21 +15,21 @@ from core.policy import GRANTS, POLICY, Action, Grant
 from models.user import UserRole
 from services.password_reset import PasswordResetService
 from tests.conftest import error_of
-from tests.factories import USER_PASSWORD, bearer, create_user, scalar
+from tests.factories import USER_PASSWORD, bearer, create_user, execute, scalar
 
 API = "/api/v1"
 ROLES = ("admin", "manager", "user", "viewer")
 
 # The columns of the role table; `own` = only what the caller owns.
 YES, OWN, NO = "yes", "own", "no"
-COLUMNS = ("read", "write", "log", "delete", "operate", "follow", "users")
+COLUMNS = ("read", "write", "log", "delete", "operate", "follow", "users", "trash", "purge")
 TABLE: dict[str, dict[str, str]] = {
     role: dict(zip(COLUMNS, cells, strict=True))
     for role, cells in {
-        "admin": (YES, YES, YES, YES, YES, YES, YES),
-        "manager": (YES, YES, YES, YES, YES, YES, NO),
-        "user": (YES, OWN, YES, NO, NO, OWN, NO),
-        "viewer": (YES, NO, NO, NO, NO, NO, NO),
+        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES),
+        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO),
+        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO),
+        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO),
     }.items()
 }
 for row in TABLE.values():
@@ -90,6 +90,9 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("PUT", "/users/{user_id}"): "users",
     ("DELETE", "/users/{user_id}"): "users",
     ("DELETE", "/users/{user_id}/2fa"): "users",
+    ("GET", "/trash"): "trash",
+    ("POST", "/trash/{entity}/{entity_id}/restore"): "trash",
+    ("DELETE", "/trash/{entity}/{entity_id}"): "purge",
 }
 
 # Operations on a list or a new record: nothing to own, so `own` means allowed.
@@ -186,6 +189,19 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "VALUES ('jobs.purge', 'failed', '{}', 3, :by) RETURNING id",
         by=owner,
     )
+    # An investor in the trash, to restore or destroy.
+    trashed = await scalar(
+        "INSERT INTO investors (name, owner_id) VALUES ('Deleted Capital', :o) RETURNING id",
+        o=owner,
+    )
+    await execute(
+        "WITH entry AS (INSERT INTO trash_entries (entity, entity_id, deleted_by, purge_after) "
+        "VALUES ('investor', :i, :by, now() + interval '30 days') RETURNING id, deleted_at) "
+        "UPDATE investors SET deleted_at = entry.deleted_at, deleted_by = :by, "
+        "trash_entry_id = entry.id FROM entry WHERE investors.id = :i",
+        i=trashed,
+        by=other,
+    )
     params = {
         "investor_id": investor,
         "contact_id": contact,
@@ -197,6 +213,8 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "month": 1,
         "email": f"{role}.caller@crm.test",
         "caller_id": caller,
+        "entity": "investor",
+        "entity_id": trashed,
     }
     return await bearer(caller), params
 
@@ -265,6 +283,9 @@ async def test_permission_matrix(
         ("user", "DELETE", "/investors/{id}"),
         ("user", "POST", "/jobs/{id}/retry"),
         ("manager", "DELETE", "/users/{id}"),
+        ("manager", "DELETE", "/trash/investor/{id}"),
+        ("user", "POST", "/trash/investor/{id}/restore"),
+        ("viewer", "GET", "/trash"),
     ],
 )
 async def test_a_refusal_by_role_alone_comes_before_the_record_is_looked_up(
@@ -344,6 +365,8 @@ def test_the_policy_grants_what_the_table_says() -> None:
         "operate": Action.operate,
         "follow": Action.follow_jobs,
         "users": Action.manage_users,
+        "trash": Action.manage_trash,
+        "purge": Action.purge_trash,
         "self": Action.self_service,
         "public": Action.public,
     }

@@ -9,6 +9,7 @@ from core.schedules import Schedule, schedules
 
 # Feature modules that declare job types, imported for their registrations.
 from services import emails, password_reset
+from services.trash import TrashService
 
 FEATURE_JOB_MODULES = (emails, password_reset)
 
@@ -25,3 +26,12 @@ async def purge_finished_jobs(_: PurgePayload, context: JobContext) -> None:
 
 
 schedules.add(Schedule("jobs.purge.daily", "15 3 * * *", "jobs.purge", PurgePayload))
+
+
+@job_types.register("trash.purge", PurgePayload, retry=RetryPolicy(max_attempts=3))
+async def purge_expired_trash(_: PurgePayload, context: JobContext) -> None:
+    """What has been in the trash longer than TRASH_RETENTION_DAYS, destroyed."""
+    await TrashService(context.session).purge_expired()
+
+
+schedules.add(Schedule("trash.purge.daily", "45 3 * * *", "trash.purge", PurgePayload))

@@ -57,6 +57,7 @@ async def update_contact(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(*AUTHENTICATED, 404),
 )
-async def delete_contact(contact_id: IdPath, _: CurrentUser, contacts: ContactWriter) -> None:
-    """Delete a contact."""
-    await contacts.delete(await contacts.get(contact_id, for_update=True))
+async def delete_contact(contact_id: IdPath, user: CurrentUser, contacts: ContactWriter) -> None:
+    """Move a contact to the trash."""
+    contact = await contacts.get(contact_id, for_update=True)
+    await contacts.delete(contact, deleted_by=user.id)

@@ -93,7 +93,8 @@ async def update_interaction(
     responses=errors(*AUTHENTICATED, 404),
 )
 async def delete_interaction(
-    interaction_id: IdPath, _: CurrentUser, interactions: InteractionWriter
+    interaction_id: IdPath, user: CurrentUser, interactions: InteractionWriter
 ) -> None:
-    """Delete an interaction."""
-    await interactions.delete(await interactions.get(interaction_id))
+    """Move an interaction to the trash."""
+    interaction = await interactions.get(interaction_id, for_update=True)
+    await interactions.delete(interaction, deleted_by=user.id)

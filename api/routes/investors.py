@@ -193,6 +193,8 @@ async def stage_history(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(*AUTHENTICATED, 404),
 )
-async def delete_investor(investor_id: IdPath, _: CurrentUser, investors: InvestorWriter) -> None:
-    """Delete an investor with its contacts, interactions and KPIs."""
-    await investors.delete_investor(investor_id)
+async def delete_investor(
+    investor_id: IdPath, user: CurrentUser, investors: InvestorWriter
+) -> None:
+    """Move an investor to the trash with its contacts, interactions and KPIs."""
+    await investors.delete_investor(investor_id, deleted_by=user.id)

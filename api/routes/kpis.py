@@ -114,6 +114,6 @@ async def update_kpi(kpi_id: IdPath, body: KpiUpdate, _: CurrentUser, kpis: KpiW
 @router.delete(
     "/{kpi_id:id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(*AUTHENTICATED, 404)
 )
-async def delete_kpi(kpi_id: IdPath, _: CurrentUser, kpis: KpiWriter) -> None:
-    """Delete a KPI row."""
-    await kpis.delete(await kpis.get(kpi_id))
+async def delete_kpi(kpi_id: IdPath, user: CurrentUser, kpis: KpiWriter) -> None:
+    """Move a KPI row to the trash."""
+    await kpis.delete(await kpis.get(kpi_id, for_update=True), deleted_by=user.id)
