@@ -197,6 +197,12 @@ class Settings(BaseSettings):
     # On SIGTERM: running jobs get this long to finish, then go back to the queue.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
     job_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Audit entries older than this are purged nightly; French record-keeping asks for years,
+    # and crm_audit_purge refuses less than a year (migration 0016).
+    audit_retention_days: int = Field(default=3650, ge=365, le=36500)
+    # Bench only (bench/audit.py measures the trail's cost against a run without it): off, no
+    # change is recorded, which no deployment may allow.
+    audit_enabled: bool = True
     # Schedules are written in this zone's wall-clock time (cron expressions, DST included).
     timezone: str = "Europe/Paris"
 

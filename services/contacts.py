@@ -21,6 +21,8 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
     default_sort = "name"
     not_found_message = "Contact not found"
     owner_columns = (Investor.owner_id,)
+    audit_entity = "contact"
+    audit_investor_key = "investor_id"
 
     async def _ensure_investor(self, investor_id: int, *, lock: bool = False) -> None:
         stmt = select(Investor.id).where(Investor.id == investor_id)

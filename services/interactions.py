@@ -25,6 +25,8 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
     not_found_message = "Interaction not found"
     # Its author, and the owner of its investor.
     owner_columns = (Investor.owner_id, Interaction.created_by)
+    audit_entity = "interaction"
+    audit_investor_key = "investor_id"
 
     async def list_interactions(
         self, filters: InteractionFilters, *, skip: int, limit: int

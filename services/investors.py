@@ -24,6 +24,7 @@ from models.aggregates import (
     NO_CLIENT_TYPE_KEY,
     InvestorCount,
 )
+from models.audit import AuditAction
 from models.contact import Contact
 from models.interaction import Interaction
 from models.investor import (
@@ -78,6 +79,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     default_sort = "name"
     not_found_message = "Investor not found"
     owner_columns = (Investor.owner_id,)
+    audit_entity = "investor"
+    audit_investor_key = "id"
 
     async def list_investors(
         self,
@@ -221,7 +224,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             )
         investor.pipeline_stage = PIPELINE_ORDER[PIPELINE_ORDER.index(current) + 1]
         self._record_stage_change(investor, current, changed_by)
-        await self.session.flush()
+        await self.save(investor, AuditAction.move_stage)
         return investor
 
     async def stage_history(self, investor_id: int) -> list[InvestorStageChange]:

@@ -1,13 +1,12 @@
 """Login, current user and password change."""
 
-import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import AuthWriter, CurrentUser, WriteSession
+from api.deps import AuthWriter, CurrentUser, WriteSession, client_address
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
 from schemas.user import LoginJSON, Me, PasswordChange, Token
@@ -84,19 +83,6 @@ async def _read_credentials(request: Request) -> LoginJSON:
     )
 
 
-def _client_address(request: Request) -> str:
-    """The socket's peer, or the address the trusted proxy put in X-Forwarded-For (uvicorn
-    rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
-    host = request.client.host if request.client else ""
-    try:
-        # A zone (fe80::1%eth0) names the sender's interface, not another client.
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host[:64]
-    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
-    return str(getattr(address, "ipv4_mapped", None) or address)
-
-
 @router.post(
     "/login",
     response_model=Token,
@@ -107,7 +93,7 @@ async def login(request: Request, session: WriteSession, auth: AuthWriter) -> To
     """Exchange email and password for a Bearer access token."""
     credentials = await _read_credentials(request)
     user = await auth.authenticate(
-        credentials.email, credentials.password, _client_address(request), settings
+        credentials.email, credentials.password, client_address(request), settings
     )
     if user is None:
         # Keep the recorded failure: it is what the throttle counts.
