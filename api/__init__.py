@@ -4,12 +4,12 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.deps import bind_policy
-from api.routes import auth, contacts, interactions, investors, jobs, kpis, users
+from api.routes import audit, auth, contacts, interactions, investors, jobs, kpis, users
 
 API_PREFIX = "/api/v1"
 # In the order requests try them: investors, the most requested, first (docs/adr/0004).
 ROUTERS = tuple(
-    module.router for module in (investors, auth, users, contacts, interactions, kpis, jobs)
+    module.router for module in (investors, auth, users, contacts, interactions, kpis, jobs, audit)
 )
 
 

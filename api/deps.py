@@ -25,6 +25,7 @@ from core.security import InvalidTokenError, decode_access_token
 from models.audit import ActorKind
 from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
+from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
@@ -186,6 +187,7 @@ InteractionWriter = Annotated[InteractionService, _writer(InteractionService)]
 KpiReader = Annotated[KpiService, _reader(KpiService)]
 KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
+AuditReader = Annotated[AuditService, _reader(AuditService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
 
 

@@ -1,54 +1,86 @@
-"""Recording audit entries, in the transaction of the change they describe.
+"""The audit trail as the API reads it: filtered pages, newest first, and investor histories."""
 
-BaseService's create / update / delete call `record` for every entity service that declares
-`audit_entity`; writes that bypass those methods (a pipeline move, the KPI upsert, a password
-change, a login) call it themselves.
-"""
-
-from collections.abc import Mapping
-from typing import Any, cast
-
-from pydantic_core import to_jsonable_python
-from sqlalchemy import Table, insert
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.audit import Actor, current_actor
-from core.config import settings
-from core.observability import current_request_id
-from models.audit import AuditAction, AuditEntry
-
-# Secrets never enter the trail: a changed hash, token or stamp shows as this.
-SECRET = "***"  # noqa: S105 (what stands for a secret)
-
-# Built once (see services.investors._STATS): each entry only binds its values.
-_INSERT = insert(cast(Table, AuditEntry.__table__))
+from core.exceptions import InvalidFieldError
+from models.audit import AuditEntry
+from schemas.audit import AUDIT_TOTAL_CAP, AuditCursor, AuditFilters
+from services.investors import InvestorService
 
 
-async def record(
-    session: AsyncSession,
-    action: AuditAction,
-    entity: str,
-    entity_id: int | None,
-    changes: Mapping[str, Any] | None = None,
-    *,
-    investor_id: int | None = None,
-    actor: Actor | None = None,
-) -> None:
-    """Insert one entry; the author is the request's caller (or `actor`), else the system."""
-    if not settings.audit_enabled:
-        return
-    author = actor or current_actor()
-    await session.execute(
-        _INSERT,
-        {
-            "actor_id": author.id,
-            "actor_kind": author.kind,
-            "action": action,
-            "entity": entity,
-            "entity_id": entity_id,
-            "investor_id": investor_id,
-            "changes": None if changes is None else to_jsonable_python(changes),
-            "request_id": current_request_id(),
-            "client_address": author.client_address,
-        },
-    )
+class InvalidPeriod(InvalidFieldError):
+    code = "invalid_period"
+    message = "`from` must not be after `to`"
+
+
+class AuditService:
+    """Reading the trail: filtered pages, newest first, and one investor's history."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def list_entries(
+        self, filters: AuditFilters, *, skip: int, limit: int, after: AuditCursor | None
+    ) -> tuple[list[RowMapping], int, str | None]:
+        """A page of the entries matching the filters, their (capped) total and the next
+        page's cursor; 422 invalid_period when `from` is after `to`."""
+        if filters.from_ is not None and filters.to is not None and filters.from_ > filters.to:
+            raise InvalidPeriod("query", "from")
+        where: list[ColumnElement[bool]] = []
+        if filters.entity is not None:
+            where.append(_entries.entity == filters.entity)
+        if filters.entity_id is not None:
+            where.append(_entries.entity_id == filters.entity_id)
+        if filters.actor_id is not None:
+            where.append(_entries.actor_id == filters.actor_id)
+        if filters.action is not None:
+            where.append(_entries.action == filters.action)
+        if filters.from_ is not None:
+            where.append(_entries.at >= filters.from_)
+        if filters.to is not None:
+            where.append(_entries.at <= filters.to)
+        return await self._page(where, skip=skip, limit=limit, after=after)
+
+    async def investor_history(
+        self, investor_id: int, *, skip: int, limit: int, after: AuditCursor | None
+    ) -> tuple[list[RowMapping], int, str | None]:
+        """The entries of an investor and of its contacts, interactions and KPIs, newest first;
+        404 when the investor does not exist."""
+        await InvestorService(self.session).ensure_exists(investor_id)
+        where = [_entries.investor_id == investor_id]
+        return await self._page(where, skip=skip, limit=limit, after=after)
+
+    async def _page(
+        self,
+        where: list[ColumnElement[bool]],
+        *,
+        skip: int,
+        limit: int,
+        after: AuditCursor | None,
+    ) -> tuple[list[RowMapping], int, str | None]:
+        # Counting stops past the cap: the trail grows by millions, and a count of every match
+        # would read them all (the search caps its total the same way).
+        matching = select(_entries.id).where(*where).limit(AUDIT_TOTAL_CAP + 1).subquery()
+        counted = (await self.session.execute(select(func.count()).select_from(matching))).one()
+        total = min(int(counted[0]), AUDIT_TOTAL_CAP)
+        if total == 0:
+            return [], 0, None
+        if after is not None:
+            where = [*where, _entries.id < after.id]
+        # One row more than asked tells whether there is a next page.
+        stmt = (
+            select(*_entries)
+            .where(*where)
+            .order_by(_entries.id.desc())
+            .offset(skip)
+            .limit(limit + 1)
+        )
+        rows = list((await self.session.execute(stmt)).mappings().all())
+        if len(rows) <= limit:
+            return rows, total, None
+        return rows[:limit], total, AuditCursor(id=rows[limit - 1]["id"]).encode()
+
+
+_entries = AuditEntry.__table__.c

@@ -21,7 +21,7 @@ from core.exceptions import (
 )
 from models.audit import AuditAction
 from models.base import Base
-from services import audit
+from services.audit_recorder import SECRET, record
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
@@ -46,10 +46,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     # what it owns may change the row when it is one of them), on the model or on a table its
     # foreign keys reach. Empty: nobody owns it.
     owner_columns: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
-    # The audit trail (services.audit): the entity name its entries carry (None: not audited),
-    # the fields whose values it never holds (shown as "***"), the attribute holding the id of
-    # the investor a row belongs to (the investor's history gathers them), and the fields it
-    # leaves out (server-kept timestamps; generated columns are always left out).
+    # The audit trail (services.audit_recorder): the entity name its entries carry (None: not
+    # audited), the fields whose values it never holds (shown as "***"), the attribute holding
+    # the id of the investor a row belongs to (the investor's history gathers them), and the
+    # fields it leaves out (server-kept timestamps; generated columns are always left out).
     audit_entity: ClassVar[str | None] = None
     audit_secret_fields: ClassVar[frozenset[str]] = frozenset()
     audit_investor_key: ClassVar[str | None] = None
@@ -226,14 +226,14 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     def _masked(self, key: str, value: Any) -> Any:
         if key not in self.audit_secret_fields:
             return value
-        return [audit.SECRET, audit.SECRET] if isinstance(value, list) else audit.SECRET
+        return [SECRET, SECRET] if isinstance(value, list) else SECRET
 
     async def audit(self, action: AuditAction, obj: Base, changes: dict[str, Any]) -> None:
         """Record one entry about `obj` (nothing for a service that declares no entity)."""
         if self.audit_entity is None:
             return
         investor_key = self.audit_investor_key
-        await audit.record(
+        await record(
             self.session,
             action,
             self.audit_entity,

@@ -20,14 +20,14 @@ ROLES = ("admin", "manager", "user", "viewer")
 
 # The columns of the role table; `own` = only what the caller owns.
 YES, OWN, NO = "yes", "own", "no"
-COLUMNS = ("read", "write", "log", "delete", "operate", "follow", "users")
+COLUMNS = ("read", "write", "log", "delete", "operate", "follow", "users", "audit")
 TABLE: dict[str, dict[str, str]] = {
     role: dict(zip(COLUMNS, cells, strict=True))
     for role, cells in {
-        "admin": (YES, YES, YES, YES, YES, YES, YES),
-        "manager": (YES, YES, YES, YES, YES, YES, NO),
-        "user": (YES, OWN, YES, NO, NO, OWN, NO),
-        "viewer": (YES, NO, NO, NO, NO, NO, NO),
+        "admin": (YES, YES, YES, YES, YES, YES, YES, YES),
+        "manager": (YES, YES, YES, YES, YES, YES, NO, YES),
+        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO),
+        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO),
     }.items()
 }
 for row in TABLE.values():
@@ -44,6 +44,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/investors/stats"): "read",
     ("GET", "/investors/{investor_id}"): "read",
     ("GET", "/investors/{investor_id}/stage-history"): "read",
+    ("GET", "/investors/{investor_id}/history"): "read",
     ("POST", "/investors"): "write",
     ("PUT", "/investors/{investor_id}"): "write",
     ("PATCH", "/investors/{investor_id}"): "write",
@@ -73,6 +74,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}"): "follow",
     ("POST", "/jobs/{job_id}/retry"): "operate",
     ("POST", "/jobs/{job_id}/cancel"): "operate",
+    ("GET", "/audit"): "audit",
     ("GET", "/users"): "users",
     ("POST", "/users"): "users",
     ("GET", "/users/{user_id}"): "users",
@@ -304,6 +306,7 @@ def test_the_policy_grants_what_the_table_says() -> None:
         "operate": Action.operate,
         "follow": Action.follow_jobs,
         "users": Action.manage_users,
+        "audit": Action.audit,
         "self": Action.self_service,
         "public": Action.public,
     }

@@ -112,7 +112,7 @@ BEGIN
     GET DIAGNOSTICS removed = ROW_COUNT;
     IF removed > 0 THEN
         INSERT INTO public.audit_log (actor_kind, action, entity, changes, count)
-        VALUES ('system', 'purge', 'audit_log',
+        VALUES ('system', 'purge', 'audit',
                 jsonb_build_object('retention_days', retention_days), removed);
     END IF;
     PERFORM set_config('crm.audit_unlock', coalesce(unlock, ''), true);
