@@ -1,6 +1,9 @@
 """The audit trail as the API reads it: filtered pages, newest first, and investor histories."""
 
-from sqlalchemy import ColumnElement, func, select
+from collections.abc import Sequence
+
+from sqlalchemy import BigInteger, ColumnElement, Text, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,5 +85,22 @@ class AuditService:
             return rows, total, None
         return rows[:limit], total, AuditCursor(id=rows[limit - 1]["id"]).encode()
 
+    async def purge(self, retention_days: int) -> int:
+        """Delete the entries older than `retention_days` (at least 365, or the database
+        refuses), through the only function allowed to; how many went."""
+        result = await self.session.execute(_PURGE, {"days": retention_days})
+        return int(result.scalar_one())
+
+    async def scrub(self, entity: str, ids: Sequence[int], fields: Sequence[str]) -> int:
+        """Replace the values of `fields` with "anonymized" in the entries about these records
+        (GDPR anonymisation), through the only other function allowed to change entries; how
+        many entries changed."""
+        params = {"entity": entity, "ids": list(ids), "fields": list(fields)}
+        return int((await self.session.execute(_SCRUB, params)).scalar_one())
+
 
 _entries = AuditEntry.__table__.c
+_PURGE = text("SELECT crm_audit_purge(:days)")
+_SCRUB = text("SELECT crm_audit_scrub(:entity, :ids, :fields)").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)), bindparam("fields", type_=ARRAY(Text))
+)

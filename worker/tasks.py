@@ -9,6 +9,7 @@ from core.schedules import Schedule, schedules
 
 # Feature modules that declare job types, imported for their registrations.
 from services import emails
+from services.audit import AuditService
 
 FEATURE_JOB_MODULES = (emails,)
 
@@ -25,3 +26,16 @@ async def purge_finished_jobs(_: PurgePayload, context: JobContext) -> None:
 
 
 schedules.add(Schedule("jobs.purge.daily", "15 3 * * *", "jobs.purge", PurgePayload))
+
+
+class AuditPurgePayload(BaseModel):
+    pass
+
+
+@job_types.register("audit.purge", AuditPurgePayload, retry=RetryPolicy(max_attempts=3))
+async def purge_audit_trail(_: AuditPurgePayload, context: JobContext) -> None:
+    """Audit entries older than AUDIT_RETENTION_DAYS (the purge records itself in the trail)."""
+    await AuditService(context.session).purge(settings.audit_retention_days)
+
+
+schedules.add(Schedule("audit.purge.daily", "45 3 * * *", "audit.purge", AuditPurgePayload))
