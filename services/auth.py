@@ -9,10 +9,13 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.audit import Actor
 from core.config import Settings
 from core.exceptions import AuthError, BadRequestError, TooManyAttemptsError
 from core.security import create_access_token, passwords
+from models.audit import ActorKind, AuditAction
 from models.user import LoginFailure, LoginSuccess, User, UserRole
+from services.audit_recorder import record, record_failed_logins
 from services.users import UserService
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ class AuthService:
         async with passwords.slot():
             await self.session.execute(_LOGIN_LOCK, {"space": _LOGIN_LOCK_SPACE, "email": email})
             user = await self.users.get_by_email(email)
+            if user is not None:
+                # Before this attempt's clean-ups delete the failures they are counted from.
+                await record_failed_logins(self.session, email=email)
             await self._check_throttle(email, client_address, user, settings)
             valid = await passwords.verify(password, user.hashed_password if user else None)
             if user is None or not valid or not user.is_active:
@@ -75,6 +81,8 @@ class AuthService:
                 logger.info("Failed login attempt")
                 return None
             await self._record_success(user, client_address)
+            actor = Actor(ActorKind.user, user.id, client_address)
+            await record(self.session, AuditAction.login, "user", user.id, actor=actor)
             return user
 
     async def _check_throttle(
@@ -134,9 +142,13 @@ class AuthService:
             await self.session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
 
     async def _record_success(self, user: User, client_address: str) -> None:
+        email = user.email.lower()
+        await record_failed_logins(
+            self.session, email=email, client_address=client_address, current_minute=True
+        )
         await self.session.execute(
             delete(LoginFailure).where(
-                LoginFailure.email == user.email.lower(),
+                LoginFailure.email == email,
                 LoginFailure.client_address == client_address,
             )
         )
@@ -167,7 +179,7 @@ class AuthService:
                 raise BadRequestError("The current password is incorrect", code="invalid_password")
             user.hashed_password = await passwords.hash(new)
         self.users.rotate_security_stamp(user)
-        await self.session.flush()
+        await self.users.save(user, AuditAction.password_changed)
 
     async def ensure_first_admin(self, settings: Settings) -> str | None:
         """Create an admin when no user exists; returns the generated password, if any."""

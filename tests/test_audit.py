@@ -18,11 +18,13 @@ from models.investor import PIPELINE_ORDER
 from schemas.audit import AUDIT_ENTITIES, AUDIT_TOTAL_CAP
 from schemas.contact import ContactCreate
 from services.audit import AuditService
+from services.audit_recorder import record_failed_logins
 from services.contacts import ContactService
 from tests.conftest import connection_as, error_of
 from tests.factories import (
     CONTACTS,
     INVESTORS,
+    USER_PASSWORD,
     bearer,
     create_user,
     execute,
@@ -716,3 +718,122 @@ async def test_the_scrub_anonymises_the_named_fields_of_the_named_records(
     trail = await session.scalar(text("SELECT string_agg(changes::text, ' ') FROM audit_log"))
     assert "jeanne@acme.test" not in trail
     assert "j.martin@acme.test" not in trail
+
+
+# Logins and password changes
+
+LOGIN = "/api/v1/auth/login"
+
+
+async def _login(client: AsyncClient, email: str, password: str) -> int:
+    response = await client.post(LOGIN, json={"email": email, "password": password})
+    return response.status_code
+
+
+async def _fail_earlier(email: str, address: str, times: int, minutes_ago: int) -> None:
+    """Failures recorded as the login route does, in one minute that is over."""
+    await execute(
+        "INSERT INTO login_failures (email, client_address, failed_at) "
+        "SELECT :email, :address, date_trunc('minute', now()) - make_interval(mins => :ago) "
+        "+ make_interval(secs => n) FROM generate_series(1, :times) AS n",
+        email=email,
+        address=address,
+        ago=minutes_ago,
+        times=times,
+    )
+
+
+async def test_a_login_is_recorded(client: AsyncClient) -> None:
+    user_id = await create_user("jeanne@crm.test")
+    async with Recorded() as login:
+        assert await _login(client, "Jeanne@crm.test", USER_PASSWORD) == 200
+    assert_entry(
+        login.one, action="login", entity="user", entity_id=user_id, investor_id=None,
+        actor_id=user_id,
+    )  # fmt: skip
+    assert login.one["changes"] is None
+
+
+async def test_failed_logins_are_one_entry_per_account_address_and_minute(
+    client: AsyncClient, session: AsyncSession
+) -> None:
+    user_id = await create_user("jeanne@crm.test")
+    await _fail_earlier("jeanne@crm.test", "127.0.0.1", times=2, minutes_ago=5)
+    await _fail_earlier("jeanne@crm.test", "203.0.113.9", times=1, minutes_ago=5)
+    await _fail_earlier("jeanne@crm.test", "127.0.0.1", times=1, minutes_ago=3)
+    await _fail_earlier("nobody@crm.test", "127.0.0.1", times=2, minutes_ago=5)
+
+    # The next attempt (failed too) writes the minutes that are over; its own waits.
+    async with Recorded() as attempt:
+        assert await _login(client, "jeanne@crm.test", "wrong-password") == 401
+    minute = await scalar("SELECT date_trunc('minute', now()) - interval '5 minutes'")
+    counted = sorted((e["client_address"], e["count"], e["at"]) for e in attempt.entries)
+    assert counted == [
+        ("127.0.0.1", 1, minute + (await scalar("SELECT interval '2 minutes'"))),
+        ("127.0.0.1", 2, minute),
+        ("203.0.113.9", 1, minute),
+    ]
+    for entry in attempt.entries:
+        assert (entry["action"], entry["entity"], entry["entity_id"]) == (
+            "login_failed",
+            "user",
+            user_id,
+        )
+        assert entry["actor_id"] is None
+
+    # Written once: another attempt, or the sweep, inserts nothing for those minutes again.
+    async with Recorded() as again:
+        assert await _login(client, "jeanne@crm.test", "wrong-password") == 401
+        await record_failed_logins(session)
+    assert again.entries == []
+
+    # The unknown account's failures never reach the trail, not even its email.
+    assert await scalar("SELECT count(*) FROM audit_log WHERE changes::text LIKE '%nobody%'") == 0
+    trail = await fetch("SELECT * FROM audit_log")
+    assert "nobody@crm.test" not in repr(trail)
+
+
+async def test_a_success_records_the_failures_it_forgets(client: AsyncClient) -> None:
+    user_id = await create_user("jeanne@crm.test")
+    async with Recorded() as attempts:
+        assert await _login(client, "jeanne@crm.test", "wrong-password") == 401
+        assert await _login(client, "jeanne@crm.test", "wrong-password") == 401
+        assert await _login(client, "jeanne@crm.test", USER_PASSWORD) == 200
+    failed, login = attempts.entries
+    assert (failed["action"], failed["entity_id"], failed["count"]) == ("login_failed", user_id, 2)
+    assert failed["client_address"] == "127.0.0.1"
+    assert login["action"] == "login"
+
+
+async def test_the_sweep_records_accounts_no_later_attempt_came_for(
+    session: AsyncSession,
+) -> None:
+    user_id = await create_user("paul@crm.test")
+    await _fail_earlier("paul@crm.test", "198.51.100.4", times=4, minutes_ago=2)
+    since = await last_entry_id()
+    await record_failed_logins(session)
+    (entry,) = await entries_since(since)
+    assert (entry["action"], entry["entity_id"], entry["count"]) == ("login_failed", user_id, 4)
+    assert (entry["actor_kind"], entry["request_id"]) == ("user", None)
+    import worker.tasks  # noqa: F401  (registers the schedules)
+
+    assert "audit.failed_logins" in {schedule.job_type for schedule in schedules}
+
+
+async def test_changing_one_s_own_password_is_recorded(client: AsyncClient) -> None:
+    user_id = await create_user("jeanne@crm.test")
+    async with Recorded() as changed:
+        response = await client.put(
+            "/api/v1/auth/me/password",
+            json={"current_password": USER_PASSWORD, "new_password": NEW_PASSWORD},
+            headers=await bearer(user_id),
+        )
+    assert response.status_code == 204
+    assert_entry(
+        changed.one, action="password_changed", entity="user", entity_id=user_id,
+        investor_id=None, actor_id=user_id,
+    )  # fmt: skip
+    assert changed.one["changes"] == {
+        "hashed_password": ["***", "***"],
+        "security_stamp": ["***", "***"],
+    }

@@ -10,6 +10,7 @@ from core.schedules import Schedule, schedules
 # Feature modules that declare job types, imported for their registrations.
 from services import emails
 from services.audit import AuditService
+from services.audit_recorder import record_failed_logins
 
 FEATURE_JOB_MODULES = (emails,)
 
@@ -39,3 +40,19 @@ async def purge_audit_trail(_: AuditPurgePayload, context: JobContext) -> None:
 
 
 schedules.add(Schedule("audit.purge.daily", "45 3 * * *", "audit.purge", AuditPurgePayload))
+
+
+class FailedLoginsPayload(BaseModel):
+    pass
+
+
+@job_types.register("audit.failed_logins", FailedLoginsPayload, retry=RetryPolicy(max_attempts=1))
+async def record_failed_login_minutes(_: FailedLoginsPayload, context: JobContext) -> None:
+    """The login_failed entries of the minutes that are over, for the accounts no later attempt
+    recorded (their failures expire after LOGIN_FAILURE_WINDOW_MINUTES)."""
+    await record_failed_logins(context.session)
+
+
+schedules.add(
+    Schedule("audit.failed_logins", "*/5 * * * *", "audit.failed_logins", FailedLoginsPayload)
+)
