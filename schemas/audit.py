@@ -3,10 +3,18 @@
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
+)
 
 from models.audit import ActorKind, AuditAction
 from schemas.common import PG_INT_MAX, Page, ReadModel
@@ -23,6 +31,20 @@ AUDIT_ENTITIES: tuple[str, ...] = get_args(AuditEntity)
 AUDIT_TOTAL_CAP = 10_000
 
 
+# RFC 3339, as the schema's `date-time` format says: no bare number taken for a timestamp.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be a date and time with its offset, as 2026-11-01T09:30:00+01:00")
+    return value
+
+
 def _in_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
@@ -30,7 +52,7 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of range") from None
 
 
-Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc)]
 
 
 class AuditFilters(BaseModel):
