@@ -64,8 +64,15 @@ class AuditService:
         after: AuditCursor | None,
     ) -> tuple[list[RowMapping], int, str | None]:
         # Counting stops past the cap: the trail grows by millions, and a count of every match
-        # would read them all (the search caps its total the same way).
-        matching = select(_entries.id).where(*where).limit(AUDIT_TOTAL_CAP + 1).subquery()
+        # would read them all (the search caps its total the same way). In the page's order, so
+        # the same index serves and the scan stops at the cap.
+        matching = (
+            select(_entries.id)
+            .where(*where)
+            .order_by(_entries.id.desc())
+            .limit(AUDIT_TOTAL_CAP + 1)
+            .subquery()
+        )
         counted = (await self.session.execute(select(func.count()).select_from(matching))).one()
         total = min(int(counted[0]), AUDIT_TOTAL_CAP)
         if total == 0:

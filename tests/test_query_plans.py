@@ -400,6 +400,7 @@ KPIS = "/api/v1/kpis"
 ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
 USERS = "/api/v1/users"
 JOBS = "/api/v1/jobs"
+AUDIT = "/api/v1/audit"
 SEARCH = f"{INVESTORS}/search"
 SORTS = list(get_args(InvestorSort))
 
@@ -541,6 +542,22 @@ CALLS = [
     Call("read job", "GET", f"{JOBS}/{{job_id:id}}"),
     Call("retry job", "POST", f"{JOBS}/{{job_id:id}}/retry", status=202, failed_job=True),
     Call("cancel job", "POST", f"{JOBS}/{{job_id:id}}/cancel"),
+    # The unfiltered total counts the newest entries up to the cap (10,001 rows at most): on a
+    # table this small the planner may prefer a bitmap over the whole primary key to that walk.
+    page("audit trail", AUDIT, whole_tables=frozenset({"audit_log"})),
+    page(
+        "audit trail after a cursor",
+        AUDIT,
+        after_first_page=True,
+        whole_tables=frozenset({"audit_log"}),
+    ),
+    page("audit of a record", AUDIT, "entity=investor&entity_id={investor}"),
+    page("audit of an entity", AUDIT, "entity=contact"),
+    page("audit by an author", AUDIT, "actor_id=1"),
+    page("audit of an action", AUDIT, "action=create"),
+    page("audit of a period", AUDIT, "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+    page("investor history", f"{ONE_INVESTOR}/history"),
+    page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]
 
 
