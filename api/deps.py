@@ -187,8 +187,8 @@ InteractionWriter = Annotated[InteractionService, _writer(InteractionService)]
 KpiReader = Annotated[KpiService, _reader(KpiService)]
 KpiWriter = Annotated[KpiService, _writer(KpiService)]
 JobReader = Annotated[JobService, _reader(JobService)]
-AuditReader = Annotated[AuditService, _reader(AuditService)]
 JobWriter = Annotated[JobService, _writer(JobService)]
+AuditReader = Annotated[AuditService, _reader(AuditService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -88,13 +88,13 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             await self.audit(AuditAction.create, kpi, self.audit_values(kpi))
             return kpi, True
         # No previous row: another request created the month meanwhile, its values unknown.
-        changes = {
+        changed = {
             name: [None if previous is None else previous[name], getattr(kpi, name)]
             for name in values
             if name not in _KEY and (previous is None or previous[name] != getattr(kpi, name))
         }
-        if changes:
-            await self.audit(AuditAction.update, kpi, changes)
+        if changed:
+            await self.audit(AuditAction.update, kpi, changed)
         return kpi, False
 
     async def _month_row(self, investor_id: int, year: int, month: int) -> RowMapping | None:
