@@ -5,6 +5,7 @@ from fastapi.routing import APIRoute
 
 from api.deps import bind_policy
 from api.routes import (
+    audit,
     auth,
     contacts,
     interactions,
@@ -20,7 +21,18 @@ API_PREFIX = "/api/v1"
 # In the order requests try them: investors, the most requested, first (docs/adr/0004).
 ROUTERS = tuple(
     module.router
-    for module in (investors, auth, users, contacts, interactions, kpis, jobs, two_factor, trash)
+    for module in (
+        investors,
+        auth,
+        users,
+        contacts,
+        interactions,
+        kpis,
+        jobs,
+        two_factor,
+        trash,
+        audit,
+    )
 )
 
 

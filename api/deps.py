@@ -1,5 +1,6 @@
 """Request dependencies, as Annotated aliases the routes declare."""
 
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypeVar
@@ -11,6 +12,7 @@ from pydantic import AfterValidator, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from core.audit import Actor, declare_actor
 from core.config import settings
 from core.db import (
     AsyncReadSession,
@@ -30,8 +32,10 @@ from core.policy import (
     check_two_factor,
 )
 from core.security import InvalidTokenError, decode_access_token
+from models.audit import ActorKind
 from models.user import AuthenticatedUser
 from schemas.common import PG_INT_MAX, Page
+from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
@@ -50,6 +54,19 @@ from services.users import UserService, caller_cache
 # hands its connection back before then too.
 ReadSession = Annotated[AsyncReadSession, Depends(get_read_session, scope="function")]
 WriteSession = Annotated[AsyncWriteSession, Depends(get_write_session, scope="function")]
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The socket's peer, or the address the trusted proxy put in X-Forwarded-For (uvicorn
+    rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
+    host = connection.client.host if connection.client else ""
+    try:
+        # A zone (fe80::1%eth0) names the sender's interface, not another client.
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host[:64]
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 def _row_id(value: int) -> int:
@@ -98,6 +115,9 @@ class _BearerCaller(OAuth2PasswordBearer):
             check_two_factor(user.role, user.two_factor_enabled, rule)
         if check_role(user.role, rule) is Grant.owned and rule and rule.ownership:
             await _check_owner(request, user, rule.ownership)
+        # The author of what the request writes; reads (the hottest requests) write nothing.
+        if request.scope["method"] != "GET":
+            declare_actor(Actor(ActorKind.user, user.id, client_address(request)))
         return user
 
 
@@ -205,6 +225,7 @@ JobWriter = Annotated[JobService, _writer(JobService)]
 TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 TrashReader = Annotated[TrashService, _reader(TrashService)]
 TrashWriter = Annotated[TrashService, _writer(TrashService)]
+AuditReader = Annotated[AuditService, _reader(AuditService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -602,8 +602,9 @@ def write_latest() -> str:
         "and returning the same JSON; `x reference` is the API's throughput divided by it.",
         "",
     ]
-    # Each size's section, then the job queue's (bench/jobs.py).
-    for name in [*SIZES, "jobs"]:
+    # Each size's section, then the job queue's (bench/jobs.py) and the audit trail's
+    # (bench/audit.py).
+    for name in [*SIZES, "jobs", "audit"]:
         section = RESULTS_DIR / f"{name}.md"
         if section.exists():
             parts.append(section.read_text())

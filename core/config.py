@@ -210,6 +210,12 @@ class Settings(BaseSettings):
     job_retention_days: int = Field(default=30, ge=1, le=3650)
     # A deleted record stays this long in the trash (restorable), then a nightly job destroys it.
     trash_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Audit entries older than this are purged nightly; French record-keeping asks for years,
+    # and crm_audit_purge refuses less than a year (migration 0016).
+    audit_retention_days: int = Field(default=3650, ge=365, le=36500)
+    # Bench only (bench/audit.py measures the trail's cost against a run without it): off, no
+    # change is recorded, which no deployment may allow.
+    audit_enabled: bool = True
     # Schedules are written in this zone's wall-clock time (cron expressions, DST included).
     timezone: str = "Europe/Paris"
 

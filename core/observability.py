@@ -41,6 +41,11 @@ RequestContext = tuple[str, str, str]
 _current: ContextVar[RequestContext | None] = ContextVar("request", default=None)
 
 
+def current_request() -> RequestContext | None:
+    """The request being served (a new object for each request), or None outside requests."""
+    return _current.get()
+
+
 def current_request_id() -> str | None:
     current = _current.get()
     return None if current is None else current[0]

@@ -26,6 +26,7 @@ class Action(StrEnum):
     reassign = "reassign"  # sets an investor's owner to someone else
     operate = "operate"  # imports, exports, reports, jobs
     follow_jobs = "follow_jobs"  # reads the jobs one caused
+    audit = "audit"  # reads the audit trail (who changed what)
     manage_users = "manage_users"  # user administration
     manage_trash = "manage_trash"  # lists and restores what is in the trash
     purge_trash = "purge_trash"  # destroys what is in the trash before its time
@@ -74,6 +75,7 @@ _ROLE_REFUSALS: Mapping[Action, str] = {
     Action.reassign: "only a manager or an admin may assign an investor to someone else",
     Action.operate: "only a manager or an admin may run imports, exports, reports and jobs",
     Action.follow_jobs: "read-only accounts have no jobs to follow",
+    Action.audit: "only a manager or an admin may read the audit trail",
     Action.manage_users: "only an admin may manage users",
     Action.manage_trash: "only a manager or an admin may see and restore the trash",
     Action.purge_trash: "only an admin may destroy what is in the trash",
@@ -155,6 +157,7 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         ("GET", "/investors/stats"),
         ("GET", "/investors/{investor_id}"),
         ("GET", "/investors/{investor_id}/stage-history"),
+        ("GET", "/investors/{investor_id}/history"),
         ("GET", "/contacts/investor/{investor_id}"),
         ("GET", "/contacts/{contact_id}"),
         ("GET", "/interactions"),
@@ -197,6 +200,7 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     **_rules(Action.follow_jobs, ("GET", "/jobs")),
     **_rules(Action.follow_jobs, ("GET", "/jobs/{job_id}"), ownership=JOB),
     **_rules(Action.operate, ("POST", "/jobs/{job_id}/retry"), ("POST", "/jobs/{job_id}/cancel")),
+    **_rules(Action.audit, ("GET", "/audit")),
     **_rules(
         Action.manage_users,
         ("GET", "/users"),

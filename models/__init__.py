@@ -1,6 +1,7 @@
 """Every model, imported here so Alembic's metadata sees all tables."""
 
 from models.aggregates import InvestorCount, KpiMonthTotal
+from models.audit import ActorKind, AuditAction, AuditEntry
 from models.base import Base
 from models.contact import Contact
 from models.interaction import Interaction, InteractionType
@@ -22,6 +23,9 @@ from models.user import LoginFailure, User, UserRole
 __all__ = [
     "FINISHED_STATUSES",
     "PIPELINE_ORDER",
+    "ActorKind",
+    "AuditAction",
+    "AuditEntry",
     "AuthSession",
     "Base",
     "ClientType",

@@ -9,13 +9,16 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.audit import Actor
 from core.config import Settings
 from core.exceptions import AuthError, BadRequestError, InvalidFieldError, TooManyAttemptsError
 from core.password_policy import check_password_strength
 from core.security import passwords
+from models.audit import ActorKind, AuditAction
 from models.password_reset import PasswordResetToken
 from models.user import LoginFailure, LoginSuccess, User, UserRole
 from schemas.user import MeUpdate, UserUpdate
+from services.audit_recorder import record, record_failed_logins
 from services.sessions import IssuedTokens, SessionService
 from services.two_factor import InvalidLoginOtp, OtpRequired, TwoFactorService
 from services.users import UserService
@@ -92,6 +95,9 @@ class AuthService:
         async with passwords.slot():
             await self.session.execute(_LOGIN_LOCK, {"space": _LOGIN_LOCK_SPACE, "email": email})
             user = await self.users.get_by_email(email)
+            if user is not None:
+                # Before this attempt's clean-ups delete the failures they are counted from.
+                await record_failed_logins(self.session, email=email)
             await self._check_throttle(email, client_address, user, settings)
             valid = await passwords.verify(password, user.hashed_password if user else None)
             if user is None or not valid or not user.is_active:
@@ -107,6 +113,8 @@ class AuthService:
                     logger.info("Failed two-factor login attempt")
                     raise InvalidLoginOtp()
             await self._record_success(user, client_address)
+            actor = Actor(ActorKind.user, user.id, client_address)
+            await record(self.session, AuditAction.login, "user", user.id, actor=actor)
             return user
 
     async def _check_throttle(
@@ -166,9 +174,13 @@ class AuthService:
             await self.session.execute(delete(LoginFailure).where(LoginFailure.id.in_(oldest)))
 
     async def _record_success(self, user: User, client_address: str) -> None:
+        email = user.email.lower()
+        await record_failed_logins(
+            self.session, email=email, client_address=client_address, current_minute=True
+        )
         await self.session.execute(
             delete(LoginFailure).where(
-                LoginFailure.email == user.email.lower(),
+                LoginFailure.email == email,
                 LoginFailure.client_address == client_address,
             )
         )
@@ -202,8 +214,10 @@ class AuthService:
                 new, email=user.email, full_name=user.full_name, field="new_password"
             )
             user.hashed_password = await passwords.hash(new)
-        await self.users.end_all_sessions(user)
-        await self.session.flush()
+        # Without autoflush: the new password and stamp stay pending for the entry save() records.
+        with self.session.no_autoflush:
+            await self.users.end_all_sessions(user)
+        await self.users.save(user, AuditAction.password_changed)
 
     async def update_profile(self, user_id: int, data: MeUpdate) -> User:
         """Change one's own name or email; a new email needs the current password (400

@@ -1,5 +1,6 @@
 """Generic CRUD service that entity services subclass."""
 
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -7,6 +8,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select, func, insert, select, update
+from sqlalchemy import inspect as inspect_orm
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -19,12 +21,17 @@ from core.exceptions import (
     NotFoundError,
     sqlstate,
 )
+from models.audit import AuditAction
 from models.base import Base
 from models.trash import SoftDeleteMixin, TrashEntity, TrashEntry
+from services.audit_recorder import SECRET, record
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
 UpdateT = TypeVar("UpdateT", bound=BaseModel)
+
+# {field: [before, after]}: what an update entry of the audit trail holds.
+FieldChanges = dict[str, list[Any]]
 
 
 class BaseService(Generic[ModelT, CreateT, UpdateT]):
@@ -46,6 +53,14 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     # (to this model) of the rows a delete takes to the trash with it, as one trash entry.
     entity: ClassVar[TrashEntity | None] = None
     trash_children: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
+    # The audit trail (services.audit_recorder): the entity name its entries carry (None: not
+    # audited), the fields whose values it never holds (shown as "***"), the attribute holding
+    # the id of the investor a row belongs to (the investor's history gathers them), and the
+    # fields it leaves out (server-kept timestamps; generated columns are always left out).
+    audit_entity: ClassVar[str | None] = None
+    audit_secret_fields: ClassVar[frozenset[str]] = frozenset()
+    audit_investor_key: ClassVar[str | None] = None
+    audit_ignored_fields: ClassVar[frozenset[str]] = frozenset({"created_at", "updated_at"})
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -175,6 +190,7 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         obj = self.model(**self._values(data, exclude_unset=False), **extra)
         self.session.add(obj)
         await self.session.flush()
+        await self.audit(AuditAction.create, obj, self.audit_values(obj))
         return obj  # type: ignore[return-value]
 
     async def update(self, obj: ModelT, data: UpdateT) -> ModelT:
@@ -182,17 +198,21 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
         values = self._values(data, exclude_unset=True)
         for field, value in values.items():
             setattr(obj, field, value)
-        if values:
-            await self.session.flush()
+        await self.save(obj)
         return obj
 
     async def delete(self, obj: ModelT, *, deleted_by: int | None = None) -> None:
         """Move the row to the trash (with its `trash_children`), or destroy it when its model
-        has no soft delete."""
+        has no soft delete; either way recorded in the audit trail with its last values."""
+        last_values = self.audit_values(obj)
         if self.entity is None:
             await self.session.delete(obj)
             await self.session.flush()
-            return
+        else:
+            await self._move_to_trash(obj, deleted_by)
+        await self.audit(AuditAction.delete, obj, last_values)
+
+    async def _move_to_trash(self, obj: ModelT, deleted_by: int | None) -> None:
         id_: int = obj.id  # type: ignore[attr-defined]
         retention = timedelta(days=settings.trash_retention_days)
         entry = insert(TrashEntry).values(
@@ -220,3 +240,67 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
                 )
                 .execution_options(synchronize_session=False)
             )
+
+    async def save(self, obj: Base, action: AuditAction | None = None) -> None:
+        """Flush the changes made to `obj` and record those that changed a value, as `action`
+        (by default, what `audit_action` makes of them). Nothing changed: nothing to do."""
+        changes = self.pending_changes(obj)
+        if not changes:
+            return
+        await self.session.flush()
+        await self.audit(action or self.audit_action(changes), obj, changes)
+
+    def audit_action(self, changes: FieldChanges) -> AuditAction:
+        """What an update is recorded as (UserService singles out role and password changes)."""
+        return AuditAction.update
+
+    def pending_changes(self, obj: Base) -> FieldChanges:
+        """{field: [before, after]} for the audited fields changed since `obj` was loaded or
+        last flushed: read before the flush, which forgets them."""
+        state = inspect_orm(obj)
+        changes: FieldChanges = {}
+        for key in _audited_fields(type(obj), self.audit_ignored_fields):
+            history = state.attrs[key].history
+            if history.added or history.deleted:
+                before = history.deleted[0] if history.deleted else None
+                after = history.added[0] if history.added else None
+                changes[key] = self._masked(key, [before, after])
+        return changes
+
+    def audit_values(self, obj: Base) -> dict[str, Any]:
+        """The audited fields of `obj` as loaded (none is read from the database for this)."""
+        loaded = inspect_orm(obj).dict
+        return {
+            key: self._masked(key, loaded[key])
+            for key in _audited_fields(type(obj), self.audit_ignored_fields)
+            if key in loaded
+        }
+
+    def _masked(self, key: str, value: Any) -> Any:
+        if key not in self.audit_secret_fields:
+            return value
+        return [SECRET, SECRET] if isinstance(value, list) else SECRET
+
+    async def audit(self, action: AuditAction, obj: Base, changes: dict[str, Any]) -> None:
+        """Record one entry about `obj` (nothing for a service that declares no entity)."""
+        if self.audit_entity is None:
+            return
+        investor_key = self.audit_investor_key
+        await record(
+            self.session,
+            action,
+            self.audit_entity,
+            obj.id,  # type: ignore[attr-defined]
+            changes,
+            investor_id=None if investor_key is None else getattr(obj, investor_key),
+        )
+
+
+@functools.cache
+def _audited_fields(model: type[Base], ignored: frozenset[str]) -> tuple[str, ...]:
+    """The model's column attributes, less generated columns and `ignored`."""
+    return tuple(
+        attr.key
+        for attr in inspect_orm(model).column_attrs
+        if attr.key not in ignored and all(column.computed is None for column in attr.columns)
+    )

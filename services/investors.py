@@ -24,6 +24,7 @@ from models.aggregates import (
     NO_CLIENT_TYPE_KEY,
     InvestorCount,
 )
+from models.audit import AuditAction
 from models.contact import Contact
 from models.interaction import Interaction
 from models.investor import (
@@ -82,6 +83,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     entity = TrashEntity.investor
     # Deleting an investor takes its contacts, interactions and KPIs to the trash with it.
     trash_children = (Contact.investor_id, Interaction.investor_id, Kpi.investor_id)
+    audit_entity = "investor"
+    audit_investor_key = "id"
 
     async def list_investors(
         self,
@@ -225,7 +228,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             )
         investor.pipeline_stage = PIPELINE_ORDER[PIPELINE_ORDER.index(current) + 1]
         self._record_stage_change(investor, current, changed_by)
-        await self.session.flush()
+        await self.save(investor, AuditAction.move_stage)
         return investor
 
     async def stage_history(self, investor_id: int) -> list[InvestorStageChange]:

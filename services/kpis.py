@@ -14,9 +14,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import RowMapping
 
+from core.config import settings
 from core.exceptions import ConflictError
 from models.aggregates import KpiMonthTotal
+from models.audit import AuditAction
 from models.investor import Investor
 from models.kpi import Kpi
 from models.trash import TrashEntity
@@ -59,11 +62,15 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
     not_found_message = "KPI not found"
     owner_columns = (Investor.owner_id,)
     entity = TrashEntity.kpi
+    audit_entity = "kpi"
+    audit_investor_key = "investor_id"
 
     async def upsert_month(self, investor_id: int, data: KpiUpsert) -> tuple[Kpi, bool]:
         """Create or update the body's month in one statement; True when the row was created."""
         await InvestorService(self.session).ensure_exists(investor_id, lock=True)
         values = data.model_dump(exclude_unset=True)
+        # What the audit entry of an update compares with (locked: no change slips between).
+        previous = await self._month_row(investor_id, data.year, data.month)
         new_row = insert(Kpi).values(investor_id=investor_id, **values)
         changes: dict[str, Any] = {
             name: new_row.excluded[name] for name in values if name not in _KEY
@@ -82,7 +89,34 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             upsert.returning(Kpi, inserted), execution_options={"populate_existing": True}
         )
         kpi, created = result.one()
-        return kpi, bool(created)
+        if created:
+            await self.audit(AuditAction.create, kpi, self.audit_values(kpi))
+            return kpi, True
+        # No previous row: another request created the month meanwhile, its values unknown.
+        changed = {
+            name: [None if previous is None else previous[name], getattr(kpi, name)]
+            for name in values
+            if name not in _KEY and (previous is None or previous[name] != getattr(kpi, name))
+        }
+        if changed:
+            await self.audit(AuditAction.update, kpi, changed)
+        return kpi, False
+
+    async def _month_row(self, investor_id: int, year: int, month: int) -> RowMapping | None:
+        if not settings.audit_enabled:
+            return None
+        stmt = (
+            select(*Kpi.__table__.c)
+            .where(
+                Kpi.investor_id == investor_id,
+                Kpi.year == year,
+                Kpi.month == month,
+                # The live month, the one the upsert's unique index binds (not a trashed one).
+                Kpi.trash_entry_id.is_(None),
+            )
+            .with_for_update()
+        )
+        return (await self.session.execute(stmt)).mappings().one_or_none()
 
     async def list_kpis(
         self, filters: KpiFilters, *, skip: int, limit: int

@@ -27,6 +27,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import InstrumentedAttribute
 
 from core.exceptions import ConflictError, NotFoundError
+from models.audit import AuditAction
 from models.contact import Contact
 from models.interaction import Interaction
 from models.investor import Investor
@@ -37,6 +38,7 @@ from schemas.interaction import InteractionRead
 from schemas.investor import InvestorRead
 from schemas.kpi import KpiRead
 from schemas.trash import TrashFilters
+from services.audit_recorder import record
 from services.base import BaseService
 from services.contacts import ContactService
 from services.interactions import InteractionService
@@ -154,7 +156,9 @@ class TrashService(BaseService[TrashEntry, BaseModel, BaseModel]):
                 )
             await self.session.execute(delete(TrashEntry).where(TrashEntry.id == entry.id))
         # A locking read refreshes whatever the session holds of the row.
-        restored = await trashable.service(self.session).get(id_, for_update=True)
+        service = trashable.service(self.session)
+        restored = await service.get(id_, for_update=True)
+        await service.audit(AuditAction.restore, restored, {})
         return trashable.read_schema.model_validate(restored)
 
     async def purge(self, entity: TrashEntity, id_: int) -> None:
@@ -219,6 +223,16 @@ class TrashService(BaseService[TrashEntry, BaseModel, BaseModel]):
                 )
             )
         entry_ids = list((await self.session.execute(union(*entries))).scalars())
+        # Its history stays in the audit trail for the retention period; the purge joins it.
+        investor_id = entry.entity_id if entry.entity is TrashEntity.investor else None
+        await record(
+            self.session,
+            AuditAction.purge,
+            entry.entity,
+            entry.entity_id,
+            None,
+            investor_id=investor_id,
+        )
         await self.session.execute(delete(model).where(model.id == entry.entity_id))
         await self.session.execute(delete(TrashEntry).where(TrashEntry.id.in_(entry_ids)))
 

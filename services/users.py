@@ -11,10 +11,11 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from core.exceptions import ConflictError
 from core.password_policy import check_password_strength
 from core.security import passwords
+from models.audit import AuditAction
 from models.session import CLOCK_SKEW_MARGIN, AuthSession
 from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
-from services.base import BaseService
+from services.base import BaseService, FieldChanges
 
 
 class DuplicateUserEmail(ConflictError):
@@ -96,6 +97,9 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
     }
     default_sort = "email"
     not_found_message = "User not found"
+    audit_entity = "user"
+    # The stamp is what every token carries: a change shows, its values never.
+    audit_secret_fields = frozenset({"hashed_password", "security_stamp"})
 
     def _values(self, data: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
         values = super()._values(data, exclude_unset=exclude_unset)
@@ -174,18 +178,31 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         )
         if user.is_admin and user.is_active and loses_admin:
             await self._ensure_another_active_admin(user)
-        if new_hash is not None:
-            user.hashed_password = new_hash
-        if (
+        rotate = (
             "password" in values
             or values.get("role", user.role) != user.role
             or (user.is_active and not values.get("is_active", True))
-        ):
-            await self.end_all_sessions(user)
+        )
         async with self.integrity_guard(unique=DuplicateUserEmail):
+            # Set inside the savepoint, whose start flushes: update() records them with the
+            # fields it sets, as one entry.
+            if new_hash is not None:
+                user.hashed_password = new_hash
+            if rotate:
+                # Without autoflush: the new password and stamp stay pending, so the entry
+                # update() records holds them with the fields it sets.
+                with self.session.no_autoflush:
+                    await self.end_all_sessions(user)
             await super().update(user, data)
-            await self.session.flush()  # a password alone is no field update() sets
         return user
+
+    def audit_action(self, changes: FieldChanges) -> AuditAction:
+        """A new role, else a new password, names the entry: the changes an auditor looks for."""
+        if "role" in changes:
+            return AuditAction.role_changed
+        if "hashed_password" in changes:
+            return AuditAction.password_changed
+        return AuditAction.update
 
     async def end_all_sessions(self, user: User) -> None:
         """A new security stamp and every session revoked: every access and refresh token issued

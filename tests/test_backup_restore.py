@@ -836,6 +836,20 @@ async def assert_app_role_reads_and_writes_only(client: AsyncClient, admin: dict
             )
         )
         assert privileges is True
+        # The audit trail stays append-only (migration 0016): restore.sh's grants keep it so.
+        audit = await conn.execute(
+            text(
+                "SELECT p, has_table_privilege('audit_log', p) "
+                "FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p"
+            )
+        )
+        assert dict(audit.tuples().all()) == {
+            "SELECT": True,
+            "INSERT": True,
+            "UPDATE": False,
+            "DELETE": False,
+            "TRUNCATE": False,
+        }
     for statement in ("CREATE TABLE intruder (id integer)", "COPY (SELECT 1) TO PROGRAM 'true'"):
         async with db.engine.connect() as conn:
             with pytest.raises(DBAPIError, match="permission denied"):

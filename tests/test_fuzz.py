@@ -112,6 +112,8 @@ async def reset_database() -> None:
 
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     async with owner_connection() as conn:
+        # As in the conftest: the audit trail's guard is lifted for this transaction only.
+        await conn.execute(text("SELECT set_config('crm.audit_unlock', 'on', true)"))
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     await bootstrap_first_admin()
 

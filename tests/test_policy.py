@@ -22,14 +22,25 @@ ROLES = ("admin", "manager", "user", "viewer")
 
 # The columns of the role table; `own` = only what the caller owns.
 YES, OWN, NO = "yes", "own", "no"
-COLUMNS = ("read", "write", "log", "delete", "operate", "follow", "users", "trash", "purge")
+COLUMNS = (
+    "read",
+    "write",
+    "log",
+    "delete",
+    "operate",
+    "follow",
+    "users",
+    "trash",
+    "purge",
+    "audit",
+)
 TABLE: dict[str, dict[str, str]] = {
     role: dict(zip(COLUMNS, cells, strict=True))
     for role, cells in {
-        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES),
-        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO),
-        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO),
-        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO),
+        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES, YES),
+        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO, YES),
+        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO, NO),
+        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO, NO),
     }.items()
 }
 for row in TABLE.values():
@@ -55,6 +66,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/investors/stats"): "read",
     ("GET", "/investors/{investor_id}"): "read",
     ("GET", "/investors/{investor_id}/stage-history"): "read",
+    ("GET", "/investors/{investor_id}/history"): "read",
     ("POST", "/investors"): "write",
     ("PUT", "/investors/{investor_id}"): "write",
     ("PATCH", "/investors/{investor_id}"): "write",
@@ -84,6 +96,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}"): "follow",
     ("POST", "/jobs/{job_id}/retry"): "operate",
     ("POST", "/jobs/{job_id}/cancel"): "operate",
+    ("GET", "/audit"): "audit",
     ("GET", "/users"): "users",
     ("POST", "/users"): "users",
     ("GET", "/users/{user_id}"): "users",
@@ -367,6 +380,7 @@ def test_the_policy_grants_what_the_table_says() -> None:
         "users": Action.manage_users,
         "trash": Action.manage_trash,
         "purge": Action.purge_trash,
+        "audit": Action.audit,
         "self": Action.self_service,
         "public": Action.public,
     }

@@ -453,6 +453,7 @@ USERS = "/api/v1/users"
 TRASH = "/api/v1/trash"
 ONE_TRASHED = f"{TRASH}/{{entity}}/{{entity_id:id}}"
 JOBS = "/api/v1/jobs"
+AUDIT = "/api/v1/audit"
 SEARCH = f"{INVESTORS}/search"
 RECOVERY_CODE = "aaaa-bbbb-cccc-dddd"
 SORTS = list(get_args(InvestorSort))
@@ -641,6 +642,22 @@ CALLS = [
     page("trash of an entity", TRASH, "entity=investor", whole_tables=frozenset({"trash_entries"})),
     Call("restore from the trash", "POST", f"{ONE_TRASHED}/restore"),
     Call("purge from the trash", "DELETE", ONE_TRASHED, status=204),
+    # The unfiltered total counts the newest entries up to the cap (10,001 rows at most): on a
+    # table this small the planner may prefer a bitmap over the whole primary key to that walk.
+    page("audit trail", AUDIT, whole_tables=frozenset({"audit_log"})),
+    page(
+        "audit trail after a cursor",
+        AUDIT,
+        after_first_page=True,
+        whole_tables=frozenset({"audit_log"}),
+    ),
+    page("audit of a record", AUDIT, "entity=investor&entity_id={investor}"),
+    page("audit of an entity", AUDIT, "entity=contact"),
+    page("audit by an author", AUDIT, "actor_id=1"),
+    page("audit of an action", AUDIT, "action=create"),
+    page("audit of a period", AUDIT, "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+    page("investor history", f"{ONE_INVESTOR}/history"),
+    page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]
 
 

@@ -9,6 +9,8 @@ from core.schedules import Schedule, schedules
 
 # Feature modules that declare job types, imported for their registrations.
 from services import emails, password_reset
+from services.audit import AuditService
+from services.audit_recorder import record_failed_logins
 from services.trash import TrashService
 
 FEATURE_JOB_MODULES = (emails, password_reset)
@@ -35,3 +37,32 @@ async def purge_expired_trash(_: PurgePayload, context: JobContext) -> None:
 
 
 schedules.add(Schedule("trash.purge.daily", "45 3 * * *", "trash.purge", PurgePayload))
+
+
+class AuditPurgePayload(BaseModel):
+    pass
+
+
+@job_types.register("audit.purge", AuditPurgePayload, retry=RetryPolicy(max_attempts=3))
+async def purge_audit_trail(_: AuditPurgePayload, context: JobContext) -> None:
+    """Audit entries older than AUDIT_RETENTION_DAYS (the purge records itself in the trail)."""
+    await AuditService(context.session).purge(settings.audit_retention_days)
+
+
+schedules.add(Schedule("audit.purge.daily", "45 3 * * *", "audit.purge", AuditPurgePayload))
+
+
+class FailedLoginsPayload(BaseModel):
+    pass
+
+
+@job_types.register("audit.failed_logins", FailedLoginsPayload, retry=RetryPolicy(max_attempts=1))
+async def record_failed_login_minutes(_: FailedLoginsPayload, context: JobContext) -> None:
+    """The login_failed entries of the minutes that are over, for the accounts no later attempt
+    recorded (their failures expire after LOGIN_FAILURE_WINDOW_MINUTES)."""
+    await record_failed_logins(context.session)
+
+
+schedules.add(
+    Schedule("audit.failed_logins", "*/5 * * * *", "audit.failed_logins", FailedLoginsPayload)
+)

@@ -1,6 +1,5 @@
 """Login, refresh and logout, current user, profile and password change, password reset."""
 
-import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, status
@@ -15,6 +14,7 @@ from api.deps import (
     SessionWriter,
     UserWriter,
     WriteSession,
+    client_address,
 )
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
@@ -106,19 +106,6 @@ async def _read_credentials(request: Request) -> LoginJSON:
     )
 
 
-def _client_address(request: Request) -> str:
-    """The socket's peer, or the address the trusted proxy put in X-Forwarded-For (uvicorn
-    rewrites the peer with FORWARDED_ALLOW_IPS, see main.run), written one way per address."""
-    host = request.client.host if request.client else ""
-    try:
-        # A zone (fe80::1%eth0) names the sender's interface, not another client.
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host[:64]
-    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the same client either way.
-    return str(getattr(address, "ipv4_mapped", None) or address)
-
-
 @router.post(
     "/login",
     response_model=Token,
@@ -133,7 +120,7 @@ async def login(request: Request, session: WriteSession, auth: AuthWriter) -> To
         user = await auth.authenticate(
             credentials.email,
             credentials.password,
-            _client_address(request),
+            client_address(request),
             settings,
             otp=credentials.otp,
         )

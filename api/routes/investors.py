@@ -5,8 +5,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from fastapi.exceptions import RequestValidationError
 
-from api.deps import CurrentUser, IdPath, InvestorReader, InvestorWriter, PageParams
+from api.deps import (
+    AuditReader,
+    CurrentUser,
+    IdPath,
+    InvestorReader,
+    InvestorWriter,
+    PageParams,
+)
 from api.responses import AUTHENTICATED, errors
+from api.routes.audit import PAGING, CursorParam, page_of, resume_after
+from schemas.audit import AuditPage
 from schemas.common import Page
 from schemas.investor import (
     CURSOR_MAX_LENGTH,
@@ -186,6 +195,28 @@ async def stage_history(
     """The investor's pipeline stage changes, oldest first."""
     changes = await investors.stage_history(investor_id)
     return [StageChangeRead.model_validate(change) for change in changes]
+
+
+@router.get(
+    "/{investor_id:id}/history",
+    response_model=AuditPage,
+    responses=errors(*AUTHENTICATED, 404),
+    description="What happened to the investor, its contacts, interactions and KPIs, from the "
+    f"audit trail. {PAGING}",
+)
+async def investor_history(
+    investor_id: IdPath,
+    _: CurrentUser,
+    entries: AuditReader,
+    page: PageParams,
+    cursor: CursorParam = None,
+) -> AuditPage:
+    """The audit trail of an investor, its contacts, interactions and KPIs, newest first."""
+    after = resume_after(cursor, skip=page.skip)
+    rows, total, next_cursor = await entries.investor_history(
+        investor_id, skip=page.skip, limit=page.limit, after=after
+    )
+    return page_of(list(rows), total, next_cursor, page)
 
 
 @router.delete(
