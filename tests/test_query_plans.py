@@ -451,6 +451,7 @@ KPIS = "/api/v1/kpis"
 ONE_KPI = f"{KPIS}/{{kpi_id:id}}"
 USERS = "/api/v1/users"
 TRASH = "/api/v1/trash"
+AUDIT_LOG = frozenset({"audit_log"})
 ONE_TRASHED = f"{TRASH}/{{entity}}/{{entity_id:id}}"
 JOBS = "/api/v1/jobs"
 AUDIT = "/api/v1/audit"
@@ -652,11 +653,20 @@ CALLS = [
         whole_tables=frozenset({"audit_log"}),
     ),
     page("audit of a record", AUDIT, "entity=investor&entity_id={investor}"),
-    page("audit of an entity", AUDIT, "entity=contact"),
+    # Data-dependent, as the jobs of a type: ids restart at 1 in every test, so after the
+    # committing tests have been analysed the statistics say investor 1, `create` or `contact`
+    # match most of the trail, and walking the newest entries fills a page at once. A selective
+    # value uses its index (ix_audit_log_*); docs/performances.md measures the history at scale.
+    page("audit of an entity", AUDIT, "entity=contact", whole_tables=AUDIT_LOG),
     page("audit by an author", AUDIT, "actor_id=1"),
-    page("audit of an action", AUDIT, "action=create"),
-    page("audit of a period", AUDIT, "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
-    page("investor history", f"{ONE_INVESTOR}/history"),
+    page("audit of an action", AUDIT, "action=create", whole_tables=AUDIT_LOG),
+    page(
+        "audit of a period",
+        AUDIT,
+        "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+        whole_tables=AUDIT_LOG,
+    ),
+    page("investor history", f"{ONE_INVESTOR}/history", whole_tables=AUDIT_LOG),
     page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]
 
