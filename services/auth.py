@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audit import Actor
 from core.config import Settings
-from core.exceptions import AuthError, BadRequestError, InvalidFieldError, TooManyAttemptsError
+from core.exceptions import AuthError, InvalidFieldError, TooManyAttemptsError
 from core.password_policy import check_password_strength
 from core.security import passwords
 from models.audit import ActorKind, AuditAction
@@ -21,7 +21,7 @@ from schemas.user import MeUpdate, UserUpdate
 from services.audit_recorder import record, record_failed_logins
 from services.sessions import IssuedTokens, SessionService
 from services.two_factor import InvalidLoginOtp, OtpRequired, TwoFactorService
-from services.users import UserService
+from services.users import InvalidCurrentPassword, UserService
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ logger = logging.getLogger(__name__)
 class InvalidCredentials(AuthError):
     code = "invalid_credentials"
     message = "Incorrect email or password"
-
-
-class InvalidCurrentPassword(BadRequestError):
-    code = "invalid_password"
-    message = "The current password is incorrect"
 
 
 class CurrentPasswordRequired(InvalidFieldError):

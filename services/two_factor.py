@@ -21,7 +21,7 @@ from core.security import passwords
 from models.two_factor import RecoveryCode
 from models.user import User
 from schemas.two_factor import RecoveryCodes, TwoFactorSetup
-from services.users import UserService, caller_cache
+from services.users import InvalidCurrentPassword, UserService, caller_cache
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ class InvalidLoginOtp(AuthError):
 class InvalidOtp(BadRequestError):
     code = "invalid_otp"
     message = "Invalid or already used two-factor code"
-
-
-class InvalidPassword(BadRequestError):
-    code = "invalid_password"
-    message = "The password is incorrect"
 
 
 class TwoFactorAlreadyEnabled(ConflictError):
@@ -208,7 +203,7 @@ class TwoFactorService:
             if not user.two_factor_enabled:
                 raise TwoFactorNotEnabled()
             if not await passwords.verify(password, user.hashed_password):
-                raise InvalidPassword()
+                raise InvalidCurrentPassword()
         if not await self.accept_code(user, code):
             raise InvalidOtp()
         await self._turn_off(user.id)

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy import Uuid, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from core.exceptions import ConflictError
+from core.exceptions import BadRequestError, ConflictError
 from core.password_policy import check_password_strength
 from core.security import passwords
 from models.audit import AuditAction
@@ -16,6 +16,13 @@ from models.session import CLOCK_SKEW_MARGIN, AuthSession
 from models.user import AuthenticatedUser, User, UserRole
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService, FieldChanges
+
+
+class InvalidCurrentPassword(BadRequestError):
+    """The caller's own password, asked again before a sensitive change, is wrong."""
+
+    code = "invalid_password"
+    message = "The current password is incorrect"
 
 
 class DuplicateUserEmail(ConflictError):
