@@ -103,7 +103,8 @@ class GdprService:
         await record(
             self.session, AuditAction.anonymize, entity, id_, changes, investor_id=investor_id
         )
-        present = [v for v in values if v]
+        # Values too short would match unrelated jobs; the neutral name is nobody's.
+        present = [v for v in values if v and len(v) >= 3 and v != ANONYMIZED_NAME]
         await scrub_jobs(self.session, present)
         emails = [v for v in present if "@" in v]
         await delete_outbox_messages(settings.email_outbox_dir, emails)
