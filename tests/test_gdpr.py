@@ -2,6 +2,10 @@
 any table (audit trail, search words, job payloads included) nor in the mail outbox, keeps the
 figures accounting needs, and is refused twice; the export gathers what is held about an email."""
 
+import html
+import io
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +431,46 @@ async def test_an_export_of_an_unknown_email_is_empty_and_a_malformed_one_is_422
     for bad in ("not-an-email", "a\x00b@x.fr", ""):
         response = await client.get(EXPORT, params={"email": bad}, headers=admin_headers)
         assert response.status_code == 422, (bad, response.text)
+
+
+async def test_the_export_as_a_spreadsheet_has_a_sheet_per_kind_and_no_formula(
+    client: AsyncClient, admin_headers: Headers
+) -> None:
+    investor = await make_investor(
+        client, admin_headers, name="Zéphyrine Quintabelle", email=PERSON_EMAIL
+    )
+    # Typed into the CRM, it must reach the spreadsheet as text, never as a formula.
+    formula = '=HYPERLINK("http://evil.test","clic")'
+    await make_contact(
+        client, admin_headers, investor["id"], name="Z. Q.", email=PERSON_EMAIL, notes=formula
+    )
+
+    response = await client.get(
+        EXPORT, params={"email": PERSON_EMAIL, "format": "xlsx"}, headers=admin_headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+    assert response.headers["content-disposition"].startswith("attachment;")
+    with zipfile.ZipFile(io.BytesIO(response.content)) as workbook:
+        names = re.findall(r'<sheet name="([^"]+)"', workbook.read("xl/workbook.xml").decode())
+        sheets = [workbook.read(f"xl/worksheets/sheet{n}.xml").decode() for n in (1, 2, 3, 4)]
+        strings = html.unescape(workbook.read("xl/sharedStrings.xml").decode())
+    assert names == ["users", "investors", "contacts", "interactions"]
+    for expected in ("Zéphyrine Quintabelle", PERSON_EMAIL, "Z. Q.", formula, "investor_id"):
+        assert expected in strings, expected
+    assert all("<f>" not in sheet for sheet in sheets)
+    # One investor, one contact: a header and one row each.
+    assert sheets[1].count("<row ") == 2
+    assert sheets[2].count("<row ") == 2
+    assert await scalar("SELECT count(*) FROM audit_log WHERE action = 'export'") == 2
+
+
+async def test_an_unknown_export_format_is_422(client: AsyncClient, admin_headers: Headers) -> None:
+    response = await client.get(
+        EXPORT, params={"email": PERSON_EMAIL, "format": "csv"}, headers=admin_headers
+    )
+    assert response.status_code == 422
+    assert "'json' or 'xlsx'" in response.text
