@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Row, func, or_, select, update
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import settings
@@ -62,52 +62,34 @@ class GdprService:
         contacts, and of their interactions, wherever the CRM holds them (the trash, the audit
         trail, search words, jobs, the outbox); 404 unknown id, 409 already_anonymized."""
         # Trashed records too: they are still held. The lock makes a second request wait.
-        if entity is GdprEntity.investor:
-            investor = await self._locked(Investor, id_)
-            investor_id = id_
-            people: Any = Contact.investor_id == id_
-            about: ColumnElement[bool] = Interaction.investor_id == id_
-        else:
-            contact = await self._locked(Contact, id_)
-            investor_id = contact.investor_id
-            people = Contact.id == id_
-            about = Interaction.contact_id == id_
+        held = await self._locked(entity, id_)
         anonymized_at = await self._enter_in_ledger(entity, id_, actor_id)
         if anonymized_at is None:
             raise AlreadyAnonymized()
-        contacts = (
-            await self.session.execute(select(Contact.id, *_columns(Contact)).where(people))
-        ).all()
-        contact_ids = [row.id for row in contacts]
-        values = [v for row in contacts for v in (row.name, row.email, row.phone) if v]
-        former_texts = [row.search_text for row in contacts]
         if entity is GdprEntity.investor:
-            values += [investor.name, investor.email, investor.phone, investor.website]
-            values += [investor.company]
-            former_texts.append(investor.fuzzy_text)
+            investor_id, people = id_, [held]
+            in_scope, about = Contact.investor_id == id_, Interaction.investor_id == id_
+        else:
+            investor_id, people = held.investor_id, []
+            in_scope, about = Contact.id == id_, Interaction.contact_id == id_
+        contacts = (await self.session.execute(_CONTACT_VALUES.where(in_scope))).all()
+        found = await self.session.execute(select(Interaction.id).where(about))
+        contact_ids, interaction_ids = [row.id for row in contacts], list(found.scalars())
+        if entity is GdprEntity.investor:
             await self._clear(Investor, [id_], INVESTOR_FIELDS)
+            await AuditService(self.session).scrub("investor", [id_], INVESTOR_FIELDS)
             # Its contacts go with it: a later request about one of them is a 409 too.
             for contact_id in contact_ids:
                 await self._enter_in_ledger(GdprEntity.contact, contact_id, actor_id)
-        found = await self.session.execute(select(Interaction.id).where(about))
-        interaction_ids = list(found.scalars())
         await self._clear(Contact, contact_ids, CONTACT_FIELDS)
         await self._clear(Interaction, interaction_ids, INTERACTION_FIELDS)
-        await forget_search_words(self.session, former_texts)
-        audit = AuditService(self.session)
-        if entity is GdprEntity.investor:
-            await audit.scrub("investor", [id_], INVESTOR_FIELDS)
-        await audit.scrub("contact", contact_ids, CONTACT_FIELDS)
-        await audit.scrub("interaction", interaction_ids, INTERACTION_FIELDS)
+        await AuditService(self.session).scrub("contact", contact_ids, CONTACT_FIELDS)
+        await AuditService(self.session).scrub("interaction", interaction_ids, INTERACTION_FIELDS)
         changes = {"contacts": len(contact_ids), "interactions": len(interaction_ids)}
         await record(
             self.session, AuditAction.anonymize, entity, id_, changes, investor_id=investor_id
         )
-        # Values too short would match unrelated jobs; the neutral name is nobody's.
-        present = [v for v in values if v and len(v) >= 3 and v != ANONYMIZED_NAME]
-        await scrub_jobs(self.session, present)
-        emails = [v for v in present if "@" in v]
-        await delete_outbox_messages(settings.email_outbox_dir, emails)
+        await self._forget_traces([*people, *contacts])
         return AnonymizeResult(
             entity=entity,
             id=id_,
@@ -115,6 +97,21 @@ class GdprService:
             contacts=len(contact_ids),
             interactions=len(interaction_ids),
         )
+
+    async def _forget_traces(self, people: Sequence[Row[Any]]) -> None:
+        """Clear what derives from these former values (each row holds `values`, a tuple of
+        them, and `words`, the text its search words came from)."""
+        await forget_search_words(self.session, [person.words for person in people])
+        # Values too short would match unrelated jobs; the neutral name is nobody's.
+        values = [
+            value
+            for person in people
+            for value in person.values
+            if value and len(value) >= 3 and value != ANONYMIZED_NAME
+        ]
+        await scrub_jobs(self.session, values)
+        emails = [value for value in values if "@" in value]
+        await delete_outbox_messages(settings.email_outbox_dir, emails)
 
     async def export(self, email: str) -> PersonalDataExport:
         """Every record holding this email (users, investors, contacts, in the trash too) and
@@ -156,12 +153,12 @@ class GdprService:
             interactions=[InteractionRead.model_validate(item) for item in interactions],
         )
 
-    async def _locked(self, model: Any, id_: int) -> Any:
-        columns = (model.id, *_columns(model))
-        if model is Contact:
-            columns = (*columns, Contact.investor_id)
-        stmt = select(*columns).where(model.id == id_).with_for_update()
-        row = (await self.session.execute(stmt)).one_or_none()
+    async def _locked(self, entity: GdprEntity, id_: int) -> Row[Any]:
+        """The record's former values, its row locked; 404 when there is no such record."""
+        stmt = _INVESTOR_VALUES if entity is GdprEntity.investor else _CONTACT_VALUES
+        model: Any = Investor if entity is GdprEntity.investor else Contact
+        locked = stmt.where(model.id == id_).with_for_update(of=model)
+        row = (await self.session.execute(locked)).one_or_none()
         if row is None:
             raise UnknownRecord()
         return row
@@ -192,8 +189,18 @@ class GdprService:
         return list((await self.session.execute(stmt.order_by("id"))).scalars().all())
 
 
-def _columns(model: Any) -> tuple[Any, ...]:
-    """The personal columns of `model`, with the search text they feed."""
-    if model is Investor:
-        return (*(getattr(Investor, f) for f in INVESTOR_FIELDS), Investor.fuzzy_text)
-    return (*(getattr(Contact, f) for f in CONTACT_FIELDS), Contact.search_text)
+# The former values of a person, read before they are cleared: what jobs and the outbox are
+# searched for, and the text whose search words may have to go (migration 0007's sources).
+_INVESTOR_VALUES = select(
+    Investor.id,
+    array(
+        [Investor.name, Investor.email, Investor.phone, Investor.website, Investor.company]
+    ).label("values"),
+    Investor.fuzzy_text.label("words"),
+)
+_CONTACT_VALUES = select(
+    Contact.id,
+    Contact.investor_id,
+    array([Contact.name, Contact.email, Contact.phone]).label("values"),
+    Contact.search_text.label("words"),
+)
