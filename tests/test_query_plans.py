@@ -420,6 +420,8 @@ class Call:
     failed_job: bool = False
     # The body is the sample's refresh token.
     sends_refresh_token: bool = False
+    # The body names the sample's contact.
+    names_contact: bool = False
 
     def url(self, sample: Sample, *more: str) -> str:
         values = {
@@ -642,6 +644,16 @@ CALLS = [
     page("trash of an entity", TRASH, "entity=investor", whole_tables=frozenset({"trash_entries"})),
     Call("restore from the trash", "POST", f"{ONE_TRASHED}/restore"),
     Call("purge from the trash", "DELETE", ONE_TRASHED, status=204),
+    Call("GDPR export", "GET", "/api/v1/gdpr/export", "email=contact@quintavalle.fr"),
+    # Job payloads are searched for the person's values: no index serves a search inside
+    # JSON, and the table is bounded by JOB_RETENTION_DAYS.
+    Call(
+        "GDPR anonymisation",
+        "POST",
+        "/api/v1/gdpr/anonymize",
+        names_contact=True,
+        whole_tables=frozenset({"jobs"}),
+    ),
     # The unfiltered total counts the newest entries up to the cap (10,001 rows at most): on a
     # table this small the planner may prefer a bitmap over the whole primary key to that walk.
     page("audit trail", AUDIT, whole_tables=frozenset({"audit_log"})),
@@ -671,6 +683,8 @@ async def test_no_request_path_reads_a_whole_table(
         assert first.status_code == 200, first.text
         url = call.url(sample, "limit=1", f"cursor={first.json()['next_cursor']}")
     body = {"refresh_token": sample.refresh_token} if call.sends_refresh_token else call.body
+    if call.names_contact:
+        body = {"entity": "contact", "id": sample.contact}
     with captured_statements() as statements:
         response = await client.request(call.method, url, json=body, headers=admin_headers)
     assert response.status_code == call.status, response.text

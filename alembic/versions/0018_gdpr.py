@@ -1,4 +1,4 @@
-"""gdpr: the anonymisation ledger
+"""gdpr: the anonymisation ledger, and the email indexes of the export
 
 Revision ID: 0018
 Revises: 0017
@@ -48,8 +48,14 @@ def upgrade() -> None:
         ["entity", "entity_id"],
         unique=True,
     )
+    # The export finds a person by email among every row, trashed ones included: the unique
+    # index of investors' emails covers live rows only, and contacts had none.
+    op.create_index("ix_investors_email_lower", "investors", [sa.literal_column("lower(email)")])
+    op.create_index("ix_contacts_email_lower", "contacts", [sa.literal_column("lower(email)")])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_contacts_email_lower", table_name="contacts")
+    op.drop_index("ix_investors_email_lower", table_name="investors")
     op.drop_index("uq_anonymizations_entity_entity_id", table_name="anonymizations")
     op.drop_table("anonymizations")
