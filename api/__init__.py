@@ -8,6 +8,7 @@ from api.routes import (
     audit,
     auth,
     contacts,
+    gdpr,
     interactions,
     investors,
     jobs,
@@ -32,6 +33,7 @@ ROUTERS = tuple(
         two_factor,
         trash,
         audit,
+        gdpr,
     )
 )
 

@@ -39,6 +39,7 @@ from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
+from services.gdpr import GdprService
 from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
@@ -226,6 +227,8 @@ TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 TrashReader = Annotated[TrashService, _reader(TrashService)]
 TrashWriter = Annotated[TrashService, _writer(TrashService)]
 AuditReader = Annotated[AuditService, _reader(AuditService)]
+# The export writes its audit entries: a write session for both operations.
+GdprWriter = Annotated[GdprService, _writer(GdprService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -30,6 +30,7 @@ class Action(StrEnum):
     manage_users = "manage_users"  # user administration
     manage_trash = "manage_trash"  # lists and restores what is in the trash
     purge_trash = "purge_trash"  # destroys what is in the trash before its time
+    gdpr = "gdpr"  # exports a person's data, anonymises a person
 
 
 class Grant(StrEnum):
@@ -49,6 +50,7 @@ GRANTS: Mapping[UserRole, Mapping[Action, Grant]] = {
         **dict.fromkeys(Action, _ALL),
         Action.manage_users: _NONE,
         Action.purge_trash: _NONE,
+        Action.gdpr: _NONE,
     },
     UserRole.user: {
         **dict.fromkeys(Action, _NONE),
@@ -79,6 +81,7 @@ _ROLE_REFUSALS: Mapping[Action, str] = {
     Action.manage_users: "only an admin may manage users",
     Action.manage_trash: "only a manager or an admin may see and restore the trash",
     Action.purge_trash: "only an admin may destroy what is in the trash",
+    Action.gdpr: "only an admin may export or anonymise a person's data",
 }
 
 
@@ -214,6 +217,7 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         Action.manage_trash, ("GET", "/trash"), ("POST", "/trash/{entity}/{entity_id}/restore")
     ),
     **_rules(Action.purge_trash, ("DELETE", "/trash/{entity}/{entity_id}")),
+    **_rules(Action.gdpr, ("GET", "/gdpr/export"), ("POST", "/gdpr/anonymize")),
 }
 
 

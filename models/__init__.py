@@ -4,6 +4,7 @@ from models.aggregates import InvestorCount, KpiMonthTotal
 from models.audit import ActorKind, AuditAction, AuditEntry
 from models.base import Base
 from models.contact import Contact
+from models.gdpr import Anonymization, GdprEntity
 from models.interaction import Interaction, InteractionType
 from models.investor import (
     PIPELINE_ORDER,
@@ -24,12 +25,14 @@ __all__ = [
     "FINISHED_STATUSES",
     "PIPELINE_ORDER",
     "ActorKind",
+    "Anonymization",
     "AuditAction",
     "AuditEntry",
     "AuthSession",
     "Base",
     "ClientType",
     "Contact",
+    "GdprEntity",
     "Interaction",
     "InteractionType",
     "Investor",

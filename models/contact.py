@@ -44,6 +44,8 @@ class Contact(SoftDeleteMixin, TimestampMixin, Base):
             postgresql_ops={"name_normalised": "gin_trgm_ops"},
         ),
         trash_entry_index("contacts"),
+        # The GDPR export finds a person by email (migration 0018).
+        Index("ix_contacts_email_lower", func.lower(text("email"))),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -88,6 +88,8 @@ class Investor(SoftDeleteMixin, TimestampMixin, Base):
             unique=True,
             postgresql_where=text("deleted_at IS NULL AND email IS NOT NULL"),
         ),
+        # The GDPR export finds a person by email, in the trash too (migration 0018).
+        Index("ix_investors_email_lower", func.lower(text("email"))),
         Index("ix_investors_name_id", "name", "id"),
         Index("ix_investors_created_at_id", "created_at", "id"),
         Index("ix_investors_updated_at_id", "updated_at", "id"),

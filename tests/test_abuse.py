@@ -37,6 +37,7 @@ FORGED_HASH = "$argon2id$v=19$m=65536,t=3,p=4$forged$forged"
 # the mass-assignment walk below cannot silently skip an operation.
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "LoginJSON": {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+    "AnonymizeRequest": {"entity": "contact", "id": 1},
     "PasswordChange": {"current_password": USER_PASSWORD, "new_password": "another-pass-123"},
     "RefreshRequest": {"refresh_token": "a-refresh-token-as-issued-at-login-0123456"},
     "UserCreate": {
@@ -176,7 +177,8 @@ async def test_server_owned_fields_are_rejected_on_every_body_and_never_applied(
         if name is None:
             continue
         # Admin-only bodies are sent by the admin; every other one by a regular user.
-        headers = admin_headers if path.startswith(f"{API}/users") else user_headers
+        admin_only = path.startswith((f"{API}/users", f"{API}/gdpr"))
+        headers = admin_headers if admin_only else user_headers
         for field, value in SERVER_OWNED.items():
             if field in _schema_properties(name):
                 continue  # a field the schema documents is not mass assignment
@@ -256,10 +258,13 @@ async def test_no_get_response_contains_a_password_or_a_hash(
         if "{" in url:
             raise AssertionError(f"no value for a path parameter of {path}")
         query = {"q": "acme"} if path.endswith("/search") else {}
+        if path.endswith("/gdpr/export"):
+            # The export of an account: its hash stays out of it too.
+            query = {"email": "user@crm.test"}
         for role, headers in (("admin", admin_headers), ("user", user_headers)):
             response = await client.get(url, params=query, headers=headers)
             admin_only = path.startswith(
-                (f"{API}/users", f"{API}/jobs/", f"{API}/trash", f"{API}/audit")
+                (f"{API}/users", f"{API}/jobs/", f"{API}/trash", f"{API}/audit", f"{API}/gdpr")
             )
             expected = 403 if role == "user" and admin_only else 200
             assert response.status_code == expected, (role, url, response.text)

@@ -267,6 +267,12 @@ async def populate(client: AsyncClient) -> dict[str, str]:
     await post(client, f"/contacts/investor/{trashed['id']}", {"name": "Léa Ancienne"}, admin)
     deleted = await client.delete(f"{API}/investors/{trashed['id']}", headers=admin)
     assert deleted.status_code == 204, deleted.text
+    # A person forgotten: the anonymisation ledger.
+    forgotten = await post(client, f"/contacts/investor/{investor['id']}", {"name": "Ex"}, admin)
+    anonymized = await client.post(
+        f"{API}/gdpr/anonymize", json={"entity": "contact", "id": forgotten["id"]}, headers=admin
+    )
+    assert anonymized.status_code == 200, anonymized.text
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())

@@ -33,14 +33,15 @@ COLUMNS = (
     "trash",
     "purge",
     "audit",
+    "gdpr",
 )
 TABLE: dict[str, dict[str, str]] = {
     role: dict(zip(COLUMNS, cells, strict=True))
     for role, cells in {
-        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES, YES),
-        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO, YES),
-        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO, NO),
-        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO, NO),
+        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES, YES, YES),
+        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO, YES, NO),
+        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO, NO, NO),
+        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO),
     }.items()
 }
 for row in TABLE.values():
@@ -106,6 +107,8 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/trash"): "trash",
     ("POST", "/trash/{entity}/{entity_id}/restore"): "trash",
     ("DELETE", "/trash/{entity}/{entity_id}"): "purge",
+    ("GET", "/gdpr/export"): "gdpr",
+    ("POST", "/gdpr/anonymize"): "gdpr",
 }
 
 # Operations on a list or a new record: nothing to own, so `own` means allowed.
@@ -146,6 +149,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/users/{user_id}"): {"full_name": "Someone Else"},
     ("POST", "/auth/2fa/enable"): {"code": "123456"},
     ("POST", "/auth/2fa/disable"): {"password": USER_PASSWORD, "code": "123456"},
+    ("POST", "/gdpr/anonymize"): {"entity": "contact", "id": "{contact_id}"},
 }
 # Allowed operations whose answer depends on a state the arrangement does not set up (no 2FA
 # set up yet): past the policy, but not a success.
@@ -153,7 +157,10 @@ ALLOWED_STATUS = {
     ("POST", "/auth/2fa/enable"): 409,
     ("POST", "/auth/2fa/disable"): 409,
 }
-QUERIES: dict[tuple[str, str], dict[str, str]] = {("GET", "/investors/search"): {"q": "acme"}}
+QUERIES: dict[tuple[str, str], dict[str, str]] = {
+    ("GET", "/investors/search"): {"q": "acme"},
+    ("GET", "/gdpr/export"): {"email": "jeanne@acme.test"},
+}
 
 
 def _documented_operations() -> list[tuple[str, str]]:
@@ -235,6 +242,9 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
 def _fill(value: Any, params: dict[str, Any]) -> Any:
     if isinstance(value, dict):
         return {key: _fill(item, params) for key, item in value.items()}
+    # A placeholder alone stands for the value itself: an id stays a JSON number.
+    if isinstance(value, str) and value.startswith("{") and value[1:-1] in params:
+        return params[value[1:-1]]
     return value.format(**params) if isinstance(value, str) else value
 
 
@@ -381,6 +391,7 @@ def test_the_policy_grants_what_the_table_says() -> None:
         "trash": Action.manage_trash,
         "purge": Action.purge_trash,
         "audit": Action.audit,
+        "gdpr": Action.gdpr,
         "self": Action.self_service,
         "public": Action.public,
     }
