@@ -233,6 +233,10 @@ async def test_a_job_picked_again_after_its_effect_committed_is_not_run_again() 
         job_id = await enqueue("test.effect", EffectPayload(marker=marker))
         done = await finished(job_id)
         assert done.status == "succeeded"
+        # PgQueuer deletes the finished queue row after the handler's commit, in its own time.
+        first_queue_id = done.queue_id
+        await until(lambda: queue_row_gone(first_queue_id), "the first queue row deleted")
+        done = await job_row(job_id)
         # As if the worker had died between the handler's commit and PgQueuer's bookkeeping:
         # the queue row still picked by a dead worker, its heartbeat long stale.
         queue_id = await scalar(
