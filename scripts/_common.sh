@@ -80,3 +80,19 @@ checksum_of() {
     fi
     echo "${sum%% *}"
 }
+
+# dump_ledger: the target's GDPR anonymisation ledger on stdout, as JSON Lines (see
+# services/gdpr_ledger.py); nothing for a database older than the ledger (migration 0018).
+dump_ledger() {
+    local present
+    present="$(pg psql -X -w -At -v ON_ERROR_STOP=1 \
+        -c "SELECT to_regclass('public.anonymizations') IS NOT NULL" </dev/null)" || return 1
+    [[ $present == "t" ]] || return 0
+    pg psql -X -w -At -v ON_ERROR_STOP=1 -c "SELECT json_build_object('entity', entity, \
+'entity_id', entity_id, 'anonymized_at', anonymized_at) FROM anonymizations ORDER BY id" </dev/null
+}
+
+# ledger_of BACKUP: the ledger backup.sh wrote beside that backup.
+ledger_of() {
+    echo "${1%%.sql.gz*}.ledger.jsonl"
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Verified, signed backup of the CRM database: backups/crm_YYYYmmdd_HHMMSS.sql.gz (UTC), or
-# .sql.gz.age when BACKUP_ENCRYPTION=age, with its HMAC tag (.sig) and checksum (.sha256).
+# .sql.gz.age when BACKUP_ENCRYPTION=age, with its HMAC tag (.sig) and checksum (.sha256), and
+# beside it the GDPR anonymisation ledger as it stood once the dump was made
+# (crm_YYYYmmdd_HHMMSS.ledger.jsonl, signed too): restore.sh re-applies the newest one it finds.
 #
 #   scripts/backup.sh [--compose]
 #
@@ -48,7 +50,8 @@ final="$BACKUP_DIR/crm_$stamp.sql.gz"
 [[ ! -e $final ]] || die "$final already exists"
 tmp="$(mktemp "$BACKUP_DIR/.crm_$stamp.tmp.XXXXXX")"
 tmp_sum="$tmp.sha256"
-trap 'rm -f -- "$tmp" "$tmp.sig" "$tmp.age" "$tmp.age.sig" "$tmp_sum"' EXIT
+tmp_ledger="$tmp.ledger"
+trap 'rm -f -- "$tmp" "$tmp.sig" "$tmp.age" "$tmp.age.sig" "$tmp_sum" "$tmp_ledger" "$tmp_ledger.sig"' EXIT
 
 echo "Backing up $(target_description)"
 # pipefail: a pg_dump failure fails this line even though gzip succeeds.
@@ -62,11 +65,19 @@ gzip -t -- "$tmp" || die "the compressed dump is corrupt: no backup written, not
 gzip -dc -- "$tmp" | has_end_marker ||
     die "the dump lacks the end-of-dump marker: no backup written, nothing pruned"
 
+# Read after the dump, so it lists at least every anonymisation the dump holds: a restore of
+# this backup re-applies the ones made while it ran.
+dump_ledger >"$tmp_ledger" || die "reading the GDPR ledger failed: no backup written, nothing pruned"
+backup_tool sign "$tmp_ledger" || die "signing the GDPR ledger failed: no backup written, nothing pruned"
+
 # Encrypted (when configured), then signed: the tag covers the very bytes stored and copied.
 sealed="$(backup_tool seal "$tmp")" || die "sealing the backup failed: no backup written, nothing pruned"
 final="$final${sealed#"$tmp"}"
 echo "$(checksum_of "$sealed")  $(basename "$final")" >"$tmp_sum"
-chmod 600 -- "$sealed" "$sealed.sig" "$tmp_sum"
+chmod 600 -- "$sealed" "$sealed.sig" "$tmp_sum" "$tmp_ledger" "$tmp_ledger.sig"
+ledger="$(ledger_of "$final")"
+mv -- "$tmp_ledger.sig" "$ledger.sig"
+mv -- "$tmp_ledger" "$ledger"
 mv -- "$sealed.sig" "$final.sig"
 mv -- "$tmp_sum" "$final.sha256"
 mv -- "$sealed" "$final"
@@ -82,6 +93,8 @@ while IFS= read -r path; do
 done < <(find "$BACKUP_DIR" -maxdepth 1 -type f \( -name "$name" -o -name "$name.age" \) | sort)
 excess=$((${#backups[@]} - BACKUP_KEEP))
 for ((i = 0; i < excess; i++)); do
-    rm -f -- "${backups[i]}" "${backups[i]}.sha256" "${backups[i]}.sig"
+    pruned_ledger="$(ledger_of "${backups[i]}")"
+    rm -f -- "${backups[i]}" "${backups[i]}.sha256" "${backups[i]}.sig" \
+        "$pruned_ledger" "$pruned_ledger.sig"
     echo "Pruned: ${backups[i]}"
 done

@@ -3,6 +3,8 @@
     backup_tool.py seal FILE            encrypt FILE when BACKUP_ENCRYPTION=age (FILE.age
                                         replaces it), sign the result (.sig beside it), print
                                         the path of the file to keep
+    backup_tool.py sign FILE            sign FILE as it is (.sig beside it): the GDPR ledger,
+                                        which holds no personal data
     backup_tool.py verify FILE SIG      exit 0 when SIG is FILE's tag, 3 when SIG is missing
     backup_tool.py decrypt FILE OUT IDENTITY_FILE
     backup_tool.py restore-sql          stdin: the dump; stdout: what psql may replay
@@ -77,9 +79,13 @@ def seal(path: Path) -> Path:
         pyrage.encrypt_file(str(path), str(encrypted), [recipient])
         path.unlink()
         path = encrypted
+    sign(path)
+    return path
+
+
+def sign(path: Path) -> None:
     signature = path.with_name(path.name + ".sig")
     signature.write_text(f"{SIGNATURE_SCHEME} {tag_of(path, signing_key(create=True))}\n")
-    return path
 
 
 def verify(path: Path, signature: Path) -> int:
@@ -138,6 +144,8 @@ def main(argv: list[str]) -> int:
     try:
         if command == "seal" and len(args) == 1:
             print(seal(Path(args[0])))
+        elif command == "sign" and len(args) == 1:
+            sign(Path(args[0]))
         elif command == "verify" and len(args) == 2:
             return verify(Path(args[0]), Path(args[1]))
         elif command == "decrypt" and len(args) == 3:

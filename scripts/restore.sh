@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Restore a backup made by scripts/backup.sh, all or nothing.
 #
-#   scripts/restore.sh [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned] FILE
+#   scripts/restore.sh [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned]
+#                      [--ledger LEDGER]... FILE
+#   scripts/restore.sh [--compose] [--allow-unsigned] --ledger-only --ledger LEDGER...
 #
 # Checks the file first: its HMAC tag (FILE.sig, with BACKUP_SIGNING_KEY or the key in
 # data/backup_signing_key; a file without one is refused unless --allow-unsigned), its checksum
@@ -13,12 +15,21 @@
 # backup, or it is left as it was. It connects as the owner role (MIGRATION_DATABASE_URL), never
 # as a superuser, so that even a crafted file cannot run programs. ANALYZE runs afterwards.
 # Restart the API afterwards (its connections cache query plans).
+#
+# GDPR: an anonymisation made after the backup must not be undone by it. Before replacing the
+# database, the script reads its anonymisation ledger; once the backup is in, it anonymises again
+# every record that ledger lists, with those of the newest signed ledger beside FILE (backup.sh
+# writes one with each backup: what an off-site restore, with no live database, relies on) and of
+# each --ledger given (signed like backups). Should that step fail, the ledgers are kept, signed,
+# in BACKUP_DIR and the message says how to re-apply them with --ledger-only.
 set -euo pipefail
 # shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 usage() {
-    echo "usage: $0 [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned] FILE" >&2
+    echo "usage: $0 [--yes] [--compose] [--identity AGE_KEY_FILE] [--allow-unsigned]" \
+        "[--ledger LEDGER]... FILE" >&2
+    echo "       $0 [--compose] [--allow-unsigned] --ledger-only --ledger LEDGER..." >&2
     exit 2
 }
 
@@ -27,11 +38,19 @@ ASSUME_YES=0
 ALLOW_UNSIGNED=0
 IDENTITY=""
 FILE=""
+LEDGER_ONLY=0
+LEDGERS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --yes | -y) ASSUME_YES=1 ;;
         --compose) COMPOSE=1 ;;
         --allow-unsigned) ALLOW_UNSIGNED=1 ;;
+        --ledger-only) LEDGER_ONLY=1 ;;
+        --ledger)
+            [[ $# -ge 2 ]] || usage
+            LEDGERS+=("$2")
+            shift
+            ;;
         --identity)
             [[ $# -ge 2 ]] || usage
             IDENTITY="$2"
@@ -46,8 +65,19 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-[[ -n $FILE ]] || usage
-[[ -f $FILE ]] || die "$FILE: no such file"
+if [[ $LEDGER_ONLY -eq 1 ]]; then
+    [[ -z $FILE && ${#LEDGERS[@]} -gt 0 ]] || usage
+else
+    [[ -n $FILE ]] || usage
+    [[ -f $FILE ]] || die "$FILE: no such file"
+    # The newest ledger a backup left in FILE's directory (names sort chronologically).
+    newest_ledger="$(find "$(dirname -- "$FILE")" -maxdepth 1 -type f \
+        -name 'crm_*.ledger.jsonl' | sort | tail -n 1)"
+    [[ -z $newest_ledger ]] || LEDGERS+=("$newest_ledger")
+fi
+for ledger in ${LEDGERS[@]+"${LEDGERS[@]}"}; do
+    [[ -f $ledger ]] || die "$ledger: no such file"
+done
 # The application role deploy/postgres-init/ creates; otherwise dbenv.py tells it.
 [[ $COMPOSE -eq 0 ]] || CRM_APP_ROLE=crm_app
 ENCRYPTED=0
@@ -79,9 +109,27 @@ check_signature() {
     fi
 }
 
-# Check the file before touching (or even starting) any database. When the script re-runs under
-# dbenv.py (CRM_DBENV set), the first run already did it.
+# check_ledger LEDGER SIG: refuse a ledger that is not signed, unless --allow-unsigned (a GDPR
+# ledger only ever anonymises more, but a forged one could wipe any contact's personal fields).
+check_ledger() {
+    local status=0
+    backup_tool verify "$1" "$2" || status=$?
+    if [[ $status -eq 3 && $ALLOW_UNSIGNED -eq 1 ]]; then
+        echo "WARNING: --allow-unsigned: re-applying $1, which NOTHING authenticates." >&2
+    elif [[ $status -ne 0 ]]; then
+        die "$1: this GDPR ledger is not signed with the backup signing key: refused," \
+            "the database was not touched"
+    fi
+}
+
+# Check the files before touching (or even starting) any database. When the script re-runs
+# under dbenv.py (CRM_DBENV set), the first run already did it.
 if [[ -z ${CRM_DBENV:-} ]]; then
+    for ledger in ${LEDGERS[@]+"${LEDGERS[@]}"}; do
+        check_ledger "$ledger" "$ledger.sig"
+    done
+fi
+if [[ -z ${CRM_DBENV:-} && $LEDGER_ONLY -eq 0 ]]; then
     check_signature "$FILE" "$FILE.sig"
     if [[ -f "$FILE.sha256" ]]; then
         read -r expected _ <"$FILE.sha256" || true
@@ -99,6 +147,34 @@ enter_target ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
 umask 077
 work="$(mktemp -d)"
 trap 'rm -rf -- "$work"' EXIT
+# The ledgers re-applied are the ledgers verified: private copies, checked again.
+mkdir -- "$work/ledgers"
+n=0
+for ledger in ${LEDGERS[@]+"${LEDGERS[@]}"}; do
+    n=$((n + 1))
+    cp -- "$ledger" "$work/ledgers/$n.jsonl"
+    [[ ! -f "$ledger.sig" ]] || cp -- "$ledger.sig" "$work/ledgers/$n.jsonl.sig"
+    check_ledger "$work/ledgers/$n.jsonl" "$work/ledgers/$n.jsonl.sig"
+done
+
+# replay_ledgers: anonymise again every record the ledgers in $work/ledgers list and the target
+# does not hold as anonymised (services/gdpr_ledger.py), in one transaction.
+replay_ledgers() {
+    local all="$work/ledger.jsonl"
+    cat -- "$work"/ledgers/*.jsonl >"$all" 2>/dev/null || true
+    if [[ $COMPOSE -eq 1 ]]; then
+        docker compose -f "$ROOT/docker-compose.yml" run --rm -T --no-deps migrate \
+            python -m services.gdpr_ledger replay - <"$all"
+    else
+        (cd -- "$ROOT" && "$PYTHON" -m services.gdpr_ledger replay "$all")
+    fi
+}
+
+if [[ $LEDGER_ONLY -eq 1 ]]; then
+    echo "Re-applying the GDPR ledger to $(target_description)"
+    replay_ledgers || die "re-applying the GDPR ledger failed: nothing was anonymised"
+    exit 0
+fi
 sql="$work/restore.sql"
 dump="$work/backup.sql.gz"
 
@@ -131,6 +207,9 @@ read -r server_version powerful <<<"$probe"
     die "refused: $target is reached as a superuser (or a role that may run programs or write" \
         "server files), which a crafted backup could use to run commands. Restore as the" \
         "database owner role: set MIGRATION_DATABASE_URL (docs/operations.md)"
+# What was anonymised in the database about to be replaced, re-applied after the restore.
+dump_ledger >"$work/ledgers/live.jsonl" ||
+    die "cannot read the GDPR ledger of $target: nothing was restored"
 
 # pg_dump 17+ writes `SET transaction_timeout = 0;`, a setting servers before 17 reject: drop it
 # there (a dump of the PostgreSQL 16 production made with the embedded PostgreSQL 18 pg_dump).
@@ -188,6 +267,14 @@ echo "Restoring $FILE into $target"
 if ! pg psql -X -q -w --single-transaction -v ON_ERROR_STOP=1 ${app_role[@]+"${app_role[@]}"} \
     -f - <"$sql" >/dev/null; then
     die "restore failed: the transaction was rolled back, the database is unchanged"
+fi
+if ! replay_ledgers; then
+    kept="$BACKUP_DIR/ledger_unapplied_$(date -u +%Y%m%d_%H%M%S).jsonl"
+    mkdir -p -- "$BACKUP_DIR"
+    cp -- "$work/ledger.jsonl" "$kept"
+    backup_tool sign "$kept" || true
+    die "the backup is restored, but re-applying the GDPR ledger FAILED: people anonymised" \
+        "since the backup are back in it. Fix the cause, then run: $0 --ledger-only --ledger $kept"
 fi
 pg psql -X -q -w -v ON_ERROR_STOP=1 -c "ANALYZE" </dev/null >/dev/null
 echo "Restore complete (ANALYZE done). Restart the API so it drops its cached query plans."

@@ -1,7 +1,7 @@
 """GDPR requests: a person's data exported (articles 15 and 20), or the person forgotten
 (article 17) while what accounting must keep stays (docs/audit-corbeille-rgpd.md#rgpd)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ ANONYMIZED_NAME = "Anonymisé"
 INVESTOR_FIELDS = ("name", "email", "phone", "website", "company", "notes")
 CONTACT_FIELDS = ("name", "email", "phone", "title", "notes")
 INTERACTION_FIELDS = ("subject", "notes")
+_FIELDS = {GdprEntity.investor: INVESTOR_FIELDS, GdprEntity.contact: CONTACT_FIELDS}
 
 
 class UnknownRecord(NotFoundError):
@@ -97,6 +98,28 @@ class GdprService:
             contacts=len(contact_ids),
             interactions=len(interaction_ids),
         )
+
+    async def replay(self, entries: Iterable[tuple[GdprEntity, int]]) -> int:
+        """Anonymise again what the ledger lists and this database does not hold as done: after
+        a restore of an older backup (scripts/restore.sh). How many records were anonymised.
+
+        A listed record missing here (purged before the backup, or created after it) has nothing
+        left to clear but its history in the audit trail, scrubbed; it does not enter this
+        ledger, since its id may be given to a new record."""
+        done = set((await self.session.execute(_LEDGER)).tuples())
+        # Investors first: each takes its contacts along, whose own lines are then done.
+        pending = sorted(set(entries) - done, key=lambda e: (e[0] is not GdprEntity.investor, e))
+        count = 0
+        for entity, id_ in pending:
+            try:
+                await self.anonymize(entity, id_, actor_id=None)
+            except AlreadyAnonymized:
+                continue
+            except UnknownRecord:
+                await AuditService(self.session).scrub(entity, [id_], _FIELDS[entity])
+                continue
+            count += 1
+        return count
 
     async def _forget_traces(self, people: Sequence[Row[Any]]) -> None:
         """Clear what derives from these former values (each row holds `values`, a tuple of
@@ -204,3 +227,4 @@ _CONTACT_VALUES = select(
     array([Contact.name, Contact.email, Contact.phone]).label("values"),
     Contact.search_text.label("words"),
 )
+_LEDGER = select(Anonymization.entity, Anonymization.entity_id)

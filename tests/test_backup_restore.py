@@ -33,7 +33,8 @@ from services.jobs import JobService
 from services.password_reset import PasswordResetService
 from services.users import caller_cache
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DatabaseUrls, owner_connection
-from tests.factories import bearer, create_user
+from tests.factories import bearer, create_user, fetch
+from tests.test_gdpr import arrange_person, traces_in_database
 from worker.tasks import PurgePayload
 
 # The scripts run in subprocesses and only see committed rows.
@@ -107,10 +108,15 @@ async def backup(env: dict[str, str]) -> Path:
     return await asyncio.to_thread(make_backup, env)
 
 
-def sign(path: Path, key: str = SIGNING_KEY) -> None:
-    """Sign `path` as backup.sh does (computed here, independently of scripts/backup_tool.py)."""
+def signature_of(path: Path, key: str = SIGNING_KEY) -> str:
+    """The signature file backup.sh writes for `path` (computed here, independently of
+    scripts/backup_tool.py)."""
     tag = hmac.new(key.encode(), path.read_bytes(), hashlib.sha256).hexdigest()
-    Path(f"{path}.sig").write_text(f"hmac-sha256 {tag}\n")
+    return f"hmac-sha256 {tag}\n"
+
+
+def sign(path: Path, key: str = SIGNING_KEY) -> None:
+    Path(f"{path}.sig").write_text(signature_of(path, key))
 
 
 def write_checksum(path: Path) -> None:
@@ -431,9 +437,21 @@ def test_backup_file_is_verified_private_signed_and_checksummed(
     sql_text = gzip.decompress(dump.read_bytes()).decode()
     assert END_MARKER in sql_text
     assert "CREATE EXTENSION IF NOT EXISTS unaccent" in sql_text
+    # The GDPR ledger beside it, private and signed too (empty: nobody anonymised).
+    ledger = Path(str(dump).removesuffix(".sql.gz") + ".ledger.jsonl")
+    assert ledger.read_text() == ""
+    assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
+    assert Path(f"{ledger}.sig").read_text() == signature_of(ledger)
     # No temporary file is left behind.
     assert sorted(p.name for p in dump.parent.iterdir()) == sorted(
-        [".backup.lock", dump.name, checksum.name, signature.name]
+        [
+            ".backup.lock",
+            dump.name,
+            checksum.name,
+            signature.name,
+            ledger.name,
+            f"{ledger.name}.sig",
+        ]
     )
 
 
@@ -445,6 +463,7 @@ def make_old_backups(backup_dir: Path, count: int) -> list[Path]:
         old.write_bytes(b"old")
         Path(f"{old}.sha256").write_text("x\n")
         Path(f"{old}.sig").write_text("x\n")
+        Path(f"{old}".removesuffix(".sql.gz") + ".ledger.jsonl").write_text("")
         olds.append(old)
     return olds
 
@@ -461,7 +480,11 @@ def test_retention_keeps_the_newest_backups(script_env: dict[str, str], backup_d
     assert sorted(p.name for p in backup_dir.glob("*.sha256")) == [
         f"{name}.sha256" for name in kept
     ]
-    assert sorted(p.name for p in backup_dir.glob("*.sig")) == [f"{name}.sig" for name in kept]
+    ledgers = sorted(name.removesuffix(".sql.gz") + ".ledger.jsonl" for name in kept)
+    assert sorted(p.name for p in backup_dir.glob("*.ledger.jsonl")) == ledgers
+    assert sorted(p.name for p in backup_dir.glob("*.sig")) == sorted(
+        [f"{name}.sig" for name in kept] + [f"{name}.sig" for name in ledgers[-1:]]
+    )
     assert unrelated.read_text() == "keep me"
 
 
@@ -497,18 +520,21 @@ def test_backup_refuses_a_bad_backup_keep(script_env: dict[str, str], backup_dir
 
 @pytest.fixture
 def fake_docker(tmp_path: Path) -> Path:
-    """A `docker` on PATH that logs each call's arguments and stdin, and plays PostgreSQL 16."""
+    """A `docker` on PATH that logs each call's arguments and stdin (stdin.N for the Nth call),
+    and plays PostgreSQL 16 holding a ledger of one anonymised contact."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "docker"
     script.write_text(
         "#!/usr/bin/env bash\n"
         f"(IFS=$'\\t'; echo \"$*\") >> {tmp_path}/calls\n"
-        f"cat >> {tmp_path}/stdin\n"
+        f"cat > {tmp_path}/stdin.$(wc -l < {tmp_path}/calls)\n"
         'case " $* " in\n'
         '  *" pg_dump "*) printf \'SET transaction_timeout = 0;\\nSET x = 1;\\n'
         f"--\\n{END_MARKER}\\n--\\n' ;;\n"
         '  *"server_version_num"*) echo 160004 f ;;\n'
+        '  *"to_regclass"*) echo t ;;\n'
+        f"  *json_build_object*) echo '{COMPOSE_LEDGER}' ;;\n"
         "esac\n"
     )
     script.chmod(0o755)
@@ -517,6 +543,14 @@ def fake_docker(tmp_path: Path) -> Path:
 
 def docker_calls(fake: Path) -> list[list[str]]:
     return [line.split("\t") for line in (fake / "calls").read_text().splitlines()]
+
+
+def docker_stdin(fake: Path, call: int) -> str:
+    """What the `call`th docker call (from 1) read on its stdin."""
+    return (fake / f"stdin.{call}").read_text()
+
+
+COMPOSE_LEDGER = '{"entity" : "contact", "entity_id" : 7, "anonymized_at" : "2026-11-02T10:00:00Z"}'
 
 
 COMPOSE_EXEC = ["compose", "-f", str(ROOT / "docker-compose.yml"), "exec", "-T", "postgres"]
@@ -530,8 +564,8 @@ def test_compose_target_goes_through_docker_compose_exec(
 
     result = run_script(BACKUP_SH, "--compose", env=env)
     assert result.returncode == 0, result.stderr
-    (dump_call,) = docker_calls(fake_docker)
-    assert dump_call[:6] == COMPOSE_EXEC
+    dump_call, has_ledger_call, ledger_call = docker_calls(fake_docker)
+    assert dump_call[:6] == has_ledger_call[:6] == ledger_call[:6] == COMPOSE_EXEC
     # The container's own credentials, over its local socket.
     # As the owner role deploy/postgres-init/ creates, over the container's local socket.
     assert dump_call[6:9] == [
@@ -548,13 +582,29 @@ def test_compose_target_goes_through_docker_compose_exec(
         "--no-privileges",
         "--no-password",
     ]
+    assert ledger_call[9:11] == ["psql", "crm_owner"]
     (dump,) = Path(env["BACKUP_DIR"]).glob("crm_*.sql.gz")
+    # The container's ledger, signed beside the backup.
+    ledger = Path(str(dump).removesuffix(".sql.gz") + ".ledger.jsonl")
+    assert ledger.read_text() == COMPOSE_LEDGER + "\n"
+    assert Path(f"{ledger}.sig").read_text() == signature_of(ledger)
     (fake_docker / "calls").unlink()
 
     result = run_script(RESTORE_SH, "--compose", "--yes", str(dump), env=env)
     assert result.returncode == 0, result.stderr
-    version_call, restore_call, analyze_call = docker_calls(fake_docker)
+    calls = docker_calls(fake_docker)
+    version_call, _, _, restore_call, replay_call, analyze_call = calls
     assert version_call[:6] == restore_call[:6] == analyze_call[:6] == COMPOSE_EXEC
+    # The ledger is re-applied by the image's own code, as the migrations run: the live ledger
+    # (read before the restore) and the one beside the backup, on its stdin.
+    assert replay_call == [
+        "compose",
+        "-f",
+        str(ROOT / "docker-compose.yml"),
+        *("run", "--rm", "-T", "--no-deps", "migrate"),
+        *("python", "-m", "services.gdpr_ledger", "replay", "-"),
+    ]
+    assert docker_stdin(fake_docker, 5).splitlines() == [COMPOSE_LEDGER, COMPOSE_LEDGER]
     assert version_call[9:11] == ["psql", "crm_owner"]
     assert version_call[-1].startswith("SELECT current_setting('server_version_num')")
     assert restore_call[9:] == [
@@ -584,7 +634,7 @@ def test_compose_target_goes_through_docker_compose_exec(
     ]
     # The restore's stdin: psql's restricted mode, the schema reset, the dump, complete, then
     # the application role's grants and the caller caches' flush.
-    replayed = (fake_docker / "stdin").read_text()
+    replayed = docker_stdin(fake_docker, 4)
     assert replayed.startswith("\\restrict ")
     assert replayed.index("DROP SCHEMA IF EXISTS public CASCADE;") < replayed.index("SET x = 1;")
     # The server says 16: the PostgreSQL 17+ setting pg_dump wrote is left out.
@@ -593,6 +643,129 @@ def test_compose_target_goes_through_docker_compose_exec(
         "PERFORM public.crm_grant_app_privileges(current_setting('crm.app_role'));"
     )
     assert replayed.rstrip().endswith("NOTIFY crm_user_changed, '*';")
+
+
+# GDPR: a backup taken before an anonymisation must not bring the person back.
+
+
+def ledger_beside(dump: Path) -> Path:
+    return Path(str(dump).removesuffix(".sql.gz") + ".ledger.jsonl")
+
+
+async def anonymized_records() -> set[tuple[str, int]]:
+    rows = await fetch("SELECT entity, entity_id FROM anonymizations")
+    return {(row.entity, row.entity_id) for row in rows}
+
+
+async def forget_the_person(client: AsyncClient) -> tuple[dict[str, str], dict[str, int]]:
+    """The person of tests/test_gdpr.py, backed up, then anonymised."""
+    admin = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    person = await arrange_person(client, admin)
+    return admin, person
+
+
+async def test_a_restore_anonymises_again_what_the_replaced_database_had_anonymised(
+    client: AsyncClient, script_env: dict[str, str]
+) -> None:
+    admin, person = await forget_the_person(client)
+    dump = await backup(script_env)
+    # Taken before: its ledger lists nobody.
+    assert ledger_beside(dump).read_text() == ""
+    response = await client.post(
+        f"{API}/gdpr/anonymize",
+        json={"entity": "investor", "id": person["investor"]},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+    assert await traces_in_database() == []
+
+    result = await run(RESTORE_SH, "--yes", str(dump), env=script_env)
+    assert result.returncode == 0, result.stderr
+    assert "2 record(s) listed, 1 anonymised again" in result.stdout
+
+    await db.engine.dispose()
+    assert await traces_in_database() == []
+    assert await anonymized_records() == {
+        ("investor", person["investor"]),
+        ("contact", person["contact"]),
+    }
+    (entry,) = await fetch(
+        "SELECT actor_kind, actor_id FROM audit_log WHERE action = 'anonymize' "
+        "AND entity = 'investor' AND entity_id = :id",
+        id=person["investor"],
+    )
+    assert (entry.actor_kind, entry.actor_id) == ("system", None)
+    # The figures accounting keeps came back with the backup.
+    kpi = await client.get(f"{API}/kpis/{person['kpi']}", headers=admin)
+    assert kpi.json()["revenue"] == 15000
+
+
+async def test_an_offsite_restore_re_applies_the_newest_signed_ledger_beside_the_backup(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path
+) -> None:
+    admin, person = await forget_the_person(client)
+    before = await backup(script_env)
+    response = await client.post(
+        f"{API}/gdpr/anonymize", json={"entity": "contact", "id": person["contact"]}, headers=admin
+    )
+    assert response.status_code == 200, response.text
+    after = await backup(script_env)
+    newest = ledger_beside(after)
+    assert await asyncio.to_thread(newest.read_text) != ""
+
+    # Another site: a new server whose database knows of no anonymisation.
+    await sql("DELETE FROM anonymizations")
+    bare, offsite = tmp_path / "bare", tmp_path / "offsite"
+    for site, files in ((bare, [before]), (offsite, [before, newest])):
+        site.mkdir()
+        for path in files:
+            for suffix in ("", ".sig", ".sha256"):
+                if os.path.exists(f"{path}{suffix}"):  # noqa: ASYNC240 (a test's few files)
+                    shutil.copy(f"{path}{suffix}", site)
+    # Without the newest ledger, the person is back: what the ledger is for.
+    result = await run(RESTORE_SH, "--yes", str(bare / before.name), env=script_env)
+    assert result.returncode == 0, result.stderr
+    await db.engine.dispose()
+    assert await traces_in_database() != []
+
+    result = await run(RESTORE_SH, "--yes", str(offsite / before.name), env=script_env)
+    assert result.returncode == 0, result.stderr
+    await db.engine.dispose()
+    assert ("contacts", "email", "aurele.quintabelle@gmail.test") not in {
+        tuple(trace) for trace in await traces_in_database()
+    }
+    assert await anonymized_records() == {("contact", person["contact"])}
+    contact = await client.get(f"{API}/contacts/{person['contact']}", headers=admin)
+    assert contact.json()["email"] is None
+
+
+async def test_a_ledger_not_signed_with_the_backup_key_is_refused_before_anything_changes(
+    client: AsyncClient, script_env: dict[str, str], tmp_path: Path
+) -> None:
+    admin, person = await forget_the_person(client)
+    dump = await backup(script_env)
+    forged = tmp_path / "forged.ledger.jsonl"
+    forged.write_text(f'{{"entity": "investor", "entity_id": {person["investor"]}}}\n')
+    sign(forged, key="not-the-backup-signing-key-0123456789abcdef")
+    before = await snapshot()
+
+    for args in (("--ledger", str(forged), str(dump)), ("--ledger-only", "--ledger", str(forged))):
+        result = await run(RESTORE_SH, "--yes", *args, env=script_env)
+        assert result.returncode == 1, result.stdout
+        assert "not signed with the backup signing key" in result.stderr
+        assert await snapshot() == before
+
+    # Signed with the key, the same ledger is applied on its own (what the message of a failed
+    # re-application tells the operator to run).
+    sign(forged)
+    result = await run(RESTORE_SH, "--ledger-only", "--ledger", str(forged), env=script_env)
+    assert result.returncode == 0, result.stderr
+    assert await anonymized_records() == {
+        ("investor", person["investor"]),
+        ("contact", person["contact"]),
+    }
+    investor = await client.get(f"{API}/investors/{person['investor']}", headers=admin)
+    assert investor.json()["email"] is None
 
 
 # A process that starts (or initialises) an embedded cluster, like `make run`, prints "up", and
