@@ -75,7 +75,7 @@ SIZE ?=
 bench: $(DEV_STAMP)
 	$(PY) -m bench.run $(SIZE)
 	$(PY) -m bench.jobs
-	$(PY) -m bench.audit
+	$(PY) -m bench.audit $(SIZE)
 
 # The same fuzz test `make test` runs, with many more generated cases per operation.
 fuzz: $(DEV_STAMP)
