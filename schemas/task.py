@@ -33,8 +33,9 @@ def _hh_mm(value: time) -> str:
 
 
 def _strict_hh_mm(value: Any) -> Any:
-    """HH:MM only: no seconds, no zone (a wall-clock time in Paris), no number."""
-    if isinstance(value, str) and _HH_MM.fullmatch(value):
+    """HH:MM only: no seconds, no zone (a wall-clock time in Paris), no number. A time
+    object is the column's value, read back."""
+    if isinstance(value, time) or (isinstance(value, str) and _HH_MM.fullmatch(value)):
         return value
     raise PydanticCustomError("due_time", "due_time must be a time of day as HH:MM")
 
@@ -46,7 +47,7 @@ DueTime = Annotated[
     time,
     BeforeValidator(_strict_hh_mm),
     WithJsonSchema({"type": "string", "pattern": f"^{_HH_MM.pattern}$"}),
-    PlainSerializer(_hh_mm, return_type=str),
+    PlainSerializer(_hh_mm, return_type=str, when_used="json"),
 ]
 
 
