@@ -48,6 +48,15 @@ DEFAULT_RULES = (
 _OPEN_RULE_TASK = text(f"source <> '{MANUAL_SOURCE}' AND {OPEN_SQL} AND {LIVE_ENTRY}")
 
 
+_INSERT_RULE_TASK = (
+    insert(Task)
+    .on_conflict_do_nothing(
+        index_elements=[Task.investor_id, Task.source], index_where=_OPEN_RULE_TASK
+    )
+    .returning(Task.id)
+)
+
+
 class UnknownRule(NotFoundError):
     message = "No follow-up rule has this key"
 
@@ -134,41 +143,43 @@ class FollowUpService:
             return
         due = max(start + timedelta(days=rule.delay_days), clock.today())
         source = f"{RULE_SOURCE_PREFIX}{key}"
+        values = {
+            "title": _title(rule.title, investor_name),
+            "due_date": due,
+            "priority": rule.priority,
+            "assignee_id": assignee_id,
+            "investor_id": investor_id,
+            "interaction_id": interaction_id,
+            "source": source,
+            "created_by": actor_id,
+        }
         # Concurrent triggers: the unique index lets one insert through; the others wait for
-        # it to commit, insert nothing, and move the task it made.
-        created = await self.session.execute(
-            insert(Task)
-            .values(
-                title=_title(rule.title, investor_name),
-                due_date=due,
-                priority=rule.priority,
-                assignee_id=assignee_id,
-                investor_id=investor_id,
-                interaction_id=interaction_id,
-                source=source,
-                created_by=actor_id,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[Task.investor_id, Task.source], index_where=_OPEN_RULE_TASK
-            )
-            .returning(Task.id)
-        )
-        task_id = created.scalar_one_or_none()
-        if task_id is not None:
-            task = await self.tasks.get(task_id)
-            await self.tasks.audit(AuditAction.create, task, self.tasks.audit_values(task))
-            await self.tasks._assigned(task, actor_id)
-            return
-        await self._move_open_task(investor_id, source, due, interaction_id)
+        # it to commit, insert nothing, and move the task it made. Should that task be
+        # finished in between, the second round creates a new one.
+        for _ in range(2):
+            created = await self.session.execute(_INSERT_RULE_TASK.values(values))
+            task_id = created.scalar_one_or_none()
+            if task_id is not None:
+                task = await self.tasks.get(task_id)
+                await self.tasks.audit(AuditAction.create, task, self.tasks.audit_values(task))
+                await self.tasks._assigned(task, actor_id)
+                return
+            if await self._move_open_task(investor_id, source, due, interaction_id):
+                return
 
     async def _move_open_task(
         self, investor_id: int, source: str, due: date, interaction_id: int | None
-    ) -> None:
-        task = (await self.session.execute(_open_rule_tasks(investor_id, source))).scalar_one()
+    ) -> bool:
+        """Move the rule's open task for the investor; False when there is none any more."""
+        found = await self.session.execute(_open_rule_tasks(investor_id, source))
+        task = found.scalar_one_or_none()
+        if task is None:
+            return False
         task.due_date = due
         if interaction_id is not None:
             task.interaction_id = interaction_id
         await self.tasks.save(task)
+        return True
 
     async def _cancel_rule_tasks(self, investor_id: int) -> None:
         tasks = (await self.session.execute(_open_rule_tasks(investor_id))).scalars().all()
