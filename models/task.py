@@ -47,7 +47,9 @@ PRIORITY_RANK_SQL = (
     "CASE priority WHEN 'urgente' THEN 0 WHEN 'haute' THEN 1 WHEN 'normale' THEN 2 ELSE 3 END"
 )
 # Open tasks: what the lists of things to do, the summary and the no-pile-up rule look at.
-OPEN_SQL = "status IN ('a_faire', 'en_cours')"
+# Two equalities, not IN: PostgreSQL prints an IN list over VARCHAR in a form that reads back
+# differently, so a restored dump's index would differ from the migrated one.
+OPEN_SQL = "(status = 'a_faire' OR status = 'en_cours')"
 
 
 class Task(SoftDeleteMixin, TimestampMixin, Base):

@@ -2,7 +2,6 @@
 a stage or an interaction is logged, in the transaction of that change."""
 
 from datetime import date, timedelta
-from typing import ClassVar
 
 from pydantic import BaseModel
 from sqlalchemy import Select, select, text
@@ -46,8 +45,7 @@ DEFAULT_RULES = (
 
 # The predicate of uq_tasks_open_rule_investor, which ON CONFLICT names to infer the index.
 _OPEN_RULE_TASK = text(f"source <> '{MANUAL_SOURCE}' AND {OPEN_SQL} AND {LIVE_ENTRY}")
-
-
+# Built once (see services.investors._STATS): each trigger only binds its values.
 _INSERT_RULE_TASK = (
     insert(Task)
     .on_conflict_do_nothing(
@@ -63,7 +61,6 @@ class UnknownRule(NotFoundError):
 
 class FollowUpRuleService(BaseService[FollowUpRule, BaseModel, FollowUpRuleUpdate]):
     model = FollowUpRule
-    sort_fields: ClassVar = {"id": FollowUpRule.id}
     not_found_message = UnknownRule.message
     audit_entity = "follow_up_rule"
 

@@ -3,6 +3,7 @@ settings, no pile-up (also under concurrent requests), `perdu`, the transaction,
 the anonymisation."""
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from httpx import AsyncClient
 from sqlalchemy import text
 
 from core.clock import use_clock
+from core.config import PROJECT_ROOT
 from core.db import db
 from schemas.investor import InvestorUpdate
 from services.follow_ups import DEFAULT_RULES
@@ -86,6 +88,16 @@ async def to_stage(client: AsyncClient, headers: Headers, investor_id: int, stag
 
 
 # --- the rules -------------------------------------------------------------------------------
+
+
+def test_the_migration_creates_the_application_s_default_rules() -> None:
+    # The migration keeps its own frozen copy; the tests reseed emptied tables from the app's.
+    path = PROJECT_ROOT / "alembic" / "versions" / "0019_tasks.py"
+    spec = importlib.util.spec_from_file_location("migration_0019", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert migration.DEFAULT_RULES == DEFAULT_RULES
 
 
 async def test_the_six_default_rules(client: AsyncClient, user_headers: Headers) -> None:

@@ -19,7 +19,9 @@ STATUSES = ("a_faire", "en_cours", "terminee", "annulee")
 PRIORITY_RANK_SQL = (
     "CASE priority WHEN 'urgente' THEN 0 WHEN 'haute' THEN 1 WHEN 'normale' THEN 2 ELSE 3 END"
 )
-OPEN_SQL = "status IN ('a_faire', 'en_cours')"
+# Two equalities, not IN: PostgreSQL prints an IN list over VARCHAR in a form that reads back
+# differently, so a restored dump's index would differ from the migrated one.
+OPEN_SQL = "(status = 'a_faire' OR status = 'en_cours')"
 _TRASH_CHECK = "ck_trash_entries_trash_entity"
 TRASH_ENTITIES = ("investor", "contact", "interaction", "kpi")
 
