@@ -54,6 +54,14 @@ class TaskFinished(ConflictError):
     message = "This task is finished (done or cancelled): reopen it before moving its due date"
 
 
+class FollowUpAlreadyOpen(ConflictError):
+    code = "follow_up_already_open"
+    message = (
+        "The investor already has an open task from the same follow-up rule: finish or cancel "
+        "that one first"
+    )
+
+
 class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
     model = Task
     sort_fields: ClassVar = {
@@ -120,7 +128,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
     async def list_for_investor(
         self, investor_id: int, *, skip: int, limit: int
     ) -> tuple[list[Task], int]:
-        """Every task about an investor, any status, by due date; 404 when there is none."""
+        """Every task about an investor, any status, by due date; 404 when it is missing."""
         if not await self._investor_is_live(investor_id):
             raise InvestorNotFound()
         return await self.list(where=[Task.investor_id == investor_id], skip=skip, limit=limit)
@@ -158,7 +166,10 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
             setattr(task, field, getattr(data, field))
         if "status" in sent and data.status is not None:
             _set_status(task, data.status)
-        await self.save(task)
+        # Reopening a rule's task, or moving it to another investor, may meet the open one
+        # the same rule made since (uq_tasks_open_rule_investor).
+        async with self.integrity_guard(unique=FollowUpAlreadyOpen):
+            await self.save(task)
         if reassigned:
             await self._assigned(task, caller_id)
         return task

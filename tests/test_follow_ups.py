@@ -312,6 +312,22 @@ async def test_a_new_trigger_moves_the_open_task_instead_of_adding_one(
     ]
 
 
+async def test_reopening_a_follow_up_beside_a_newer_open_one_is_409(
+    client: AsyncClient, admin_headers: Headers, clock: FakeClock
+) -> None:
+    investor = await make_investor(client, admin_headers)
+    await log(client, admin_headers, investor["id"], "appel", TODAY)
+    [first] = await rule_tasks(investor["id"])
+    await client.post(f"{TASKS}/{first.id}/complete", headers=admin_headers)
+    await log(client, admin_headers, investor["id"], "appel", TODAY)
+    reopened = await client.patch(
+        f"{TASKS}/{first.id}", json={"status": "a_faire"}, headers=admin_headers
+    )
+    assert reopened.status_code == 409, reopened.text
+    assert error_of(reopened)["code"] == "follow_up_already_open"
+    assert [t.status for t in await rule_tasks(investor["id"])] == ["terminee", "a_faire"]
+
+
 @pytest.mark.committing
 async def test_concurrent_interactions_never_pile_up_tasks(
     client: AsyncClient, admin_headers: Headers, clock: FakeClock

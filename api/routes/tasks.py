@@ -59,8 +59,8 @@ async def create_task(body: TaskCreate, user: CurrentUser, tasks: TaskWriter) ->
     return TaskRead.model_validate(await tasks.create_task(body, caller_id=user.id))
 
 
-@router.put("/{task_id:id}", response_model=TaskRead, responses=errors(*AUTHENTICATED, 404))
-@router.patch("/{task_id:id}", response_model=TaskRead, responses=errors(*AUTHENTICATED, 404))
+@router.put("/{task_id:id}", response_model=TaskRead, responses=errors(*AUTHENTICATED, 404, 409))
+@router.patch("/{task_id:id}", response_model=TaskRead, responses=errors(*AUTHENTICATED, 404, 409))
 async def update_task(
     task_id: IdPath, body: TaskUpdate, user: CurrentUser, tasks: TaskWriter
 ) -> TaskRead:
