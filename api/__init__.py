@@ -8,11 +8,13 @@ from api.routes import (
     audit,
     auth,
     contacts,
+    follow_up_rules,
     gdpr,
     interactions,
     investors,
     jobs,
     kpis,
+    tasks,
     trash,
     two_factor,
     users,
@@ -28,12 +30,14 @@ ROUTERS = tuple(
         users,
         contacts,
         interactions,
+        tasks,
         kpis,
         jobs,
         two_factor,
         trash,
         audit,
         gdpr,
+        follow_up_rules,
     )
 )
 

@@ -39,6 +39,7 @@ from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
+from services.follow_ups import FollowUpRuleService
 from services.gdpr import GdprService
 from services.interactions import InteractionService
 from services.investors import InvestorService
@@ -46,6 +47,7 @@ from services.jobs import JobService
 from services.kpis import KpiService
 from services.password_reset import PasswordResetService
 from services.sessions import SessionService
+from services.tasks import TaskService
 from services.trash import TrashService
 from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
@@ -179,6 +181,7 @@ OWNED_RECORDS: dict[str, type[BaseService[Any, Any, Any]]] = {
     "interaction_id": InteractionService,
     "kpi_id": KpiService,
     "job_id": JobService,
+    "task_id": TaskService,
 }
 
 
@@ -227,6 +230,10 @@ TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 TrashReader = Annotated[TrashService, _reader(TrashService)]
 TrashWriter = Annotated[TrashService, _writer(TrashService)]
 AuditReader = Annotated[AuditService, _reader(AuditService)]
+TaskReader = Annotated[TaskService, _reader(TaskService)]
+TaskWriter = Annotated[TaskService, _writer(TaskService)]
+FollowUpRuleReader = Annotated[FollowUpRuleService, _reader(FollowUpRuleService)]
+FollowUpRuleWriter = Annotated[FollowUpRuleService, _writer(FollowUpRuleService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
 

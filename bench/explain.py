@@ -21,19 +21,21 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bench.seed import BIG_TABLES
 from core.config import settings
 from core.db import create_engine, create_sessionmaker
 from models.interaction import InteractionType
 from schemas.interaction import InteractionCreate
 from schemas.investor import InvestorCursor, InvestorFilters
 from schemas.kpi import KpiUpsert
+from schemas.task import TaskFilters
 from services.interactions import InteractionService
 from services.investor_search import search_investors
 from services.investors import InvestorService
 from services.kpis import KpiService
+from services.tasks import TaskService
 from services.users import UserService
 
-BIG_TABLES = ("investors", "contacts", "interactions", "kpis", "investor_stage_changes")
 EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
 FULL_SCAN_SHARE = 0.5
 # Every statement a function runs, sent to this client as a log message with its plan.
@@ -101,6 +103,13 @@ def request_paths(investors: int, deep_cursor: InvestorCursor | None) -> dict[st
         ),
         "KPI upsert": lambda s: KpiService(s).upsert_month(
             middle, KpiUpsert(year=2026, month=6, rdv_count=3, revenue=Decimal("1500.50"))
+        ),
+        "my tasks due today": lambda s: TaskService(s).list_tasks(
+            TaskFilters(assignee_id="me", due="today"),
+            sort="due_date",
+            skip=0,
+            limit=50,
+            caller_id=1,
         ),
     }
 

@@ -139,6 +139,13 @@ def endpoints(investors: int) -> list[Endpoint]:
         Endpoint(
             "annual", "annual summary", "/api/v1/kpis/summary/annual/{kpi_id}/2025", single=True
         ),
+        # 1,000,000 tasks over 50 users at `large`: the bench user's day (docs/taches-relances.md).
+        Endpoint(
+            "tasks_today",
+            "my tasks due today",
+            "/api/v1/tasks?assignee_id=me&due=today",
+            single=True,
+        ),
         Endpoint(
             "post_interaction",
             "POST interaction",

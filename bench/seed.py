@@ -46,7 +46,28 @@ CREATED_SECONDS = 5 * 365 * 86_400
 # A surname given to about 20 investors whatever the size: the "rare term" of the search bench.
 RARE_SURNAME = "Quintavalle"
 RARE_COUNT = 20
-BIG_TABLES = ("investors", "contacts", "interactions", "kpis", "investor_stage_changes")
+BIG_TABLES = (
+    "investors",
+    "contacts",
+    "interactions",
+    "kpis",
+    "investor_stage_changes",
+    "tasks",
+)
+# Tasks: as many as investors (1,000,000 at `large`), spread over this many users (the bench
+# user, id 1, is one of them) and over six years of due dates, so that whatever day the bench
+# runs on, "today" holds a few of each user's tasks.
+TASK_USERS = 50
+TASK_START = date(2023, 1, 1)
+TASK_DAYS = 6 * 365
+TASK_TITLES = [
+    "Rappeler",
+    "Envoyer la plaquette",
+    "Relancer",
+    "Préparer le rendez-vous",
+    "Envoyer le compte rendu",
+    "Point négociation",
+]
 
 FAMILIES = [
     "Dupré",
@@ -303,6 +324,10 @@ class Plan:
     def kpis(self) -> int:
         return self.investors // 3 * 12 * len(KPI_YEARS)
 
+    @property
+    def tasks(self) -> int:
+        return self.investors
+
 
 class Progress:
     def __init__(self, table: str, total: int) -> None:
@@ -504,6 +529,52 @@ def kpi_rows(plan: Plan) -> Iterator[tuple[Any, ...]]:
                 progress.tick()
 
 
+def task_rows(plan: Plan) -> Iterator[tuple[Any, ...]]:
+    rng = Random(f"{SEED}:tasks")
+    r = rng.random
+    progress = Progress("tasks", plan.tasks)
+    dates = [TASK_START + timedelta(days=day) for day in range(TASK_DAYS)]
+    stamp = datetime(2024, 1, 1, tzinfo=UTC)
+    priorities = ["basse", "normale", "normale", "normale", "haute", "urgente"]
+    # Mostly open or done; finished tasks carry their completion time (a CHECK constraint).
+    statuses = ["a_faire"] * 10 + ["en_cours"] * 2 + ["terminee"] * 7 + ["annulee"]
+    for task_id in range(1, plan.tasks + 1):
+        assignee = 1 + int(r() * TASK_USERS)
+        status = statuses[int(r() * len(statuses))]
+        investor = 1 + int(r() * plan.investors) if r() < 0.8 else None
+        yield (
+            task_id,
+            TASK_TITLES[int(r() * len(TASK_TITLES))],
+            dates[int(r() * TASK_DAYS)],
+            priorities[int(r() * len(priorities))],
+            status,
+            assignee,
+            investor,
+            "manual",
+            assignee,
+            stamp if status == "terminee" else None,
+            stamp,
+            stamp,
+        )
+        progress.tick()
+
+
+TASK_COLUMNS = [
+    "id",
+    "title",
+    "due_date",
+    "priority",
+    "status",
+    "assignee_id",
+    "investor_id",
+    "source",
+    "created_by",
+    "completed_at",
+    "created_at",
+    "updated_at",
+]
+
+
 KPI_COLUMNS = [
     "id",
     "investor_id",
@@ -557,7 +628,7 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
     plan = Plan.build(investors)
     print(
         f"Seeding {database}: {plan.investors:,} investors, {plan.contacts:,} contacts, "
-        f"{plan.interactions:,} interactions, {plan.kpis:,} KPI rows",
+        f"{plan.interactions:,} interactions, {plan.kpis:,} KPI rows, {plan.tasks:,} tasks",
         flush=True,
     )
     cluster.psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
@@ -579,7 +650,7 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
             # by construction.
             await conn.execute(
                 "TRUNCATE users, investors, contacts, interactions, kpis, "
-                "investor_stage_changes, login_failures RESTART IDENTITY CASCADE"
+                "investor_stage_changes, tasks, login_failures RESTART IDENTITY CASCADE"
             )
             await conn.execute("SET LOCAL session_replication_role = replica")
             await conn.execute(
@@ -589,12 +660,22 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
                 BENCH_EMAIL,
                 hash_password(BENCH_PASSWORD),
             )
+            # The bench user's colleagues, who hold the other tasks.
+            await conn.executemany(
+                "INSERT INTO users (id, email, full_name, hashed_password, role, is_active) "
+                "VALUES ($1, $2, $3, 'not-a-hash', 'user', true)",
+                [
+                    (user_id, f"colleague{user_id}@tpm-finance.fr", f"Colleague {user_id}")
+                    for user_id in range(BENCH_USER_ID + 1, TASK_USERS + 1)
+                ],
+            )
             copies = [
                 ("investors", INVESTOR_COLUMNS, investor_rows(plan)),
                 ("contacts", CONTACT_COLUMNS, contact_rows(plan)),
                 ("interactions", INTERACTION_COLUMNS, interaction_rows(plan)),
                 ("kpis", KPI_COLUMNS, kpi_rows(plan)),
                 ("investor_stage_changes", STAGE_CHANGE_COLUMNS, stage_change_rows(plan)),
+                ("tasks", TASK_COLUMNS, task_rows(plan)),
             ]
             for table, columns, rows in copies:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)

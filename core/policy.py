@@ -31,6 +31,7 @@ class Action(StrEnum):
     manage_trash = "manage_trash"  # lists and restores what is in the trash
     purge_trash = "purge_trash"  # destroys what is in the trash before its time
     gdpr = "gdpr"  # exports a person's data, anonymises a person
+    configure = "configure"  # changes how the CRM works for everyone (follow-up rules)
 
 
 class Grant(StrEnum):
@@ -82,6 +83,7 @@ _ROLE_REFUSALS: Mapping[Action, str] = {
     Action.manage_trash: "only a manager or an admin may see and restore the trash",
     Action.purge_trash: "only an admin may destroy what is in the trash",
     Action.gdpr: "only an admin may export or anonymise a person's data",
+    Action.configure: "only a manager or an admin may change the follow-up rules",
 }
 
 
@@ -108,6 +110,9 @@ KPI = Ownership(
     "kpi_id", "only the owner of the KPI's investor, a manager or an admin may change it"
 )
 JOB = Ownership("job_id", "only the job's author, a manager or an admin may see it")
+TASK = Ownership(
+    "task_id", "only the task's assignee, its author, a manager or an admin may change it"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +176,26 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         ("GET", "/kpis/summary/annual/{investor_id}/{year}"),
         ("GET", "/kpis/investor/{investor_id}"),
         ("GET", "/kpis/{kpi_id}"),
+        ("GET", "/tasks"),
+        ("GET", "/tasks/summary"),
+        ("GET", "/tasks/{task_id}"),
+        ("GET", "/investors/{investor_id}/tasks"),
+        ("GET", "/follow-up-rules"),
     ),
     # Creating an investor: its owner is the creator (a `user` may not give it away).
     **_rules(Action.write, ("POST", "/investors")),
+    # A task may be given to anyone (a `user` too may assign one to a colleague).
+    **_rules(Action.write, ("POST", "/tasks")),
+    **_rules(
+        Action.write,
+        ("PUT", "/tasks/{task_id}"),
+        ("PATCH", "/tasks/{task_id}"),
+        ("DELETE", "/tasks/{task_id}"),
+        ("POST", "/tasks/{task_id}/complete"),
+        ("POST", "/tasks/{task_id}/snooze"),
+        ownership=TASK,
+    ),
+    **_rules(Action.configure, ("PUT", "/follow-up-rules/{key}")),
     **_rules(
         Action.write,
         ("PUT", "/investors/{investor_id}"),

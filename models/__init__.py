@@ -17,6 +17,7 @@ from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
 from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.session import AuthSession, RefreshToken
+from models.task import FollowUpRule, Task, TaskPriority, TaskStatus
 from models.trash import TrashEntity, TrashEntry
 from models.two_factor import RecoveryCode
 from models.user import LoginFailure, User, UserRole
@@ -32,6 +33,7 @@ __all__ = [
     "Base",
     "ClientType",
     "Contact",
+    "FollowUpRule",
     "GdprEntity",
     "Interaction",
     "InteractionType",
@@ -49,6 +51,9 @@ __all__ = [
     "RecoveryCode",
     "RefreshToken",
     "ScheduleRun",
+    "Task",
+    "TaskPriority",
+    "TaskStatus",
     "TrashEntity",
     "TrashEntry",
     "User",

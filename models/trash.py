@@ -16,11 +16,12 @@ class TrashEntity(enum.StrEnum):
     contact = "contact"
     interaction = "interaction"
     kpi = "kpi"
+    task = "task"
 
 
 class TrashEntry(Base):
     """One DELETE: the record it named and, through their `trash_entry_id`, every row it took
-    with it (an investor's contacts, interactions and KPIs), restored or purged together."""
+    with it (an investor's contacts, interactions, KPIs and tasks), restored or purged together."""
 
     __tablename__ = "trash_entries"
     __table_args__ = (

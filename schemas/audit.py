@@ -24,7 +24,9 @@ PG_BIGINT_MAX = 2**63 - 1
 
 # The names an entry's `entity` takes (singular, lowercase); `audit` is the trail itself (its
 # retention purge).
-AuditEntity = Literal["user", "investor", "contact", "interaction", "kpi", "audit"]
+AuditEntity = Literal[
+    "user", "investor", "contact", "interaction", "kpi", "task", "follow_up_rule", "audit"
+]
 AUDIT_ENTITIES: tuple[str, ...] = get_args(AuditEntity)
 
 # `total` stops counting here: past it the answer means "this many or more".

@@ -132,6 +132,14 @@ Name = Annotated[
     _NON_BLANK,
     _untrimmed_max_length(255),
 ]
+# A required title (a task's, a follow-up rule's): trimmed, 1..200 characters.
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_reject_nul),
+    _NON_BLANK,
+    _untrimmed_max_length(200),
+]
 ShortText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=255),

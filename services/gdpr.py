@@ -16,6 +16,7 @@ from models.contact import Contact
 from models.gdpr import Anonymization, GdprEntity
 from models.interaction import Interaction
 from models.investor import Investor
+from models.task import Task
 from models.user import User
 from schemas.contact import ContactRead
 from schemas.gdpr import AnonymizeResult, PersonalDataExport
@@ -35,6 +36,8 @@ INVESTOR_FIELDS = ("name", "email", "phone", "website", "company", "notes")
 CONTACT_FIELDS = ("name", "email", "phone", "title", "notes")
 INTERACTION_FIELDS = ("subject", "notes")
 _FIELDS = {GdprEntity.investor: INVESTOR_FIELDS, GdprEntity.contact: CONTACT_FIELDS}
+# A task's title may name the person ("Rappeler Jeanne Martin"): it is cleared with them.
+TASK_FIELDS = ("title", "description")
 
 
 class UnknownRecord(NotFoundError):
@@ -46,8 +49,8 @@ class AlreadyAnonymized(ConflictError):
     message = "This record has already been anonymised"
 
 
-def _cleared(fields: Sequence[str]) -> dict[str, Any]:
-    return {field: ANONYMIZED_NAME if field == "name" else None for field in fields}
+def _cleared(fields: Sequence[str], *, required: str = "name") -> dict[str, Any]:
+    return {field: ANONYMIZED_NAME if field == required else None for field in fields}
 
 
 class GdprService:
@@ -76,6 +79,9 @@ class GdprService:
         contacts = (await self.session.execute(_CONTACT_VALUES.where(in_scope))).all()
         found = await self.session.execute(select(Interaction.id).where(about))
         contact_ids, interaction_ids = [row.id for row in contacts], list(found.scalars())
+        # The tasks about the investor (the contact's): trashed ones too.
+        tasks = await self.session.execute(select(Task.id).where(Task.investor_id == investor_id))
+        task_ids = list(tasks.scalars())
         if entity is GdprEntity.investor:
             await self._clear(Investor, [id_], INVESTOR_FIELDS)
             await AuditService(self.session).scrub("investor", [id_], INVESTOR_FIELDS)
@@ -86,6 +92,8 @@ class GdprService:
         await self._clear(Interaction, interaction_ids, INTERACTION_FIELDS)
         await AuditService(self.session).scrub("contact", contact_ids, CONTACT_FIELDS)
         await AuditService(self.session).scrub("interaction", interaction_ids, INTERACTION_FIELDS)
+        await self._clear(Task, task_ids, TASK_FIELDS, required="title")
+        await AuditService(self.session).scrub("task", task_ids, TASK_FIELDS)
         changes = {"contacts": len(contact_ids), "interactions": len(interaction_ids)}
         await record(
             self.session, AuditAction.anonymize, entity, id_, changes, investor_id=investor_id
@@ -199,12 +207,15 @@ class GdprService:
         anonymized_at: datetime | None = (await self.session.execute(stmt)).scalar_one_or_none()
         return anonymized_at
 
-    async def _clear(self, model: Any, ids: Sequence[int], fields: Sequence[str]) -> None:
+    async def _clear(
+        self, model: Any, ids: Sequence[int], fields: Sequence[str], *, required: str = "name"
+    ) -> None:
+        """Null the fields, but the NOT NULL one (`required`), which gets the neutral name."""
         if ids:
             await self.session.execute(
                 update(model)
                 .where(model.id.in_(ids))
-                .values(_cleared(fields))
+                .values(_cleared(fields, required=required))
                 .execution_options(synchronize_session=False)
             )
 

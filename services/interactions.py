@@ -12,6 +12,7 @@ from models.investor import Investor
 from models.trash import TrashEntity
 from schemas.interaction import InteractionCreate, InteractionFilters, InteractionUpdate
 from services.base import BaseService
+from services.follow_ups import FollowUpService
 from services.investors import InvestorService
 
 # The filters the type counters can total; with any other set, paginate counts the rows.
@@ -76,11 +77,14 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
     async def create_for_investor(
         self, investor_id: int, data: InteractionCreate, *, created_by: int
     ) -> Interaction:
-        """Log an interaction with an investor, optionally with one of its contacts."""
+        """Log an interaction with an investor, optionally with one of its contacts; its
+        follow-up rule fires (imports, which do not come through here, fire none)."""
         await InvestorService(self.session).ensure_exists(investor_id, lock=True)
         if data.contact_id is not None:
             await self._check_contact(investor_id, data.contact_id)
-        return await self.create(data, investor_id=investor_id, created_by=created_by)
+        interaction = await self.create(data, investor_id=investor_id, created_by=created_by)
+        await FollowUpService(self.session).interaction_logged(interaction, created_by)
+        return interaction
 
     async def update_interaction(
         self, interaction: Interaction, data: InteractionUpdate

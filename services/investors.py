@@ -35,6 +35,7 @@ from models.investor import (
     PipelineStage,
 )
 from models.kpi import Kpi
+from models.task import Task
 from models.trash import TrashEntity
 from models.user import AuthenticatedUser, User
 from schemas.common import PG_INT_MAX
@@ -49,6 +50,7 @@ from schemas.investor import (
     InvestorUpdate,
 )
 from services.base import BaseService
+from services.follow_ups import FollowUpService
 
 
 class DuplicateInvestorEmail(ConflictError):
@@ -81,8 +83,13 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     not_found_message = "Investor not found"
     owner_columns = (Investor.owner_id,)
     entity = TrashEntity.investor
-    # Deleting an investor takes its contacts, interactions and KPIs to the trash with it.
-    trash_children = (Contact.investor_id, Interaction.investor_id, Kpi.investor_id)
+    # Deleting an investor takes its contacts, interactions, KPIs and tasks to the trash with it.
+    trash_children = (
+        Contact.investor_id,
+        Interaction.investor_id,
+        Kpi.investor_id,
+        Task.investor_id,
+    )
     audit_entity = "investor"
     audit_investor_key = "id"
 
@@ -194,8 +201,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         await self._ensure_valid_owner(owner_id)
         async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
             investor = await self.create(data.model_copy(update={"owner_id": owner_id}))
-            self._record_stage_change(investor, None, caller.id)
-            await self.session.flush()
+            await self._enter_stage(investor, None, caller.id)
         return investor
 
     async def update_investor(
@@ -212,8 +218,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
             await self.update(investor, data)
             if investor.pipeline_stage != previous_stage:
-                self._record_stage_change(investor, previous_stage, changed_by)
-                await self.session.flush()
+                await self._enter_stage(investor, previous_stage, changed_by)
         return investor
 
     async def move_to_next_stage(self, investor_id: int, *, changed_by: int) -> Investor:
@@ -227,8 +232,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 code="no_next_stage",
             )
         investor.pipeline_stage = PIPELINE_ORDER[PIPELINE_ORDER.index(current) + 1]
-        self._record_stage_change(investor, current, changed_by)
         await self.save(investor, AuditAction.move_stage)
+        await self._enter_stage(investor, current, changed_by)
         return investor
 
     async def stage_history(self, investor_id: int) -> list[InvestorStageChange]:
@@ -242,8 +247,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         return list((await self.session.execute(stmt)).scalars().all())
 
     async def delete_investor(self, investor_id: int, *, deleted_by: int) -> None:
-        """Move an investor to the trash with its contacts, interactions and KPIs (its stage
-        history stays with it)."""
+        """Move an investor to the trash with its contacts, interactions, KPIs and tasks (its
+        stage history stays with it)."""
         await self.delete(await self.get(investor_id, for_update=True), deleted_by=deleted_by)
 
     async def _ensure_valid_owner(self, owner_id: int | None) -> None:
@@ -255,9 +260,11 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         if not (await self.session.execute(stmt)).scalar_one_or_none():
             raise _invalid_owner()
 
-    def _record_stage_change(
+    async def _enter_stage(
         self, investor: Investor, from_stage: PipelineStage | None, changed_by: int
     ) -> None:
+        """Record the move in the stage history and fire the stage's follow-up, in the
+        transaction of the move (every stage change goes through here)."""
         self.session.add(
             InvestorStageChange(
                 investor_id=investor.id,
@@ -266,6 +273,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
                 changed_by=changed_by,
             )
         )
+        await self.session.flush()
+        await FollowUpService(self.session).stage_entered(investor, changed_by)
 
 
 def _invalid_owner() -> InvalidOwner:

@@ -32,11 +32,13 @@ from models.contact import Contact
 from models.interaction import Interaction
 from models.investor import Investor
 from models.kpi import Kpi
+from models.task import Task
 from models.trash import TrashEntity, TrashEntry
 from schemas.contact import ContactRead
 from schemas.interaction import InteractionRead
 from schemas.investor import InvestorRead
 from schemas.kpi import KpiRead
+from schemas.task import TaskRead
 from schemas.trash import TrashFilters
 from services.audit_recorder import record
 from services.base import BaseService
@@ -44,6 +46,7 @@ from services.contacts import ContactService
 from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.kpis import KpiService
+from services.tasks import TaskService
 
 
 class NotInTrash(NotFoundError):
@@ -96,6 +99,7 @@ TRASHABLE: Mapping[TrashEntity, Trashable] = {
         InteractionRead,
     ),
     TrashEntity.kpi: Trashable(KpiService, _month(Kpi.year, Kpi.month), KpiRead),
+    TrashEntity.task: Trashable(TaskService, Task.title, TaskRead),
 }
 
 # The foreign key that ties each entity trashed with a parent to that parent, and the parent's
@@ -203,6 +207,8 @@ class TrashService(BaseService[TrashEntry, BaseModel, BaseModel]):
             return
         column, parent = PARENTS[model]
         parent_id = (await self.session.execute(select(column).where(model.id == id_))).scalar_one()
+        if parent_id is None:
+            return  # a task about no investor
         try:
             await TRASHABLE[parent].service(self.session).ensure_exists(parent_id, lock=True)
         except NotFoundError:

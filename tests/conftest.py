@@ -35,6 +35,7 @@ from core.config import settings, to_async_url
 from core.db import db
 from core.migrations import upgrade_to_head
 from models import Base
+from services.follow_ups import DEFAULT_RULES
 from services.users import caller_cache
 from tests.factories import bearer, create_user, first_admin_id, password_hash
 
@@ -165,6 +166,17 @@ async def empty_every_table() -> None:
                 "VALUES (:email, 'Administrator', :hash, 'admin')"
             ),
             {"email": ADMIN_EMAIL, "hash": password_hash(ADMIN_PASSWORD)},
+        )
+        # The follow-up rules are reference data the migration creates: back to its defaults.
+        await conn.execute(
+            text(
+                "INSERT INTO follow_up_rules (key, trigger, delay_days, title) "
+                "VALUES (:key, :trigger, :delay_days, :title)"
+            ),
+            [
+                {"key": key, "trigger": trigger, "delay_days": delay, "title": title}
+                for key, trigger, delay, title in DEFAULT_RULES
+            ],
         )
 
 

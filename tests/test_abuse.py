@@ -59,6 +59,10 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "KpiUpdate": {"rdv_count": 2},
     "TwoFactorEnable": {"code": "123456"},
     "TwoFactorDisable": {"password": USER_PASSWORD, "code": "123456"},
+    "TaskCreate": {"title": "Rappeler Jeanne", "due_date": "2026-11-30"},
+    "TaskUpdate": {"priority": "haute"},
+    "TaskSnooze": {"days": 2},
+    "FollowUpRuleUpdate": {"delay_days": 4},
 }
 
 # Columns the server owns; `role`/`is_admin` are only legitimate in the admin's user bodies.
@@ -131,8 +135,17 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         job_id = await JobService(session).enqueue(
             "jobs.purge", PurgePayload(), created_by=await first_admin_id()
         )
+    # A task given to the user, which it may change.
+    task = await client.post(
+        f"{API}/tasks",
+        json={"title": "Rappeler", "due_date": "2026-11-30", "assignee_id": user_id},
+        headers=admin,
+    )
+    assert task.status_code == 201, task.text
     return {
         "job_id": job_id,
+        "task_id": task.json()["id"],
+        "key": "stage_client",
         "investor_id": investor_id,
         "contact_id": contact.json()["id"],
         "interaction_id": interaction.json()["id"],
@@ -177,7 +190,7 @@ async def test_server_owned_fields_are_rejected_on_every_body_and_never_applied(
         if name is None:
             continue
         # Admin-only bodies are sent by the admin; every other one by a regular user.
-        admin_only = path.startswith((f"{API}/users", f"{API}/gdpr"))
+        admin_only = path.startswith((f"{API}/users", f"{API}/gdpr", f"{API}/follow-up-rules"))
         headers = admin_headers if admin_only else user_headers
         for field, value in SERVER_OWNED.items():
             if field in _schema_properties(name):

@@ -34,14 +34,15 @@ COLUMNS = (
     "purge",
     "audit",
     "gdpr",
+    "configure",
 )
 TABLE: dict[str, dict[str, str]] = {
     role: dict(zip(COLUMNS, cells, strict=True))
     for role, cells in {
-        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES, YES, YES),
-        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO, YES, NO),
-        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO, NO, NO),
-        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO),
+        "admin": (YES, YES, YES, YES, YES, YES, YES, YES, YES, YES, YES, YES),
+        "manager": (YES, YES, YES, YES, YES, YES, NO, YES, NO, YES, NO, YES),
+        "user": (YES, OWN, YES, NO, NO, OWN, NO, NO, NO, NO, NO, NO),
+        "viewer": (YES, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO),
     }.items()
 }
 for row in TABLE.values():
@@ -109,11 +110,24 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/trash/{entity}/{entity_id}"): "purge",
     ("GET", "/gdpr/export"): "gdpr",
     ("POST", "/gdpr/anonymize"): "gdpr",
+    ("GET", "/tasks"): "read",
+    ("GET", "/tasks/summary"): "read",
+    ("GET", "/tasks/{task_id}"): "read",
+    ("GET", "/investors/{investor_id}/tasks"): "read",
+    ("POST", "/tasks"): "write",
+    ("PUT", "/tasks/{task_id}"): "write",
+    ("PATCH", "/tasks/{task_id}"): "write",
+    ("DELETE", "/tasks/{task_id}"): "write",
+    ("POST", "/tasks/{task_id}/complete"): "write",
+    ("POST", "/tasks/{task_id}/snooze"): "write",
+    ("GET", "/follow-up-rules"): "read",
+    ("PUT", "/follow-up-rules/{key}"): "configure",
 }
 
 # Operations on a list or a new record: nothing to own, so `own` means allowed.
 NO_TARGET = {
     ("POST", "/investors"),
+    ("POST", "/tasks"),
     ("GET", "/jobs"),
 }
 
@@ -150,6 +164,11 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/auth/2fa/enable"): {"code": "123456"},
     ("POST", "/auth/2fa/disable"): {"password": USER_PASSWORD, "code": "123456"},
     ("POST", "/gdpr/anonymize"): {"entity": "contact", "id": "{contact_id}"},
+    ("POST", "/tasks"): {"title": "Rappeler Jeanne", "due_date": "2026-11-30"},
+    ("PUT", "/tasks/{task_id}"): {"title": "Rappeler Paul"},
+    ("PATCH", "/tasks/{task_id}"): {"priority": "haute"},
+    ("POST", "/tasks/{task_id}/snooze"): {"days": 2},
+    ("PUT", "/follow-up-rules/{key}"): {"delay_days": 4},
 }
 # Allowed operations whose answer depends on a state the arrangement does not set up (no 2FA
 # set up yet): past the policy, but not a success.
@@ -204,6 +223,14 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
     kpi = await scalar(
         "INSERT INTO kpis (investor_id, year, month) VALUES (:i, 2026, 1) RETURNING id", i=investor
     )
+    # Given to the caller by someone else (or by someone else to someone else): the caller
+    # may change it as its assignee only.
+    task = await scalar(
+        "INSERT INTO tasks (title, due_date, assignee_id, created_by) "
+        "VALUES ('Rappeler', '2026-11-30', :to, :by) RETURNING id",
+        to=owner,
+        by=other,
+    )
     job = await scalar(
         "INSERT INTO jobs (type, status, payload, max_attempts, created_by) "
         "VALUES ('jobs.purge', 'failed', '{}', 3, :by) RETURNING id",
@@ -227,6 +254,8 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "contact_id": contact,
         "interaction_id": interaction,
         "kpi_id": kpi,
+        "task_id": task,
+        "key": "stage_client",
         "job_id": job,
         "user_id": other,
         "year": 2026,
@@ -392,6 +421,7 @@ def test_the_policy_grants_what_the_table_says() -> None:
         "purge": Action.purge_trash,
         "audit": Action.audit,
         "gdpr": Action.gdpr,
+        "configure": Action.configure,
         "self": Action.self_service,
         "public": Action.public,
     }

@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, get_args
 
 import pyotp
@@ -43,6 +44,7 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from core.clock import today as paris_today
 from core.db import db
 from core.encryption import keyring
 from main import app as fastapi_app
@@ -307,6 +309,7 @@ class Sample:
     # The refresh token of a login of the sample's user, for the refresh's whole path.
     refresh_token: str
     trashed_investor: int
+    task: int
 
 
 async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
@@ -400,7 +403,26 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         token=RESET_TOKEN,
         user_id=planner,
     )
+    # The admin's day: a task due today and one overdue (the real clock's Paris date).
+    today = paris_today()
+    task = await post(
+        client,
+        admin_headers,
+        TASKS,
+        {
+            "title": "Rappeler Quintavalle",
+            "due_date": today.isoformat(),
+            "investor_id": quintavalle["id"],
+        },
+    )
+    await post(
+        client,
+        admin_headers,
+        TASKS,
+        {"title": "Relire le contrat", "due_date": (today - timedelta(days=1)).isoformat()},
+    )
     return Sample(
+        task=task["id"],
         investor=quintavalle["id"],
         contact=contact["id"],
         interaction=interactions[0]["id"],
@@ -448,6 +470,8 @@ class Call:
             "month": 1,
             "entity": "investor",
             "entity_id:id": sample.trashed_investor,
+            "task_id:id": sample.task,
+            "key": "stage_client",
         }
         path = re.sub(r"\{([^}]+)\}", lambda match: str(values[match.group(1)]), self.route)
         query = "&".join(part for part in (self.query, *more) if part)
@@ -474,6 +498,9 @@ SEARCH = f"{INVESTORS}/search"
 RECOVERY_CODE = "aaaa-bbbb-cccc-dddd"
 SORTS = list(get_args(InvestorSort))
 RESET_TOKEN = "planned-reset-token"
+TASKS = "/api/v1/tasks"
+ONE_TASK = f"{TASKS}/{{task_id:id}}"
+RULES = "/api/v1/follow-up-rules"
 
 CALLS = [
     Call("current user", "GET", "/api/v1/auth/me"),
@@ -684,6 +711,30 @@ CALLS = [
         AUDIT,
         "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
     ),
+    # Lists of tasks name an assignee or an investor: the unfiltered total counts every task.
+    page("my tasks due today", TASKS, "assignee_id=me&due=today"),
+    page("my overdue tasks", TASKS, "assignee_id=me&due=overdue"),
+    page("my open tasks", TASKS, "assignee_id=me&status=a_faire&status=en_cours"),
+    page("my tasks, latest first", TASKS, "assignee_id=me&sort=-due_date"),
+    page("tasks of an investor", TASKS, "investor_id={investor}"),
+    Call("task summary", "GET", f"{TASKS}/summary"),
+    Call("read task", "GET", ONE_TASK),
+    Call(
+        "create task",
+        "POST",
+        TASKS,
+        body={"title": "Envoyer la plaquette", "due_date": "2026-12-01", "investor_id": None},
+        status=201,
+    ),
+    Call("put task", "PUT", ONE_TASK, body={"title": "Rappeler Quintavalle demain"}),
+    Call("patch task", "PATCH", ONE_TASK, body={"status": "en_cours"}),
+    Call("complete task", "POST", f"{ONE_TASK}/complete"),
+    Call("snooze task", "POST", f"{ONE_TASK}/snooze", body={"days": 2}),
+    Call("delete task", "DELETE", ONE_TASK, status=204),
+    page("investor tasks", f"{ONE_INVESTOR}/tasks"),
+    # Six rows, one per rule the migration created.
+    Call("follow-up rules", "GET", RULES, whole_tables=frozenset({"follow_up_rules"})),
+    Call("change a follow-up rule", "PUT", f"{RULES}/{{key}}", body={"delay_days": 2}),
     page("investor history", f"{ONE_INVESTOR}/history"),
     page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]

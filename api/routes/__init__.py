@@ -6,7 +6,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 # Literal segments that sit beside an `{id}` segment (`/investors/stats`): the id pattern must not
 # swallow them, so that a wrong method there is 405 and not a 422 about a non-integer id.
-RESERVED_SEGMENTS = ("stats", "search")
+RESERVED_SEGMENTS = ("stats", "search", "summary")
 
 
 class IdConvertor(Convertor[str]):

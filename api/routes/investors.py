@@ -12,6 +12,7 @@ from api.deps import (
     InvestorReader,
     InvestorWriter,
     PageParams,
+    TaskReader,
 )
 from api.responses import AUTHENTICATED, errors
 from api.routes.audit import PAGING, CursorParam, page_of, resume_after
@@ -33,6 +34,7 @@ from schemas.investor import (
     SearchText,
     StageChangeRead,
 )
+from schemas.task import TaskRead
 from services import investor_search
 from services.investor_search import ANY_OWNER, SEARCH_CANDIDATES
 from services.investors import owner_of
@@ -195,6 +197,19 @@ async def stage_history(
     """The investor's pipeline stage changes, oldest first."""
     changes = await investors.stage_history(investor_id)
     return [StageChangeRead.model_validate(change) for change in changes]
+
+
+@router.get(
+    "/{investor_id:id}/tasks",
+    response_model=Page[TaskRead],
+    responses=errors(*AUTHENTICATED, 404),
+)
+async def investor_tasks(
+    investor_id: IdPath, _: CurrentUser, tasks: TaskReader, page: PageParams
+) -> Page[TaskRead]:
+    """Every task about the investor, whatever its status, by due date."""
+    items, total = await tasks.list_for_investor(investor_id, skip=page.skip, limit=page.limit)
+    return page.of(TaskRead, items, total)
 
 
 @router.get(

@@ -13,11 +13,12 @@ from schemas.contact import ContactRead
 from schemas.interaction import InteractionRead
 from schemas.investor import InvestorRead
 from schemas.kpi import KpiRead
+from schemas.task import TaskRead
 from schemas.trash import TrashFilters, TrashItem
 
 router = APIRouter(prefix="/trash", tags=["trash"])
 
-RestoredRecord = InvestorRead | ContactRead | InteractionRead | KpiRead
+RestoredRecord = InvestorRead | ContactRead | InteractionRead | KpiRead | TaskRead
 
 
 @router.get("", response_model=Page[TrashItem], responses=errors(*AUTHENTICATED, 403))
