@@ -13,6 +13,7 @@ from api.routes import (
     investors,
     jobs,
     kpis,
+    notifications,
     trash,
     two_factor,
     users,
@@ -34,6 +35,7 @@ ROUTERS = tuple(
         trash,
         audit,
         gdpr,
+        notifications,
     )
 )
 

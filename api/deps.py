@@ -17,6 +17,7 @@ from core.config import settings
 from core.db import (
     AsyncReadSession,
     AsyncWriteSession,
+    db,
     get_read_session,
     get_write_session,
     read_session,
@@ -44,8 +45,10 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.notifications import NotificationService
 from services.password_reset import PasswordResetService
 from services.sessions import SessionService
+from services.stream_tickets import InvalidStreamTicket, StreamCaller, StreamTicketService
 from services.trash import TrashService
 from services.two_factor import TwoFactorService
 from services.users import UserService, caller_cache
@@ -172,6 +175,61 @@ async def get_current_session_id(request: HTTPConnection, _caller: CurrentUser) 
 CurrentSessionId = Annotated[uuid.UUID, Depends(get_current_session_id)]
 
 
+class _StreamCaller(_BearerCaller):
+    """Who opens the notification stream: the Bearer token's caller, or the one a single-use
+    `ticket` stands for (an EventSource cannot send headers); the same policy applies."""
+
+    async def __call__(  # type: ignore[override]
+        self,
+        request: HTTPConnection,
+        ticket: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                description="A ticket from POST /notifications/stream-ticket, instead of a token",
+            ),
+        ] = None,
+    ) -> StreamCaller:
+        if ticket is None:
+            user = await super().__call__(request)
+            _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+            claims = decode_access_token(token, settings)
+            return StreamCaller(user.id, claims.stamp, claims.session_id)
+        async with db.sessionmaker() as writing, writing.begin():
+            caller = await StreamTicketService(writing).redeem(ticket)
+        async with read_session() as reading:
+            account = await UserService(reading).get_caller(caller.user_id)
+        # As for a token: the ticket's stamp and session must still hold.
+        if (
+            account is None
+            or account.security_stamp != caller.security_stamp
+            or caller.session_id in account.revoked_sessions
+        ):
+            raise InvalidStreamTicket()
+        rule = operation_rules.get(id(request.scope.get("route")))
+        if settings.require_2fa_for_admins:
+            check_two_factor(account.role, account.two_factor_enabled, rule)
+        check_role(account.role, rule)
+        return caller
+
+
+get_stream_caller = _StreamCaller(
+    tokenUrl="/api/v1/auth/login", scheme_name="OAuth2PasswordBearer", auto_error=False
+)
+StreamCallerDep = Annotated[StreamCaller, Depends(get_stream_caller)]
+
+
+async def get_token_caller(request: HTTPConnection, user: CurrentUser) -> StreamCaller:
+    """The request's caller with its token's stamp and session (what a stream ticket keeps)."""
+    _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    claims = decode_access_token(token, settings)
+    return StreamCaller(user.id, claims.stamp, claims.session_id)
+
+
+TokenCaller = Annotated[StreamCaller, Depends(get_token_caller)]
+
+
 # The service that finds the owners of the record each owned path parameter names.
 OWNED_RECORDS: dict[str, type[BaseService[Any, Any, Any]]] = {
     "investor_id": InvestorService,
@@ -227,6 +285,9 @@ TwoFactorWriter = Annotated[TwoFactorService, _writer(TwoFactorService)]
 TrashReader = Annotated[TrashService, _reader(TrashService)]
 TrashWriter = Annotated[TrashService, _writer(TrashService)]
 AuditReader = Annotated[AuditService, _reader(AuditService)]
+NotificationReader = Annotated[NotificationService, _reader(NotificationService)]
+NotificationWriter = Annotated[NotificationService, _writer(NotificationService)]
+StreamTicketWriter = Annotated[StreamTicketService, _writer(StreamTicketService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
 
