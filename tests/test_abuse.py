@@ -59,6 +59,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "KpiUpdate": {"rdv_count": 2},
     "TwoFactorEnable": {"code": "123456"},
     "TwoFactorDisable": {"password": USER_PASSWORD, "code": "123456"},
+    "PreferencesUpdate": {"daily_digest": False},
 }
 
 # Columns the server owns; `role`/`is_admin` are only legitimate in the admin's user bodies.
