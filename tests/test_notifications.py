@@ -628,3 +628,28 @@ async def test_a_rolled_back_notification_is_never_streamed(database_url: str) -
                 )
             event = await stream.next_notification(2)
             assert '"title":"Validé"' in event.data[0]
+
+
+# --- the shipped proxy ----------------------------------------------------------------------
+
+
+def test_the_nginx_config_streams_without_buffering_and_waits_long() -> None:
+    import crossplane
+
+    from tests.test_deploy_files import NGINX_CONF, children, http_block, nginx_seconds, only
+
+    (config,) = crossplane.parse(str(NGINX_CONF), single=True)["config"]
+    http = http_block(config["parsed"])
+    (location,) = [
+        location
+        for server in children(http, "server")
+        for location in children(server["block"], "location")
+        if location["args"] == ["=", STREAM]
+    ]
+    block = location["block"]
+    assert only(block, "proxy_pass")["args"] == ["http://crm_api"]
+    assert only(block, "proxy_buffering")["args"] == ["off"]
+    read_timeout = nginx_seconds(only(block, "proxy_read_timeout")["args"][0])
+    # Many heartbeats long: an idle stream is never cut by the proxy.
+    assert read_timeout >= 10 * settings.notification_heartbeat_seconds
+    assert read_timeout >= 600

@@ -17,7 +17,7 @@ from api.deps import (
     StreamTicketWriter,
     TokenCaller,
 )
-from api.responses import AUTHENTICATED, errors
+from api.responses import AUTHENTICATED, errors, json_errors
 from schemas.common import Page
 from schemas.notification import NotificationRead, StreamTicketRead, UnreadCount
 from services.notification_stream import notification_events
@@ -88,7 +88,7 @@ async def create_stream_ticket(
 @router.get(
     "/stream",
     response_class=EventSourceResponse,
-    responses=errors(*AUTHENTICATED, 403),
+    responses=json_errors(*AUTHENTICATED, 403),
 )
 async def stream_notifications(
     caller: StreamCallerDep,
