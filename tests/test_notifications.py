@@ -634,7 +634,7 @@ async def test_a_rolled_back_notification_is_never_streamed(database_url: str) -
 
 
 def test_the_nginx_config_streams_without_buffering_and_waits_long() -> None:
-    import crossplane
+    import crossplane  # type: ignore[import-untyped]
 
     from tests.test_deploy_files import NGINX_CONF, children, http_block, nginx_seconds, only
 
