@@ -394,6 +394,11 @@ async def test_the_stream_replays_what_followed_last_event_id(client: AsyncClien
     sent = [event for event in events if event.event == "notification"]
     assert '"title":"Deux"' in sent[0].data[0]
 
+    # The same as a query parameter, for a client reopening the stream with a new ticket.
+    ticket = (await client.post(TICKET, headers=headers)).json()["ticket"]
+    reopened = await client.get(STREAM, params={"ticket": ticket, "last_event_id": second})
+    assert notification_ids(parse_events(reopened.text)) == [third]
+
     # Without Last-Event-ID, only what comes after the opening.
     fresh = await client.get(STREAM, headers=headers)
     assert notification_ids(parse_events(fresh.text)) == []

@@ -101,8 +101,19 @@ async def stream_notifications(
             description="The id of the last event received: those after it are sent first",
         ),
     ] = None,
+    resume_after: Annotated[
+        int | None,
+        Query(
+            alias="last_event_id",
+            ge=0,
+            le=_MAX_EVENT_ID,
+            description="The same as the Last-Event-ID header, for a client that reopens the "
+            "stream itself with a new ticket (an EventSource cannot set that header)",
+        ),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The caller's new notifications as Server-Sent Events (`event: notification`, `id`, data
     as in the list), a comment every 15 s; Bearer token or `?ticket=`."""
-    async for event in notification_events(caller, last_event_id):
+    after = last_event_id if last_event_id is not None else resume_after
+    async for event in notification_events(caller, after):
         yield event
