@@ -193,9 +193,10 @@ class _StreamCaller(_BearerCaller):
     ) -> StreamCaller:
         if ticket is None:
             user = await super().__call__(request)
-            _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-            claims = decode_access_token(token, settings)
-            return StreamCaller(user.id, claims.stamp, claims.session_id)
+            # The caller's stamp is the token's: a different one was refused just above.
+            return StreamCaller(
+                user.id, user.security_stamp, await get_current_session_id(request, user)
+            )
         async with db.sessionmaker() as writing, writing.begin():
             caller = await StreamTicketService(writing).redeem(ticket)
         async with read_session() as reading:
@@ -220,11 +221,9 @@ get_stream_caller = _StreamCaller(
 StreamCallerDep = Annotated[StreamCaller, Depends(get_stream_caller)]
 
 
-async def get_token_caller(request: HTTPConnection, user: CurrentUser) -> StreamCaller:
+async def get_token_caller(user: CurrentUser, session_id: CurrentSessionId) -> StreamCaller:
     """The request's caller with its token's stamp and session (what a stream ticket keeps)."""
-    _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-    claims = decode_access_token(token, settings)
-    return StreamCaller(user.id, claims.stamp, claims.session_id)
+    return StreamCaller(user.id, user.security_stamp, session_id)
 
 
 TokenCaller = Annotated[StreamCaller, Depends(get_token_caller)]
