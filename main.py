@@ -76,7 +76,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # One LISTEN connection for both channels. The cache first: a stream woken by a change to
     # its account then reads the account afresh.
     db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
-    db.listen(USER_CHANGES_CHANNEL, hub.on_user_changed, lambda _listening: None)
+    db.listen(USER_CHANGES_CHANNEL, hub.on_user_changed)
     db.listen(NOTIFICATIONS_CHANNEL, hub.on_notification, hub.set_listening)
     try:
         try:

@@ -209,7 +209,7 @@ class Database:
         self,
         channel: str,
         on_message: Callable[[str], None],
-        on_state: Callable[[bool], None],
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
         """Hear `channel` on the process's one LISTEN connection, opened by the first call and
         kept until dispose(): however many channels, one connection per process.
@@ -219,7 +219,8 @@ class Database:
         must not be trusted while none can arrive. The connection is re-opened after a loss.
         """
         self._channels.setdefault(channel, []).append(on_message)
-        self._state_handlers.append(on_state)
+        if on_state is not None:
+            self._state_handlers.append(on_state)
         if not self._listeners:
             self._listeners.append(asyncio.create_task(self._listen()))
         elif self._listen_driver is not None:
