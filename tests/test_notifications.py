@@ -17,6 +17,7 @@ from core.config import settings
 from core.db import db
 from core.schedules import schedules
 from models.notification import NotificationKind
+from services.notification_stream import NotificationHub
 from services.notifications import NotificationService
 from tests.conftest import error_of
 from tests.factories import (
@@ -405,6 +406,33 @@ async def test_the_stream_replays_what_followed_last_event_id(client: AsyncClien
 
     bad = await client.get(STREAM, headers={**headers, "Last-Event-ID": "abc"})
     assert bad.status_code == 422
+
+
+def test_the_hub_wakes_only_the_streams_of_the_notified_user() -> None:
+    hub = NotificationHub()
+    first, second = hub.subscribe(7), hub.subscribe(7)
+    other = hub.subscribe(8)
+    hub.on_notification("7")
+    assert (first.is_set(), second.is_set(), other.is_set()) == (True, True, False)
+    hub.on_notification("not-a-user")
+    assert not other.is_set()
+    hub.unsubscribe(7, first)
+    hub.unsubscribe(7, second)
+    assert hub.open_streams == 1
+
+
+def test_a_change_to_every_account_or_to_the_listener_wakes_every_stream() -> None:
+    hub = NotificationHub()
+    streams = [hub.subscribe(user_id) for user_id in (1, 2, 3)]
+    hub.on_user_changed("2")
+    assert [wake.is_set() for wake in streams] == [False, True, False]
+    hub.on_user_changed("*")  # the users table emptied or restored
+    assert all(wake.is_set() for wake in streams)
+    for wake in streams:
+        wake.clear()
+    # Lost, then back: every stream reads what was committed meanwhile.
+    hub.set_listening(False)
+    assert hub.listening is False and all(wake.is_set() for wake in streams)
 
 
 # --- retention and anonymisation ------------------------------------------------------------

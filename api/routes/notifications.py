@@ -93,16 +93,17 @@ async def create_stream_ticket(
 async def stream_notifications(
     caller: StreamCallerDep,
     last_event_id: Annotated[
-        int | None,
+        int,
         Header(
             alias="Last-Event-ID",
             ge=0,
             le=_MAX_EVENT_ID,
-            description="The id of the last event received: those after it are sent first",
+            description="The id of the last event received: those after it are sent first "
+            "(0, no event received: only what comes after the opening)",
         ),
-    ] = None,
+    ] = 0,
     resume_after: Annotated[
-        int | None,
+        int,
         Query(
             alias="last_event_id",
             ge=0,
@@ -110,10 +111,11 @@ async def stream_notifications(
             description="The same as the Last-Event-ID header, for a client that reopens the "
             "stream itself with a new ticket (an EventSource cannot set that header)",
         ),
-    ] = None,
+    ] = 0,
 ) -> AsyncIterator[ServerSentEvent]:
     """The caller's new notifications as Server-Sent Events (`event: notification`, `id`, data
     as in the list), a comment every 15 s; Bearer token or `?ticket=`."""
-    after = last_event_id if last_event_id is not None else resume_after
+    # Ids start at 1: an EventSource never sends 0, which stands for "none received".
+    after = last_event_id or resume_after or None
     async for event in notification_events(caller, after):
         yield event
