@@ -5,7 +5,7 @@ anonymisation."""
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -686,3 +686,30 @@ def test_the_nginx_config_streams_without_buffering_and_waits_long() -> None:
     # Many heartbeats long: an idle stream is never cut by the proxy.
     assert read_timeout >= 10 * settings.notification_heartbeat_seconds
     assert read_timeout >= 600
+
+
+@pytest.mark.committing
+async def test_open_streams_hold_no_pooled_connection(database_url: str) -> None:
+    # A pool of 2 and 6 open streams: were a stream to keep its connection between events, the
+    # requests below would wait for one (10 s, then 503) and the deliveries would stall.
+    user_id = await create_user("owner@crm.test")
+    headers = await bearer(user_id)
+    env = {**STREAM_ENV, "DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "0"}
+    with uvicorn_process(database_url, env=env) as (api, _):
+        async with httpx.AsyncClient(timeout=5) as http, AsyncExitStack() as streams:
+            readers = [
+                await streams.enter_async_context(
+                    open_stream(http, f"{api}{STREAM}", headers=headers)
+                )
+                for _ in range(6)
+            ]
+            for _ in range(4):
+                answered = await http.get(f"{api}{NOTIFICATIONS}/unread-count", headers=headers)
+                assert answered.status_code == 200, answered.text
+            async with db.sessionmaker() as session, session.begin():
+                await NotificationService(session).notify(
+                    [user_id], NotificationKind.report_ready, "Pour tous", actor_id=None
+                )
+            for reader in readers:
+                event = await reader.next_notification(2)
+                assert '"title":"Pour tous"' in event.data[0]
