@@ -339,6 +339,9 @@ async def test_a_ticket_opens_the_stream_once(client: AsyncClient) -> None:
     opened = await client.get(STREAM, params={"ticket": ticket})
     assert opened.status_code == 200, opened.text
     assert opened.headers["content-type"].startswith("text/event-stream")
+    # Neither nginx nor a browser cache holds events back.
+    assert opened.headers["x-accel-buffering"] == "no"
+    assert opened.headers["cache-control"] == "no-cache"
     assert parse_events(opened.text)[0].comments == ["open"]
 
     reused = await client.get(STREAM, params={"ticket": ticket})
