@@ -22,7 +22,9 @@ from core.encryption import keyring
 from core.exceptions import DATABASE_ERRORS, register_exception_handlers
 from core.middleware import EdgeMiddleware
 from core.observability import configure_logging
+from models.notification import NOTIFICATIONS_CHANNEL
 from services.auth import AuthService
+from services.notification_stream import hub
 from services.users import USER_CHANGES_CHANNEL, caller_cache
 
 logger = logging.getLogger("tpm_crm")
@@ -71,7 +73,11 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings.signing_key()  # load or create data/secret_key before the first request
     keyring()  # likewise data/encryption_key (two-factor secrets)
     db.configure(settings)
+    # One LISTEN connection for both channels. The cache first: a stream woken by a change to
+    # its account then reads the account afresh.
     db.listen(USER_CHANGES_CHANNEL, caller_cache.on_notification, caller_cache.set_listening)
+    db.listen(USER_CHANGES_CHANNEL, hub.on_user_changed)
+    db.listen(NOTIFICATIONS_CHANNEL, hub.on_notification, hub.set_listening)
     try:
         try:
             await bootstrap_first_admin()

@@ -14,6 +14,7 @@ from api.routes import (
     investors,
     jobs,
     kpis,
+    notifications,
     tasks,
     trash,
     two_factor,
@@ -38,6 +39,7 @@ ROUTERS = tuple(
         audit,
         gdpr,
         follow_up_rules,
+        notifications,
     )
 )
 

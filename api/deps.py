@@ -17,6 +17,7 @@ from core.config import settings
 from core.db import (
     AsyncReadSession,
     AsyncWriteSession,
+    db,
     get_read_session,
     get_write_session,
     read_session,
@@ -45,8 +46,10 @@ from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
 from services.kpis import KpiService
+from services.notifications import NotificationService
 from services.password_reset import PasswordResetService
 from services.sessions import SessionService
+from services.stream_tickets import InvalidStreamTicket, StreamCaller, StreamTicketService
 from services.tasks import TaskService
 from services.trash import TrashService
 from services.two_factor import TwoFactorService
@@ -174,6 +177,60 @@ async def get_current_session_id(request: HTTPConnection, _caller: CurrentUser) 
 CurrentSessionId = Annotated[uuid.UUID, Depends(get_current_session_id)]
 
 
+class _StreamCaller(_BearerCaller):
+    """Who opens the notification stream: the Bearer token's caller, or the one a single-use
+    `ticket` stands for (an EventSource cannot send headers); the same policy applies."""
+
+    async def __call__(  # type: ignore[override]
+        self,
+        request: HTTPConnection,
+        ticket: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                description="A ticket from POST /notifications/stream-ticket, instead of a token",
+            ),
+        ] = None,
+    ) -> StreamCaller:
+        if ticket is None:
+            user = await super().__call__(request)
+            # The caller's stamp is the token's: a different one was refused just above.
+            return StreamCaller(
+                user.id, user.security_stamp, await get_current_session_id(request, user)
+            )
+        async with db.sessionmaker() as writing, writing.begin():
+            caller = await StreamTicketService(writing).redeem(ticket)
+        async with read_session() as reading:
+            account = await UserService(reading).get_caller(caller.user_id)
+        # As for a token: the ticket's stamp and session must still hold.
+        if (
+            account is None
+            or account.security_stamp != caller.security_stamp
+            or caller.session_id in account.revoked_sessions
+        ):
+            raise InvalidStreamTicket()
+        rule = operation_rules.get(id(request.scope.get("route")))
+        if settings.require_2fa_for_admins:
+            check_two_factor(account.role, account.two_factor_enabled, rule)
+        check_role(account.role, rule)
+        return caller
+
+
+get_stream_caller = _StreamCaller(
+    tokenUrl="/api/v1/auth/login", scheme_name="OAuth2PasswordBearer", auto_error=False
+)
+StreamCallerDep = Annotated[StreamCaller, Depends(get_stream_caller)]
+
+
+async def get_token_caller(user: CurrentUser, session_id: CurrentSessionId) -> StreamCaller:
+    """The request's caller with its token's stamp and session (what a stream ticket keeps)."""
+    return StreamCaller(user.id, user.security_stamp, session_id)
+
+
+TokenCaller = Annotated[StreamCaller, Depends(get_token_caller)]
+
+
 # The service that finds the owners of the record each owned path parameter names.
 OWNED_RECORDS: dict[str, type[BaseService[Any, Any, Any]]] = {
     "investor_id": InvestorService,
@@ -234,6 +291,9 @@ TaskReader = Annotated[TaskService, _reader(TaskService)]
 TaskWriter = Annotated[TaskService, _writer(TaskService)]
 FollowUpRuleReader = Annotated[FollowUpRuleService, _reader(FollowUpRuleService)]
 FollowUpRuleWriter = Annotated[FollowUpRuleService, _writer(FollowUpRuleService)]
+NotificationReader = Annotated[NotificationService, _reader(NotificationService)]
+NotificationWriter = Annotated[NotificationService, _writer(NotificationService)]
+StreamTicketWriter = Annotated[StreamTicketService, _writer(StreamTicketService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
 

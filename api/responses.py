@@ -38,6 +38,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def json_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """errors() for an operation whose success is no JSON (a stream): FastAPI would document
+    each error in the operation's own media type, so their JSON content is written out."""
+    declared = errors(*statuses)
+    for status, response in declared.items():
+        if "model" in response:
+            schema = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
+            declared[status] = {
+                "description": response["description"],
+                "content": {"application/json": {"schema": schema}},
+            }
+    return declared
+
+
 # What every authenticated operation may answer on top of its own errors.
 AUTHENTICATED = (401, 503)
 

@@ -135,6 +135,12 @@ def endpoints(investors: int) -> list[Endpoint]:
         Endpoint("search_common", "search common term", search("banque"), single=True),
         Endpoint("search_typo_common", "search typo (common)", search("Rotchild"), single=True),
         Endpoint("stats", "stats", "/api/v1/investors/stats", single=True),
+        Endpoint(
+            "unread_count",
+            "notifications unread count",
+            "/api/v1/notifications/unread-count",
+            single=True,
+        ),
         Endpoint("month", "month summary", "/api/v1/kpis/summary/month/2025/{month}", single=True),
         Endpoint(
             "annual", "annual summary", "/api/v1/kpis/summary/annual/{kpi_id}/2025", single=True

@@ -68,6 +68,8 @@ TASK_TITLES = [
     "Envoyer le compte rendu",
     "Point négociation",
 ]
+# 90 days of a busy salesperson's notifications (NOTIFICATION_RETENTION_DAYS).
+BENCH_NOTIFICATIONS = 100_000
 
 FAMILIES = [
     "Dupré",
@@ -679,6 +681,16 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
             ]
             for table, columns, rows in copies:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)
+            # The bench user's notifications over the retention period, one in 20 unread: what
+            # GET /notifications/unread-count counts (replica mode: no NOTIFY per row).
+            await conn.execute(
+                "INSERT INTO notifications (user_id, kind, title, created_at, read_at) "
+                "SELECT $1, 'investor_assigned', 'Investisseur attribué : ' || g, "
+                "now() - g * interval '1 minute', CASE WHEN g % 20 <> 0 THEN now() END "
+                "FROM generate_series(1, $2) AS g",
+                BENCH_USER_ID,
+                BENCH_NOTIFICATIONS,
+            )
             # Replica mode also skipped the triggers: recompute what they keep, once.
             for statement in REBUILD_DERIVED_SQL:
                 await conn.execute(statement)
@@ -696,7 +708,7 @@ async def load(cluster: Cluster, database: str, investors: int) -> None:
             )
         step = time.perf_counter()
         # VACUUM also sets the visibility map, which index-only scans need.
-        await conn.execute(f"VACUUM (ANALYZE) users, {', '.join(BIG_TABLES)}")
+        await conn.execute(f"VACUUM (ANALYZE) users, notifications, {', '.join(BIG_TABLES)}")
         print(f"  VACUUM ANALYZE {time.perf_counter() - step:.0f} s")
         await conn.execute(f"COMMENT ON DATABASE {database} IS '{signature(investors)}'")
     finally:

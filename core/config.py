@@ -216,6 +216,13 @@ class Settings(BaseSettings):
     # Bench only (bench/audit.py measures the trail's cost against a run without it): off, no
     # change is recorded, which no deployment may allow.
     audit_enabled: bool = True
+    # Notifications (services/notifications.py) older than this are purged nightly.
+    notification_retention_days: int = Field(default=90, ge=1, le=3650)
+    # An open notification stream sends a comment this often, and checks its user each time.
+    notification_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # A stream ends after this long (the client resumes with Last-Event-ID and a new ticket):
+    # none outlives the proxy's read timeout, nor runs for ever on one check of its ticket.
+    notification_stream_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
     # Schedules are written in this zone's wall-clock time (cron expressions, DST included).
     timezone: str = "Europe/Paris"
 

@@ -165,7 +165,11 @@ class Database:
         self._write_engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncWriteSession] | None = None
         self._read_sessionmaker: async_sessionmaker[AsyncReadSession] | None = None
+        # The one LISTEN task, the handlers of each channel and of the connection's state.
         self._listeners: list[asyncio.Task[None]] = []
+        self._channels: dict[str, list[Callable[[str], None]]] = {}
+        self._state_handlers: list[Callable[[bool], None]] = []
+        self._listen_driver: Any = None
 
     def configure(self, settings: Settings, url: str | None = None) -> None:
         self._engine = create_engine(settings, url)
@@ -205,39 +209,45 @@ class Database:
         self,
         channel: str,
         on_message: Callable[[str], None],
-        on_state: Callable[[bool], None],
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
-        """Keep a dedicated connection LISTENing on `channel` until dispose().
+        """Hear `channel` on the process's one LISTEN connection, opened by the first call and
+        kept until dispose(): however many channels, one connection per process.
 
         `on_state(True)` once listening, `on_state(False)` as soon as the connection is lost
         (and at shutdown): whatever a caller cached on the strength of these notifications
         must not be trusted while none can arrive. The connection is re-opened after a loss.
         """
-        task = asyncio.create_task(self._listen(channel, on_message, on_state))
-        self._listeners.append(task)
+        self._channels.setdefault(channel, []).append(on_message)
+        if on_state is not None:
+            self._state_handlers.append(on_state)
+        if not self._listeners:
+            self._listeners.append(asyncio.create_task(self._listen()))
+        elif self._listen_driver is not None:
+            # Registered at start-up, channels are subscribed when the connection opens; one
+            # added later is subscribed by opening it again (its handlers hear the loss).
+            self._listen_driver.terminate()
 
-    async def _listen(
-        self,
-        channel: str,
-        on_message: Callable[[str], None],
-        on_state: Callable[[bool], None],
-    ) -> None:
+    def _set_listening(self, listening: bool) -> None:
+        for on_state in self._state_handlers:
+            on_state(listening)
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        for on_message in self._channels.get(channel, ()):
+            on_message(payload)
+
+    async def _listen(self) -> None:
         while True:
             try:
-                await self._listen_once(channel, on_message, on_state)
-                logger.warning("Lost the LISTEN connection on %s, reconnecting", channel)
+                await self._listen_once()
+                logger.warning("Lost the LISTEN connection, reconnecting")
             except Exception as exc:
                 # Any failure means the same thing: not listening, try again shortly.
-                logger.warning("Cannot LISTEN on %s (%r), retrying", channel, exc)
+                logger.warning("Cannot LISTEN (%r), retrying", exc)
             await asyncio.sleep(LISTEN_RETRY_S)
 
-    async def _listen_once(
-        self,
-        channel: str,
-        on_message: Callable[[str], None],
-        on_state: Callable[[bool], None],
-    ) -> None:
-        """LISTEN on one dedicated connection until it is lost."""
+    async def _listen_once(self) -> None:
+        """LISTEN on every registered channel, on one dedicated connection, until it is lost."""
         pooled = await self.engine.raw_connection()
         driver: Any = pooled.driver_connection
         pooled.detach()  # its own connection for good, never handed back to the pool
@@ -249,10 +259,13 @@ class Database:
             # so no other borrower can inherit the setting.
             await driver.execute(f"SET application_name = '{APPLICATION_NAME} listener'")
             driver.add_termination_listener(lambda _connection: lost.set())
-            await driver.add_listener(
-                channel, lambda _connection, _pid, _channel, payload: on_message(payload)
-            )
-            on_state(True)
+            for channel in list(self._channels):
+                await driver.add_listener(
+                    channel,
+                    lambda _connection, _pid, channel, payload: self._dispatch(channel, payload),
+                )
+            self._listen_driver = driver
+            self._set_listening(True)
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), LISTEN_PING_S)
@@ -260,7 +273,8 @@ class Database:
                     # A timeout raises out of here: the connection is then given up as lost.
                     await asyncio.wait_for(driver.execute("SELECT 1"), LISTEN_PING_TIMEOUT_S)
         finally:
-            on_state(False)
+            self._listen_driver = None
+            self._set_listening(False)
             driver.terminate()
 
     async def dispose(self) -> None:
@@ -272,6 +286,8 @@ class Database:
                 task.cancel()
                 await asyncio.wait({task}, timeout=LISTEN_PING_S)
         self._listeners = []
+        self._channels = {}
+        self._state_handlers = []
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = None

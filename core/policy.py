@@ -158,6 +158,18 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         ("POST", "/auth/2fa/disable"),
         without_two_factor=True,
     ),
+    # One's own preferences and notifications: every query is scoped to the caller.
+    **_rules(
+        Action.self_service,
+        ("GET", "/auth/me/preferences"),
+        ("PUT", "/auth/me/preferences"),
+        ("GET", "/notifications"),
+        ("GET", "/notifications/unread-count"),
+        ("POST", "/notifications/read-all"),
+        ("POST", "/notifications/{notification_id}/read"),
+        ("POST", "/notifications/stream-ticket"),
+        ("GET", "/notifications/stream"),
+    ),
     **_rules(
         Action.read,
         ("GET", "/investors"),

@@ -15,6 +15,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
+from models.notification import Notification, NotificationKind, StreamTicket
 from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.session import AuthSession, RefreshToken
 from models.task import FollowUpRule, Task, TaskPriority, TaskStatus
@@ -45,12 +46,15 @@ __all__ = [
     "Kpi",
     "KpiMonthTotal",
     "LoginFailure",
+    "Notification",
+    "NotificationKind",
     "PasswordResetRequest",
     "PasswordResetToken",
     "PipelineStage",
     "RecoveryCode",
     "RefreshToken",
     "ScheduleRun",
+    "StreamTicket",
     "Task",
     "TaskPriority",
     "TaskStatus",

@@ -61,6 +61,10 @@ class User(TimestampMixin, Base):
     totp_pending_secret: Mapped[str | None] = mapped_column(String(255))
     # The time step of the last code accepted: a code is accepted once, and none older after it.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    # The morning email of tasks due (PUT /auth/me/preferences); on unless switched off.
+    daily_digest: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default="true"
+    )
 
     @property
     def is_admin(self) -> bool:

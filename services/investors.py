@@ -35,6 +35,7 @@ from models.investor import (
     PipelineStage,
 )
 from models.kpi import Kpi
+from models.notification import NotificationKind
 from models.task import Task
 from models.trash import TrashEntity
 from models.user import AuthenticatedUser, User
@@ -51,6 +52,7 @@ from schemas.investor import (
 )
 from services.base import BaseService
 from services.follow_ups import FollowUpService
+from services.notifications import NotificationService
 
 
 class DuplicateInvestorEmail(ConflictError):
@@ -202,6 +204,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
             investor = await self.create(data.model_copy(update={"owner_id": owner_id}))
             await self._enter_stage(investor, None, caller.id)
+        await self._notify_owner(investor, actor_id=caller.id)
         return investor
 
     async def update_investor(
@@ -214,12 +217,24 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
             check_owner_assignment(caller.role, caller.id, data.owner_id, current=investor.owner_id)
             if data.owner_id != investor.owner_id:
                 await self._ensure_valid_owner(data.owner_id)
-        previous_stage = investor.pipeline_stage
+        previous_stage, previous_owner = investor.pipeline_stage, investor.owner_id
         async with self.integrity_guard(unique=DuplicateInvestorEmail, foreign_key=_invalid_owner):
             await self.update(investor, data)
             if investor.pipeline_stage != previous_stage:
                 await self._enter_stage(investor, previous_stage, changed_by)
+        if investor.owner_id != previous_owner:
+            await self._notify_owner(investor, actor_id=caller.id)
         return investor
+
+    async def _notify_owner(self, investor: Investor, *, actor_id: int) -> None:
+        """Tell the investor's new owner, unless they made themselves the owner."""
+        await NotificationService(self.session).notify(
+            [investor.owner_id],
+            NotificationKind.investor_assigned,
+            f"Investisseur attribué : {investor.name}",
+            link=f"/api/v1/investors/{investor.id}",
+            actor_id=actor_id,
+        )
 
     async def move_to_next_stage(self, investor_id: int, *, changed_by: int) -> Investor:
         """Advance one step along the pipeline; 409 no_next_stage from client or perdu."""

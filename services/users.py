@@ -14,6 +14,7 @@ from core.security import passwords
 from models.audit import AuditAction
 from models.session import CLOCK_SKEW_MARGIN, AuthSession
 from models.user import AuthenticatedUser, User, UserRole
+from schemas.notification import Preferences, PreferencesUpdate
 from schemas.user import UserCreate, UserUpdate
 from services.base import BaseService, FieldChanges
 
@@ -221,6 +222,17 @@ class UserService(BaseService[User, UserCreate, UserUpdate]):
         user.security_stamp = uuid.uuid4()
         await SessionService(self.session).end_all(user.id)
         caller_cache.evict(user.id)
+
+    async def preferences(self, user_id: int) -> Preferences:
+        """The user's own settings."""
+        return Preferences.model_validate(await self.get(user_id))
+
+    async def set_preferences(self, user_id: int, data: PreferencesUpdate) -> Preferences:
+        """Replace the user's own settings (recorded in the audit trail when they change)."""
+        user = await self.get(user_id, for_update=True)
+        user.daily_digest = data.daily_digest
+        await self.save(user)
+        return Preferences.model_validate(user)
 
     async def log_out_everywhere(self, user_id: int) -> None:
         """End every session of the account (its own request, logout-all)."""

@@ -24,6 +24,9 @@ os.environ["FIRST_ADMIN_PASSWORD"] = "admin-password-123"
 os.environ["ALLOWED_ORIGINS"] = "http://localhost:3000,http://localhost:5173"
 # Tests that need a worker start one themselves (in-process or `python -m worker`).
 os.environ["RUN_WORKER"] = "false"
+# A notification stream ends this soon, so that a request to it through the in-process
+# transport (which returns once the response is complete) has an answer.
+os.environ["NOTIFICATION_STREAM_MAX_SECONDS"] = "0.5"
 
 import pytest
 from asgi_lifespan import LifespanManager

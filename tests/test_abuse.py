@@ -63,6 +63,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "TaskUpdate": {"priority": "haute"},
     "TaskSnooze": {"days": 2},
     "FollowUpRuleUpdate": {"delay_days": 4},
+    "PreferencesUpdate": {"daily_digest": False},
 }
 
 # Columns the server owns; `role`/`is_admin` are only legitimate in the admin's user bodies.

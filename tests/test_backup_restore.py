@@ -279,6 +279,12 @@ async def populate(client: AsyncClient) -> dict[str, str]:
         f"{API}/gdpr/anonymize", json={"entity": "contact", "id": forgotten["id"]}, headers=admin
     )
     assert anonymized.status_code == 200, anonymized.text
+    # A notification (an investor given to the salesperson) and a stream ticket.
+    await post(
+        client, "/investors", {"name": "Fonds Attribué", "owner_id": sales_user["id"]}, admin
+    )
+    ticket = await client.post(f"{API}/notifications/stream-ticket", headers=sales)
+    assert ticket.status_code == 201, ticket.text
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())

@@ -63,6 +63,14 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/auth/2fa/setup"): "self",
     ("POST", "/auth/2fa/enable"): "self",
     ("POST", "/auth/2fa/disable"): "self",
+    ("GET", "/auth/me/preferences"): "self",
+    ("PUT", "/auth/me/preferences"): "self",
+    ("GET", "/notifications"): "self",
+    ("GET", "/notifications/unread-count"): "self",
+    ("POST", "/notifications/read-all"): "self",
+    ("POST", "/notifications/{notification_id}/read"): "self",
+    ("POST", "/notifications/stream-ticket"): "self",
+    ("GET", "/notifications/stream"): "self",
     ("GET", "/investors"): "read",
     ("GET", "/investors/search"): "read",
     ("GET", "/investors/stats"): "read",
@@ -141,6 +149,7 @@ BODIES: dict[tuple[str, str], Any] = {
         "new_password": NEW_PASSWORD,
     },
     ("PUT", "/auth/me"): {"full_name": "Renamed Caller"},
+    ("PUT", "/auth/me/preferences"): {"daily_digest": False},
     ("PUT", "/auth/me/password"): {
         "current_password": USER_PASSWORD,
         "new_password": NEW_PASSWORD,
@@ -231,6 +240,12 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         to=owner,
         by=other,
     )
+    # One's own notification: every role reads it (another's is simply not found).
+    notification = await scalar(
+        "INSERT INTO notifications (user_id, kind, title) "
+        "VALUES (:u, 'investor_assigned', 'Bonjour') RETURNING id",
+        u=caller,
+    )
     job = await scalar(
         "INSERT INTO jobs (type, status, payload, max_attempts, created_by) "
         "VALUES ('jobs.purge', 'failed', '{}', 3, :by) RETURNING id",
@@ -257,6 +272,7 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "task_id": task,
         "key": "stage_client",
         "job_id": job,
+        "notification_id": notification,
         "user_id": other,
         "year": 2026,
         "month": 1,

@@ -60,8 +60,10 @@ from tests.factories import (
     USER_PASSWORD,
     create_user,
     execute,
+    first_admin_id,
     make_contact,
     make_investor,
+    scalar,
 )
 from worker.tasks import PurgePayload
 
@@ -310,6 +312,8 @@ class Sample:
     refresh_token: str
     trashed_investor: int
     task: int
+    # One of the admin's unread notifications.
+    notification: int
 
 
 async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
@@ -396,6 +400,19 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
             {"id": second_factor, "digest": recovery_code_digest(RECOVERY_CODE)},
         )
     planner = user
+    # The admin's notifications, read and unread (the other users' are not its own).
+    admin = await first_admin_id()
+    notifications = [
+        await scalar(
+            "INSERT INTO notifications (user_id, kind, title, read_at) "
+            "VALUES (:u, 'investor_assigned', 'Bonjour', CASE WHEN :read THEN now() END) "
+            "RETURNING id",
+            u=recipient,
+            read=read,
+        )
+        for recipient, read in [(admin, True), (admin, False), (planner, False)]
+    ]
+    notification = notifications[1]
     # The reset link's token, stored as the job stores it (its SHA-256).
     await execute(
         "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) "
@@ -432,6 +449,7 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         failed_job=failed_job,
         refresh_token=login.json()["refresh_token"],
         trashed_investor=trashed["id"],
+        notification=notification,
     )
 
 
@@ -472,6 +490,7 @@ class Call:
             "entity_id:id": sample.trashed_investor,
             "task_id:id": sample.task,
             "key": "stage_client",
+            "notification_id:id": sample.notification,
         }
         path = re.sub(r"\{([^}]+)\}", lambda match: str(values[match.group(1)]), self.route)
         query = "&".join(part for part in (self.query, *more) if part)
@@ -494,6 +513,7 @@ AUDIT_LOG = frozenset({"audit_log"})
 ONE_TRASHED = f"{TRASH}/{{entity}}/{{entity_id:id}}"
 JOBS = "/api/v1/jobs"
 AUDIT = "/api/v1/audit"
+NOTIFICATIONS = "/api/v1/notifications"
 SEARCH = f"{INVESTORS}/search"
 RECOVERY_CODE = "aaaa-bbbb-cccc-dddd"
 SORTS = list(get_args(InvestorSort))
@@ -691,8 +711,18 @@ CALLS = [
         "POST",
         "/api/v1/gdpr/anonymize",
         names_contact=True,
-        whole_tables=frozenset({"jobs"}),
+        # Notification texts likewise, bounded by NOTIFICATION_RETENTION_DAYS.
+        whole_tables=frozenset({"jobs", "notifications"}),
     ),
+    page("notifications", NOTIFICATIONS),
+    page("unread notifications", NOTIFICATIONS, "unread=true"),
+    Call("unread notification count", "GET", f"{NOTIFICATIONS}/unread-count"),
+    Call("read a notification", "POST", f"{NOTIFICATIONS}/{{notification_id:id}}/read"),
+    Call("read every notification", "POST", f"{NOTIFICATIONS}/read-all", status=204),
+    Call("notification stream ticket", "POST", f"{NOTIFICATIONS}/stream-ticket", status=201),
+    Call("notification stream", "GET", f"{NOTIFICATIONS}/stream"),
+    Call("preferences", "GET", "/api/v1/auth/me/preferences"),
+    Call("update preferences", "PUT", "/api/v1/auth/me/preferences", body={"daily_digest": False}),
     # The unfiltered total counts the newest entries up to the cap (10,001 rows at most): on a
     # table this small the planner may prefer a bitmap over the whole primary key to that walk.
     page("audit trail", AUDIT, whole_tables=AUDIT_LOG),

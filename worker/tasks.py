@@ -11,6 +11,8 @@ from core.schedules import Schedule, schedules
 from services import emails, password_reset
 from services.audit import AuditService
 from services.audit_recorder import record_failed_logins
+from services.notifications import NotificationService
+from services.stream_tickets import StreamTicketService
 from services.trash import TrashService
 
 FEATURE_JOB_MODULES = (emails, password_reset)
@@ -65,4 +67,24 @@ async def record_failed_login_minutes(_: FailedLoginsPayload, context: JobContex
 
 schedules.add(
     Schedule("audit.failed_logins", "*/5 * * * *", "audit.failed_logins", FailedLoginsPayload)
+)
+
+
+class NotificationPurgePayload(BaseModel):
+    pass
+
+
+@job_types.register(
+    "notifications.purge", NotificationPurgePayload, retry=RetryPolicy(max_attempts=3)
+)
+async def purge_old_notifications(_: NotificationPurgePayload, context: JobContext) -> None:
+    """Notifications older than NOTIFICATION_RETENTION_DAYS, and expired stream tickets."""
+    await NotificationService(context.session).purge_expired(settings.notification_retention_days)
+    await StreamTicketService(context.session).purge_expired()
+
+
+schedules.add(
+    Schedule(
+        "notifications.purge.daily", "30 3 * * *", "notifications.purge", NotificationPurgePayload
+    )
 )

@@ -12,12 +12,14 @@ from api.deps import (
     CurrentUser,
     PasswordResetWriter,
     SessionWriter,
+    UserReader,
     UserWriter,
     WriteSession,
     client_address,
 )
 from api.responses import AUTHENTICATED, errors
 from core.config import settings
+from schemas.notification import Preferences, PreferencesUpdate
 from schemas.user import (
     LoginJSON,
     Me,
@@ -164,6 +166,20 @@ async def logout_all(user: CurrentUser, users: UserWriter) -> None:
 async def read_me(user: CurrentUser) -> Me:
     """The authenticated user."""
     return Me.model_validate(user)
+
+
+@router.get("/me/preferences", response_model=Preferences, responses=errors(*AUTHENTICATED))
+async def read_my_preferences(user: CurrentUser, users: UserReader) -> Preferences:
+    """The authenticated user's preferences (`daily_digest`: the morning email of tasks due)."""
+    return await users.preferences(user.id)
+
+
+@router.put("/me/preferences", response_model=Preferences, responses=errors(*AUTHENTICATED))
+async def update_my_preferences(
+    body: PreferencesUpdate, user: CurrentUser, users: UserWriter
+) -> Preferences:
+    """Replace the authenticated user's preferences."""
+    return await users.set_preferences(user.id, body)
 
 
 @router.put(
