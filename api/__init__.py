@@ -8,6 +8,7 @@ from api.routes import (
     audit,
     auth,
     contacts,
+    exports,
     gdpr,
     interactions,
     investors,
@@ -34,6 +35,7 @@ ROUTERS = tuple(
         trash,
         audit,
         gdpr,
+        exports,
     )
 )
 

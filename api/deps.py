@@ -39,6 +39,7 @@ from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
+from services.exports import export_slots
 from services.gdpr import GdprService
 from services.interactions import InteractionService
 from services.investors import InvestorService
@@ -229,6 +230,16 @@ TrashWriter = Annotated[TrashService, _writer(TrashService)]
 AuditReader = Annotated[AuditService, _reader(AuditService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
+
+
+async def hold_export_slot() -> AsyncIterator[None]:
+    """One of the process's export slots (429 `export_busy` when none is free), held until the
+    response has been sent: the default dependency scope ends after the streamed body."""
+    with export_slots.hold():
+        yield
+
+
+ExportSlot = Annotated[None, Depends(hold_export_slot)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)
