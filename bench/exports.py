@@ -51,8 +51,8 @@ SELECT 'Investisseur ' || n || CASE WHEN n % 7 = 0 THEN ' & Associés' ELSE '' E
        (ARRAY['Banque', 'Assurance', 'Gestion de patrimoine', 'Family office'])[1 + n % 4],
        CASE WHEN n % 3 = 0 THEN 'Rencontré au salon; à relancer' END,
        (ARRAY['prospect_froid', 'prospect_tiede', 'prospect_chaud', 'en_negociation',
-              'client', 'perdu'])[1 + n % 6]::pipeline_stage,
-       (ARRAY['cgpi', 'wholesale', 'institutionnel', 'autre'])[1 + n % 4]::client_type,
+              'client', 'perdu'])[1 + n % 6],
+       (ARRAY['cgpi', 'wholesale', 'institutionnel', 'autre'])[1 + n % 4],
        n % 10 <> 0,
        1
 FROM generate_series(1, :count) AS n

@@ -43,8 +43,9 @@ from services.spreadsheet_columns import COLUMNS, FILE_STEMS, SpreadsheetEntity
 from services.spreadsheet_writers import (
     UTF8_BOM,
     SheetWriter,
-    csv_cell,
+    csv_formatter,
     csv_lines,
+    csv_row,
     sheet_name,
 )
 
@@ -265,16 +266,12 @@ async def csv_stream(plan: ExportPlan, options: ExportOptions) -> AsyncIterator[
     delimiter = ";" if semicolon else ","
     header = [column.header(options.lang) for column in columns]
     yield (UTF8_BOM + csv_lines([header], delimiter)).encode()
+    formatters = [
+        csv_formatter(column, lang=options.lang, decimal_comma=semicolon) for column in columns
+    ]
     async with snapshot() as reader:
         async for batch in reader.batches(plan):
-            cells = [
-                [
-                    csv_cell(column, value, lang=options.lang, decimal_comma=semicolon)
-                    for column, value in zip(columns, row, strict=True)
-                ]
-                for row in batch
-            ]
-            yield csv_lines(cells, delimiter).encode()
+            yield csv_lines((csv_row(formatters, row) for row in batch), delimiter).encode()
 
 
 async def xlsx_file(plan: ExportPlan, options: ExportOptions) -> IO[bytes]:

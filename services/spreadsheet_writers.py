@@ -7,7 +7,7 @@ always written as strings, never parsed."""
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -59,27 +59,45 @@ def _boolean(value: bool, lang: str) -> str:
     return ("true" if value else "false") if lang == "en" else BOOLEAN_LABELS[value]
 
 
-def csv_cell(column: SpreadsheetColumn, value: Any, *, lang: str, decimal_comma: bool) -> str:
-    """One CSV cell: ISO dates, Paris timestamps, 2-decimal amounts (with a decimal comma beside
-    the `;` separator, as French Excel reads them), labels in the file's language."""
-    if value is None:
-        return ""
+def _neutralised(text: str) -> str:
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
+CsvFormatter = Callable[[Any], str]
+
+
+def csv_formatter(column: SpreadsheetColumn, *, lang: str, decimal_comma: bool) -> CsvFormatter:
+    """How the column's non-null values are written in CSV: ISO dates, Paris timestamps,
+    2-decimal amounts (with a decimal comma beside the `;` separator, as French Excel reads
+    them), labels in the file's language. Built once per export: a cell is one call."""
     kind = column.kind
     if kind in _TEXT_KINDS:
-        text = str(value)
-        return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+        return _neutralised
     if kind in _DECIMAL_KINDS:
-        amount = f"{Decimal(value):.2f}"
-        return amount.replace(".", ",") if decimal_comma else amount
+        if decimal_comma:
+            return lambda value: f"{value:.2f}".replace(".", ",")
+        return lambda value: f"{value:.2f}"
     if kind is ColumnType.boolean:
-        return _boolean(bool(value), lang)
+        return lambda value: _boolean(bool(value), lang)
     if kind is ColumnType.enum:
-        return _label(column, value, lang)
+        labels = {} if column.enum_class is None else ENUM_LABELS[column.enum_class]
+        if lang == "en" or not labels:
+            return lambda value: str(value.value if isinstance(value, Enum) else value)
+        return lambda value: labels[value]
     if kind is ColumnType.datetime:
-        return _paris(value).strftime("%Y-%m-%d %H:%M:%S")
+        zone = ZoneInfo(settings.timezone)
+        return lambda value: value.astimezone(zone).replace(tzinfo=None).isoformat(" ", "seconds")
     if kind is ColumnType.date:
-        return str(value.isoformat())
-    return str(value)
+        return lambda value: str(value.isoformat())
+    return str
+
+
+def csv_row(formatters: Sequence[CsvFormatter], values: Sequence[Any]) -> list[str]:
+    """One row's CSV cells: an empty cell for null, the column's formatter otherwise."""
+    return [
+        "" if value is None else format_(value)
+        for format_, value in zip(formatters, values, strict=True)
+    ]
 
 
 def csv_lines(rows: Iterable[Sequence[str]], delimiter: str) -> str:

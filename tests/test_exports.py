@@ -28,7 +28,7 @@ from services.spreadsheet_columns import (
     SpreadsheetEntity,
     import_columns,
 )
-from services.spreadsheet_writers import TEMPLATE_VALIDATED_ROWS, csv_cell
+from services.spreadsheet_writers import TEMPLATE_VALIDATED_ROWS, csv_formatter
 from tests.conftest import error_of
 from tests.factories import (
     bearer,
@@ -271,7 +271,7 @@ async def test_csv_neutralises_formulas_and_keeps_text_intact(
     assert cells["Notes"] == 'Ligne 1; avec séparateur\nLigne 2 "citée"'
     assert cells["Site web"] == "'\tonglet"
     name = COLUMNS[SpreadsheetEntity.investor][1]
-    assert csv_cell(name, "\rRetour", lang="fr", decimal_comma=True) == "'\rRetour"
+    assert csv_formatter(name, lang="fr", decimal_comma=True)("\rRetour") == "'\rRetour"
     # Numbers and dates are not text: no apostrophe, even when a spreadsheet would see a sign.
     assert cells["ID"].isdigit()
 
