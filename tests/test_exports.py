@@ -7,7 +7,7 @@ import csv
 import io
 import zipfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -531,11 +531,19 @@ async def test_an_export_reads_one_read_only_repeatable_read_snapshot() -> None:
     async with db.snapshot_sessionmaker() as session, session.begin():
         isolation = await session.scalar(text("SHOW transaction_isolation"))
         read_only = await session.scalar(text("SHOW transaction_read_only"))
+        snapshot_pid = await session.scalar(text("SELECT pg_backend_pid()"))
     assert (isolation, read_only) == ("repeatable read", "on")
-    # The connection goes back to the pool as it came: the next borrower may write.
-    async with db.read_sessionmaker() as reader:
-        assert await reader.scalar(text("SHOW transaction_read_only")) == "off"
-        assert await reader.scalar(text("SHOW transaction_isolation")) == "read committed"
+    # That connection goes back to the pool as it came: its next borrower may write. The
+    # pool's connections are taken together until it comes out again.
+    async with AsyncExitStack() as stack:
+        for _ in range(settings.database_pool_size):
+            conn = await stack.enter_async_context(db.engine.connect())
+            if await conn.scalar(text("SELECT pg_backend_pid()")) == snapshot_pid:
+                assert await conn.scalar(text("SHOW transaction_read_only")) == "off"
+                assert await conn.scalar(text("SHOW transaction_isolation")) == "read committed"
+                break
+        else:
+            pytest.fail("the snapshot's connection did not go back to the pool")
 
 
 @pytest.mark.committing
