@@ -3,6 +3,7 @@ route with the same filters; trashed rows left out; CSV with a BOM, either separ
 formula; xlsx cells typed (read back with openpyxl); one audit entry per export; at most
 EXPORT_CONCURRENCY at once; templates with their drop-down lists."""
 
+import asyncio
 import csv
 import io
 import zipfile
@@ -36,6 +37,7 @@ from tests.factories import (
     execute,
     fetch,
     first_admin_id,
+    insert_investor,
     make_contact,
     make_investor,
 )
@@ -440,6 +442,54 @@ async def test_exports_beyond_the_concurrency_are_refused_with_429(
     for _ in range(settings.export_concurrency + 1):
         assert (await export(client, admin_headers, "investor.csv")).status_code == 200
         assert (await export(client, admin_headers, "investor.xlsx")).status_code == 200
+    assert export_slots.taken == 0
+
+
+async def test_a_csv_export_holds_its_slot_until_its_last_byte_is_sent(
+    app: Any, admin_headers: Headers
+) -> None:
+    await insert_investor("Premier")
+    await insert_investor("Second")
+    # Driven at the ASGI level: what matters is the slot count while the body is being sent.
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"{EXPORTS}/investor.csv",
+        "raw_path": f"{EXPORTS}/investor.csv".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")]
+        + [(key.lower().encode(), value.encode()) for key, value in admin_headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    taken_while_sending: list[int] = []
+    body = b""
+    requested, sent = False, asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        # The server's disconnect watch: the client leaves once the whole body has come.
+        await sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal body
+        if message["type"] == "http.response.body":
+            taken_while_sending.append(export_slots.taken)
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                sent.set()
+
+    await app(scope, receive, send)
+    assert b"Premier" in body and b"Second" in body
+    assert taken_while_sending and set(taken_while_sending) == {1}
     assert export_slots.taken == 0
 
 
