@@ -8,6 +8,7 @@ from api.routes import (
     audit,
     auth,
     contacts,
+    exports,
     follow_up_rules,
     gdpr,
     interactions,
@@ -40,6 +41,7 @@ ROUTERS = tuple(
         gdpr,
         follow_up_rules,
         notifications,
+        exports,
     )
 )
 

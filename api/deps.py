@@ -40,6 +40,7 @@ from services.audit import AuditService
 from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
+from services.exports import export_slots
 from services.follow_ups import FollowUpRuleService
 from services.gdpr import GdprService
 from services.interactions import InteractionService
@@ -296,6 +297,16 @@ NotificationWriter = Annotated[NotificationService, _writer(NotificationService)
 StreamTicketWriter = Annotated[StreamTicketService, _writer(StreamTicketService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
+
+
+async def hold_export_slot() -> AsyncIterator[None]:
+    """One of the process's export slots (429 `export_busy` when none is free), held until the
+    response has been sent: the default dependency scope ends after the streamed body."""
+    with export_slots.hold():
+        yield
+
+
+ExportSlot = Annotated[None, Depends(hold_export_slot)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     # Also what uvicorn reads from the environment when started as `uvicorn main:app`.
     forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Spreadsheet exports running at once per process (each holds a connection and a snapshot
+    # for its whole length); one more is answered 429 `export_busy`.
+    export_concurrency: int = Field(default=2, ge=1, le=64)
 
     log_format: Literal["text", "json"] = "text"
     # GET /metrics answers only to this bearer token; unset, it answers 404 like any unknown path.

@@ -40,6 +40,8 @@ LISTEN_PING_TIMEOUT_S = 1.5
 APPLICATION_NAME = "tpm-finance-crm"
 # PostgreSQL's default level, asked for by write sessions (the engine's own is autocommit).
 WRITE_ISOLATION = "READ COMMITTED"
+# What a long read (an export) asks for: every statement of its transaction sees one snapshot.
+SNAPSHOT_ISOLATION = "REPEATABLE READ"
 LISTEN_RETRY_S = 1.0
 
 
@@ -122,6 +124,11 @@ class AsyncWriteSession(AsyncSession):
     """A writing request's session: one transaction, committed before the response is sent."""
 
 
+class AsyncSnapshotSession(AsyncSession):
+    """A long read's session (an export): one read-only REPEATABLE READ transaction on a
+    connection of its own, so rows read in batches all come from the same snapshot."""
+
+
 SessionT = TypeVar("SessionT", bound=AsyncSession)
 Bind = AsyncEngine | AsyncConnection
 
@@ -165,6 +172,7 @@ class Database:
         self._write_engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncWriteSession] | None = None
         self._read_sessionmaker: async_sessionmaker[AsyncReadSession] | None = None
+        self._snapshot_sessionmaker: async_sessionmaker[AsyncSnapshotSession] | None = None
         # The one LISTEN task, the handlers of each channel and of the connection's state.
         self._listeners: list[asyncio.Task[None]] = []
         self._channels: dict[str, list[Callable[[str], None]]] = {}
@@ -177,6 +185,10 @@ class Database:
         self._write_engine = transactional(self._engine)
         self._sessionmaker = create_sessionmaker(self._write_engine)
         self._read_sessionmaker = create_read_sessionmaker(self._engine)
+        snapshots = self._engine.execution_options(
+            isolation_level=SNAPSHOT_ISOLATION, postgresql_readonly=True
+        )
+        self._snapshot_sessionmaker = _sessionmaker(snapshots, AsyncSnapshotSession)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -204,6 +216,13 @@ class Database:
         if self._read_sessionmaker is None:
             raise RuntimeError("Database is not configured")
         return self._read_sessionmaker
+
+    @property
+    def snapshot_sessionmaker(self) -> async_sessionmaker[AsyncSnapshotSession]:
+        """Sessions for long reads: one read-only repeatable-read transaction each."""
+        if self._snapshot_sessionmaker is None:
+            raise RuntimeError("Database is not configured")
+        return self._snapshot_sessionmaker
 
     def listen(
         self,
@@ -294,16 +313,21 @@ class Database:
         self._write_engine = None
         self._sessionmaker = None
         self._read_sessionmaker = None
+        self._snapshot_sessionmaker = None
 
     @contextlib.contextmanager
     def sessions_on(self, connection: AsyncConnection) -> Iterator[None]:
-        """For the block, every session (read and write) runs on `connection`, each inside a
-        SAVEPOINT of the transaction the caller holds there.
+        """For the block, every session (read, write, snapshot) runs on `connection`, each inside
+        a SAVEPOINT of the transaction the caller holds there.
 
         What the sessions commit is only released into that transaction, so the caller can undo
         all of it with one rollback: how the tests isolate themselves without emptying tables.
         """
-        write, read = self.sessionmaker, self.read_sessionmaker
+        write, read, snapshot = (
+            self.sessionmaker,
+            self.read_sessionmaker,
+            self.snapshot_sessionmaker,
+        )
 
         def on_connection(maker: async_sessionmaker[Any]) -> async_sessionmaker[Any]:
             # The app's own session class and options; only where they run differs.
@@ -311,10 +335,12 @@ class Database:
             return async_sessionmaker(class_=maker.class_, **options)
 
         self._sessionmaker, self._read_sessionmaker = on_connection(write), on_connection(read)
+        self._snapshot_sessionmaker = on_connection(snapshot)
         try:
             yield
         finally:
             self._sessionmaker, self._read_sessionmaker = write, read
+            self._snapshot_sessionmaker = snapshot
 
 
 db = Database()

@@ -252,6 +252,14 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ),
     **_rules(Action.purge_trash, ("DELETE", "/trash/{entity}/{entity_id}")),
     **_rules(Action.gdpr, ("GET", "/gdpr/export"), ("POST", "/gdpr/anonymize")),
+    **_rules(
+        Action.operate,
+        ("GET", "/exports/investor.{file_format}"),
+        ("GET", "/exports/contact.{file_format}"),
+        ("GET", "/exports/interaction.{file_format}"),
+        ("GET", "/exports/kpi.{file_format}"),
+        ("GET", "/imports/templates/{entity}.xlsx"),
+    ),
 }
 
 

@@ -35,15 +35,7 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
         self, filters: InteractionFilters, *, skip: int, limit: int
     ) -> tuple[list[Interaction], int]:
         """A page of interactions matching the filters, newest first."""
-        where: list[ColumnElement[bool]] = []
-        if filters.type is not None:
-            where.append(Interaction.type == filters.type)
-        if filters.investor_id is not None:
-            where.append(Interaction.investor_id == filters.investor_id)
-        if filters.date_from is not None:
-            where.append(Interaction.date >= filters.date_from)
-        if filters.date_to is not None:
-            where.append(Interaction.date <= filters.date_to)
+        where = self.filter_clauses(filters)
         # Asked of the filters set, not of each field: a filter added later falls back to
         # counting rows (through an index of its own) instead of a wrong total.
         counted = filters.model_dump(exclude_none=True).keys() <= _COUNTED_FILTERS
@@ -56,6 +48,19 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
             limit=limit,
             total=total,
         )
+
+    def filter_clauses(self, filters: InteractionFilters) -> list[ColumnElement[bool]]:
+        """The list's WHERE clauses (trashed rows aside), shared with the export."""
+        where: list[ColumnElement[bool]] = []
+        if filters.type is not None:
+            where.append(Interaction.type == filters.type)
+        if filters.investor_id is not None:
+            where.append(Interaction.investor_id == filters.investor_id)
+        if filters.date_from is not None:
+            where.append(Interaction.date >= filters.date_from)
+        if filters.date_to is not None:
+            where.append(Interaction.date <= filters.date_to)
+        return where
 
     async def count_by_type(self, type_: InteractionType | None) -> int:
         """How many interactions (of one type, or all), summed from the trigger-kept counters."""

@@ -107,7 +107,7 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
     ) -> tuple[list[RowMapping], int, str | None]:
         """A page of investors matching the filters, their total and the next page's cursor.
         `caller_id` is whom an `owner_id=me` filter means."""
-        where = self._filters(filters, caller_id)
+        where = self.filter_clauses(filters, caller_id)
         total = await self.count_investors(filters, caller_id)
         if total == 0 or skip >= total:
             return [], total, None
@@ -139,7 +139,8 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         resume = tuple_(literal(cursor.key, column.type), literal(cursor.id, Integer))
         return row < resume if cursor.sort.startswith("-") else row > resume
 
-    def _filters(self, filters: InvestorFilters, caller_id: int) -> list[ColumnElement[bool]]:
+    def filter_clauses(self, filters: InvestorFilters, caller_id: int) -> list[ColumnElement[bool]]:
+        """The list's WHERE clauses (live rows only), shared with the export."""
         where = self.live()
         if filters.pipeline_stage is not None:
             where.append(Investor.pipeline_stage == filters.pipeline_stage)
@@ -159,7 +160,9 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         know no owner: a filter on the owner counts rows, on its index)."""
         if filters.owner_id is not None:
             stmt = (
-                select(func.count()).select_from(Investor).where(*self._filters(filters, caller_id))
+                select(func.count())
+                .select_from(Investor)
+                .where(*self.filter_clauses(filters, caller_id))
             )
             return int((await self.session.execute(stmt)).scalar_one())
         where: list[ColumnElement[bool]] = []

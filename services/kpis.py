@@ -37,6 +37,8 @@ _KEY = ("year", "month")
 # The filters the month totals can total; an investor's rows are counted by paginate through
 # its (investor_id, year, month) key.
 _COUNTED_FILTERS = frozenset({"year", "month"})
+# The order of the KPI list (and of its export).
+LIST_ORDER = (Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc())
 
 
 def _totals(*where: ColumnElement[bool]) -> Select[Any]:
@@ -122,6 +124,17 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
         self, filters: KpiFilters, *, skip: int, limit: int
     ) -> tuple[list[Kpi], int]:
         """A page of KPI rows, ordered by year, month, investor."""
+        where = self.filter_clauses(filters)
+        # Asked of the filters set, not of each field: a filter added later falls back to
+        # counting rows instead of a wrong total.
+        counted = filters.model_dump(exclude_none=True).keys() <= _COUNTED_FILTERS
+        total = await self.count_by_month(filters.year, filters.month) if counted else None
+        return await self.paginate(
+            select(Kpi), where=where, order_by=LIST_ORDER, skip=skip, limit=limit, total=total
+        )
+
+    def filter_clauses(self, filters: KpiFilters) -> list[ColumnElement[bool]]:
+        """The list's WHERE clauses (trashed rows aside), shared with the export."""
         where: list[ColumnElement[bool]] = []
         if filters.investor_id is not None:
             where.append(Kpi.investor_id == filters.investor_id)
@@ -129,14 +142,7 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
             where.append(Kpi.year == filters.year)
         if filters.month is not None:
             where.append(Kpi.month == filters.month)
-        # Asked of the filters set, not of each field: a filter added later falls back to
-        # counting rows instead of a wrong total.
-        counted = filters.model_dump(exclude_none=True).keys() <= _COUNTED_FILTERS
-        total = await self.count_by_month(filters.year, filters.month) if counted else None
-        order = [Kpi.year.asc(), Kpi.month.asc(), Kpi.investor_id.asc(), Kpi.id.asc()]
-        return await self.paginate(
-            select(Kpi), where=where, order_by=order, skip=skip, limit=limit, total=total
-        )
+        return where
 
     async def count_by_month(self, year: int | None, month: int | None) -> int:
         """How many KPI rows (of a year, a calendar month, both or all), from the month totals."""

@@ -9,12 +9,14 @@ from core import clock
 from core.exceptions import ConflictError, InvalidFieldError, NotFoundError
 from models.interaction import Interaction
 from models.investor import Investor
+from models.notification import NotificationKind
 from models.task import OPEN_STATUSES, Task, TaskStatus
 from models.trash import TrashEntity
 from models.user import User
 from schemas.common import PG_INT_MAX
 from schemas.task import TaskCreate, TaskFilters, TaskSnooze, TaskSummary, TaskUpdate
 from services.base import BaseService
+from services.notifications import NotificationService
 
 # `week`: the days after today up to this many; `later`: after them.
 WEEK_DAYS = 7
@@ -202,8 +204,13 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
         in the assignment's transaction: the one call site of that notification."""
         if task.assignee_id is None or task.assignee_id == actor_id:
             return
-        # Not sent yet: the notifications of issue 18 (services/notifications.py) are built
-        # apart and get called from here.
+        await NotificationService(self.session).notify(
+            [task.assignee_id],
+            NotificationKind.task_assigned,
+            task.title,
+            link=f"/api/v1/tasks/{task.id}",
+            actor_id=actor_id,
+        )
 
     async def _check_assignee(self, user_id: int) -> None:
         """422 invalid_assignee unless an active user (share-locked: not deleted meanwhile)."""

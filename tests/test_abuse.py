@@ -154,6 +154,8 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         "user_id": user_id,
         "year": 2024,
         "month": 1,
+        "file_format": "csv",
+        "entity": "investor",
     }
 
 
@@ -278,7 +280,15 @@ async def test_no_get_response_contains_a_password_or_a_hash(
         for role, headers in (("admin", admin_headers), ("user", user_headers)):
             response = await client.get(url, params=query, headers=headers)
             admin_only = path.startswith(
-                (f"{API}/users", f"{API}/jobs/", f"{API}/trash", f"{API}/audit", f"{API}/gdpr")
+                (
+                    f"{API}/users",
+                    f"{API}/jobs/",
+                    f"{API}/trash",
+                    f"{API}/audit",
+                    f"{API}/gdpr",
+                    f"{API}/exports",
+                    f"{API}/imports/templates",
+                )
             )
             expected = 403 if role == "user" and admin_only else 200
             assert response.status_code == expected, (role, url, response.text)

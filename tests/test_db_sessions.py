@@ -257,9 +257,15 @@ def _calls(dependant: Dependant) -> set[object]:
     return calls
 
 
-# Reads that write their own audit entry (GDPR export): it commits with the request, before
-# the answer, like any write's.
-AUDITED_READS = {"/gdpr/export"}
+# Reads that write their own audit entry (GDPR export, spreadsheet exports): it commits with
+# the request, before the answer, like any write's.
+AUDITED_READS = {
+    "/gdpr/export",
+    "/exports/investor.{file_format}",
+    "/exports/contact.{file_format}",
+    "/exports/interaction.{file_format}",
+    "/exports/kpi.{file_format}",
+}
 
 
 def test_reads_take_the_read_session_and_writes_the_write_session() -> None:

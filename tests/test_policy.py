@@ -130,6 +130,11 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/tasks/{task_id}/snooze"): "write",
     ("GET", "/follow-up-rules"): "read",
     ("PUT", "/follow-up-rules/{key}"): "configure",
+    ("GET", "/exports/investor.{file_format}"): "operate",
+    ("GET", "/exports/contact.{file_format}"): "operate",
+    ("GET", "/exports/interaction.{file_format}"): "operate",
+    ("GET", "/exports/kpi.{file_format}"): "operate",
+    ("GET", "/imports/templates/{entity}.xlsx"): "operate",
 }
 
 # Operations on a list or a new record: nothing to own, so `own` means allowed.
@@ -137,6 +142,11 @@ NO_TARGET = {
     ("POST", "/investors"),
     ("POST", "/tasks"),
     ("GET", "/jobs"),
+    ("GET", "/exports/investor.{file_format}"),
+    ("GET", "/exports/contact.{file_format}"),
+    ("GET", "/exports/interaction.{file_format}"),
+    ("GET", "/exports/kpi.{file_format}"),
+    ("GET", "/imports/templates/{entity}.xlsx"),
 }
 
 NEW_PASSWORD = "Tulipe-Horizon-Quartz-92"
@@ -280,6 +290,7 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "caller_id": caller,
         "entity": "investor",
         "entity_id": trashed,
+        "file_format": "xlsx",
     }
     return await bearer(caller), params
 

@@ -491,6 +491,7 @@ class Call:
             "task_id:id": sample.task,
             "key": "stage_client",
             "notification_id:id": sample.notification,
+            "file_format": "csv",
         }
         path = re.sub(r"\{([^}]+)\}", lambda match: str(values[match.group(1)]), self.route)
         query = "&".join(part for part in (self.query, *more) if part)
@@ -521,6 +522,10 @@ RESET_TOKEN = "planned-reset-token"
 TASKS = "/api/v1/tasks"
 ONE_TASK = f"{TASKS}/{{task_id:id}}"
 RULES = "/api/v1/follow-up-rules"
+EXPORT_INVESTORS = "/api/v1/exports/investor.{file_format}"
+EXPORT_CONTACTS = "/api/v1/exports/contact.{file_format}"
+EXPORT_INTERACTIONS = "/api/v1/exports/interaction.{file_format}"
+EXPORT_KPIS = "/api/v1/exports/kpi.{file_format}"
 
 CALLS = [
     Call("current user", "GET", "/api/v1/auth/me"),
@@ -765,6 +770,23 @@ CALLS = [
     # Six rows, one per rule the migration created.
     Call("follow-up rules", "GET", RULES, whole_tables=frozenset({"follow_up_rules"})),
     Call("change a follow-up rule", "PUT", f"{RULES}/{{key}}", body={"delay_days": 2}),
+    # An export is every matching row: unfiltered, it reads its table whole by design (its
+    # investors, users and contacts joined by primary key).
+    Call("investor export", "GET", EXPORT_INVESTORS, whole_tables=frozenset({"investors"})),
+    Call("investor export of an owner", "GET", EXPORT_INVESTORS, "owner_id=me"),
+    Call("investor export of a stage", "GET", EXPORT_INVESTORS, "pipeline_stage=client"),
+    Call("investor export of a search", "GET", EXPORT_INVESTORS, "q=banque"),
+    Call("contact export", "GET", EXPORT_CONTACTS, whole_tables=frozenset({"contacts"})),
+    Call("contact export of an investor", "GET", EXPORT_CONTACTS, "investor_id={investor}"),
+    Call(
+        "interaction export", "GET", EXPORT_INTERACTIONS, whole_tables=frozenset({"interactions"})
+    ),
+    Call("interaction export of an investor", "GET", EXPORT_INTERACTIONS, "investor_id={investor}"),
+    Call("interaction export of a type", "GET", EXPORT_INTERACTIONS, "type=reunion"),
+    Call("KPI export", "GET", EXPORT_KPIS, whole_tables=frozenset({"kpis"})),
+    Call("KPI export of a year", "GET", EXPORT_KPIS, "year=2026"),
+    Call("KPI export of an investor", "GET", EXPORT_KPIS, "investor_id={investor}"),
+    Call("import template", "GET", "/api/v1/imports/templates/{entity}.xlsx"),
     page("investor history", f"{ONE_INVESTOR}/history"),
     page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]

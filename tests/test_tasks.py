@@ -107,8 +107,17 @@ async def test_a_task_assigned_to_someone_else_is_theirs(
     colleague = await create_user("colleague@crm.test")
     task = await make_task(client, user_headers, assignee_id=colleague)
     assert (task["assignee_id"], task["created_by"]) == (colleague, user_id)
-    mine = await ids_of(client, await bearer(colleague), "assignee_id=me")
+    colleague_headers = await bearer(colleague)
+    mine = await ids_of(client, colleague_headers, "assignee_id=me")
     assert mine == [task["id"]]
+    # Told so; the author, who assigned its own task too, is not.
+    await make_task(client, user_headers)
+    told = (await client.get("/api/v1/notifications", headers=colleague_headers)).json()
+    assert [(n["kind"], n["title"], n["link"]) for n in told["items"]] == [
+        ("task_assigned", task["title"], f"{TASKS}/{task['id']}")
+    ]
+    own = (await client.get("/api/v1/notifications", headers=user_headers)).json()
+    assert own["items"] == []
 
 
 # --- bad input -------------------------------------------------------------------------------
