@@ -9,6 +9,7 @@ from api.routes import (
     auth,
     contacts,
     gdpr,
+    imports,
     interactions,
     investors,
     jobs,
@@ -34,6 +35,7 @@ ROUTERS = tuple(
         trash,
         audit,
         gdpr,
+        imports,
     )
 )
 

@@ -40,6 +40,7 @@ from services.auth import AuthService
 from services.base import BaseService
 from services.contacts import ContactService
 from services.gdpr import GdprService
+from services.imports import ImportService
 from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
@@ -229,6 +230,8 @@ TrashWriter = Annotated[TrashService, _writer(TrashService)]
 AuditReader = Annotated[AuditService, _reader(AuditService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
+ImportReader = Annotated[ImportService, _reader(ImportService)]
+ImportWriter = Annotated[ImportService, _writer(ImportService)]
 
 
 ItemT = TypeVar("ItemT", bound=BaseModel)

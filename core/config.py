@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     # Also what uvicorn reads from the environment when started as `uvicorn main:app`.
     forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The cap of POST /api/v1/imports instead of MAX_BODY_BYTES (the shipped nginx agrees).
+    import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
     log_format: Literal["text", "json"] = "text"
     # GET /metrics answers only to this bearer token; unset, it answers 404 like any unknown path.

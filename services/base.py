@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from core.audit import Actor
 from core.config import settings
 from core.exceptions import (
     FOREIGN_KEY_VIOLATION,
@@ -24,7 +25,7 @@ from core.exceptions import (
 from models.audit import AuditAction
 from models.base import Base
 from models.trash import SoftDeleteMixin, TrashEntity, TrashEntry
-from services.audit_recorder import SECRET, record
+from services.audit_recorder import SECRET, record, record_many
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
@@ -294,6 +295,27 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             changes,
             investor_id=None if investor_key is None else getattr(obj, investor_key),
         )
+
+    async def audit_many(
+        self,
+        action: AuditAction,
+        changes_by_row: Sequence[tuple[Base, dict[str, Any]]],
+        *,
+        actor: Actor | None = None,
+    ) -> None:
+        """`audit` for many rows at once (an import), in one batched statement."""
+        if self.audit_entity is None:
+            return
+        investor_key = self.audit_investor_key
+        entries = [
+            (
+                obj.id,  # type: ignore[attr-defined]
+                changes,
+                None if investor_key is None else getattr(obj, investor_key),
+            )
+            for obj, changes in changes_by_row
+        ]
+        await record_many(self.session, action, self.audit_entity, entries, actor=actor)
 
 
 @functools.cache

@@ -1,0 +1,202 @@
+"""Reading an uploaded spreadsheet: what it is (by content), whether it is safe to open, and
+its rows. Everything here is blocking work: callers run it in a thread (anyio.to_thread).
+
+xlsx is read by python-calamine (docs/adr/0016-lecture-des-imports.md): a zip of XML parts,
+checked first here so that neither a zip bomb nor an XML entity bomb reaches the parser.
+"""
+
+import csv
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import python_calamine
+
+from core.exceptions import AppError
+from models.data_import import ImportFormat
+
+MAX_DATA_ROWS = 100_000
+# The sum of the uncompressed sizes of an xlsx's parts.
+MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+_CHUNK = 1024 * 1024
+# A document type declaration is where entities are declared: an xlsx has none, so one is
+# refused whatever the parser would make of it (billion laughs, external entities).
+_DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+_SNIFF_BYTES = 64 * 1024
+# Bytes no text file holds (controls other than tab, line feed, carriage return, form feed).
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+class UnsupportedFileType(AppError):
+    status_code = 415
+    code = "unsupported_file_type"
+    message = "The file is neither an xlsx workbook nor a CSV text file"
+
+
+class EmptyFile(AppError):
+    status_code = 422
+    code = "empty_file"
+    message = "The file holds no data row under its header row"
+
+
+class TooManyRows(AppError):
+    status_code = 422
+    code = "too_many_rows"
+    message = f"The file holds more than {MAX_DATA_ROWS:,} data rows"
+
+
+class InvalidFile(AppError):
+    status_code = 422
+    code = "invalid_file"
+    message = "The xlsx file is malformed or too large once uncompressed"
+
+
+class UnsafeXml(InvalidFile):
+    message = "The xlsx file declares XML entities, which are refused"
+
+
+class UnknownSheet(InvalidFile):
+    message = "The workbook has no sheet of that name"
+
+
+def sniff(data: bytes) -> ImportFormat:
+    """The file's format by its content, whatever its name says: 415 when neither."""
+    if not data.strip():
+        raise EmptyFile()
+    if data.startswith(b"PK\x03\x04"):
+        return ImportFormat.xlsx
+    head = data[:_SNIFF_BYTES]
+    if _BINARY.search(head) or _decode(head, partial=True) is None:
+        raise UnsupportedFileType()
+    return ImportFormat.csv
+
+
+def _decode(data: bytes, *, partial: bool = False) -> str | None:
+    """UTF-8 (a BOM is dropped) or else Windows-1252; None when it is neither."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # A sniffed prefix may end inside a multi-byte character.
+        if partial and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8-sig")
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+
+
+def check_xlsx(data: bytes) -> None:
+    """422 invalid_file unless the zip is sound, stays under MAX_UNCOMPRESSED_BYTES once
+    inflated and its XML declares no entity; 415 when the zip is no workbook.
+
+    The sizes the zip's directory declares are checked first (a bomb is refused before any
+    byte is inflated), then every part is inflated here, bounded by what it declares (Python's
+    zipfile stops there and checks the CRC): a part that lies about its size is refused too.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise InvalidFile() from exc
+    with archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > MAX_UNCOMPRESSED_BYTES:
+            raise InvalidFile()
+        if "xl/workbook.xml" not in {member.filename for member in members}:
+            raise UnsupportedFileType()
+        for member in members:
+            _check_part(archive, member)
+
+
+def _check_part(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    tail = b""
+    try:
+        with archive.open(member) as part:
+            while chunk := part.read(_CHUNK):
+                if _DTD.search(tail + chunk):
+                    raise UnsafeXml()
+                tail = chunk[-16:]
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
+        raise InvalidFile() from exc
+    except RuntimeError as exc:  # an encrypted part
+        raise InvalidFile() from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SheetRow:
+    """One row: its number in the spreadsheet (header = 1) and its cells, left to right."""
+
+    number: int
+    cells: list[Any]
+
+
+def read_rows(data: bytes, file_format: ImportFormat, sheet: str | None) -> Iterator[SheetRow]:
+    """Every row, the header first, blank rows left out (their numbers are kept)."""
+    rows = _xlsx_rows(data, sheet) if file_format is ImportFormat.xlsx else _csv_rows(data)
+    for row in rows:
+        if any(_filled(cell) for cell in row.cells):
+            yield row
+
+
+def _filled(cell: Any) -> bool:
+    return cell is not None and not (isinstance(cell, str) and not cell.strip())
+
+
+def _xlsx_rows(data: bytes, sheet: str | None) -> Iterator[SheetRow]:
+    try:
+        workbook = python_calamine.CalamineWorkbook.from_filelike(io.BytesIO(data))
+        if sheet is None:
+            worksheet = workbook.get_sheet_by_index(0)
+        elif sheet in workbook.sheet_names:
+            worksheet = workbook.get_sheet_by_name(sheet)
+        else:
+            raise UnknownSheet()
+    except (python_calamine.CalamineError, ValueError) as exc:
+        raise InvalidFile() from exc
+    # A sheet's range starts at its first used cell, not at A1.
+    first_row, first_column = worksheet.start or (0, 0)
+    padding = [None] * first_column
+    for offset, cells in enumerate(worksheet.iter_rows()):
+        yield SheetRow(first_row + offset + 1, [*padding, *cells])
+
+
+def _csv_rows(data: bytes) -> Iterator[SheetRow]:
+    text = _decode(data)
+    if text is None:
+        raise UnsupportedFileType()
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(text))
+    try:
+        for cells in reader:
+            # A quoted field spanning lines: the row's number is that of its first line.
+            yield SheetRow(_line_number(reader.line_num, cells), list(cells))
+    except csv.Error as exc:
+        raise InvalidFile("The CSV file is malformed") from exc
+
+
+def _line_number(last_line: int, cells: list[str]) -> int:
+    return last_line - sum(cell.count("\n") for cell in cells)
+
+
+def _separator(text: str) -> str:
+    """`;` (what French Excel writes) or `,`: whichever the header line holds more of, quoted
+    headers aside."""
+    header = text.split("\n", 1)[0]
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    return "," if unquoted.count(",") > unquoted.count(";") else ";"
+
+
+def count_data_rows(data: bytes, file_format: ImportFormat, sheet: str | None) -> int:
+    """The pre-scan before an import is accepted: the file opens, has a header and at least one
+    data row, and no more than MAX_DATA_ROWS (the count stops at the first row too many)."""
+    if file_format is ImportFormat.xlsx:
+        check_xlsx(data)
+    count = -1  # the header
+    for _ in read_rows(data, file_format, sheet):
+        count += 1
+        if count > MAX_DATA_ROWS:
+            raise TooManyRows()
+    if count < 1:
+        raise EmptyFile()
+    return count
