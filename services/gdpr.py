@@ -24,7 +24,12 @@ from schemas.investor import InvestorRead
 from schemas.user import UserRead
 from services.audit import AuditService
 from services.audit_recorder import record
-from services.gdpr_traces import delete_outbox_messages, forget_search_words, scrub_jobs
+from services.gdpr_traces import (
+    delete_outbox_messages,
+    forget_search_words,
+    scrub_imports,
+    scrub_jobs,
+)
 
 # What stands for a name (a NOT NULL, non-blank column); every other personal field is null.
 ANONYMIZED_NAME = "Anonymisé"
@@ -110,6 +115,7 @@ class GdprService:
             if value and len(value) >= 3 and value != ANONYMIZED_NAME
         ]
         await scrub_jobs(self.session, values)
+        await scrub_imports(self.session, values)
         emails = [value for value in values if "@" in value]
         await delete_outbox_messages(settings.email_outbox_dir, emails)
 

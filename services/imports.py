@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 from pydantic import BaseModel
-from sqlalchemy import Select, case, select, update
+from sqlalchemy import Select, case, func, select, update
 
 from core.config import settings
 from core.exceptions import PayloadTooLargeError
@@ -126,12 +126,13 @@ class ImportService(BaseService[DataImport, BaseModel, BaseModel]):
 
     async def list_imports(self, *, skip: int, limit: int) -> tuple[list[ImportSummary], int]:
         """A page of imports, newest first."""
-        rows, total = await self.paginate(
-            self._summaries(),
-            order_by=[DataImport.id.desc()],
-            skip=skip,
-            limit=limit,
-        )
+        total = (
+            await self.session.execute(select(func.count()).select_from(DataImport))
+        ).scalar_one()
+        if skip >= total:
+            return [], total
+        stmt = self._summaries().order_by(DataImport.id.desc()).offset(skip).limit(limit)
+        rows = (await self.session.execute(stmt)).mappings()
         return [ImportSummary.model_validate(row) for row in rows], total
 
     async def errors_csv(self, import_id: int) -> str:

@@ -20,7 +20,7 @@ from models import Base
 from services.jobs import JobService
 from services.users import UserService
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
-from tests.factories import USER_PASSWORD, first_admin_id
+from tests.factories import USER_PASSWORD, first_admin_id, scalar
 from worker.tasks import PurgePayload
 
 FORBIDDEN_TO_USERS = {
@@ -131,8 +131,15 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         job_id = await JobService(session).enqueue(
             "jobs.purge", PurgePayload(), created_by=await first_admin_id()
         )
+    import_id = await scalar(
+        "INSERT INTO imports (entity, mode, on_duplicate, file_format, filename, outcome, "
+        "created_by) VALUES ('investor', 'dry_run', 'error', 'csv', 'a.csv', 'succeeded', :by) "
+        "RETURNING id",
+        by=await first_admin_id(),
+    )
     return {
         "job_id": job_id,
+        "import_id": import_id,
         "investor_id": investor_id,
         "contact_id": contact.json()["id"],
         "interaction_id": interaction.json()["id"],
@@ -264,7 +271,14 @@ async def test_no_get_response_contains_a_password_or_a_hash(
         for role, headers in (("admin", admin_headers), ("user", user_headers)):
             response = await client.get(url, params=query, headers=headers)
             admin_only = path.startswith(
-                (f"{API}/users", f"{API}/jobs/", f"{API}/trash", f"{API}/audit", f"{API}/gdpr")
+                (
+                    f"{API}/users",
+                    f"{API}/jobs/",
+                    f"{API}/trash",
+                    f"{API}/audit",
+                    f"{API}/gdpr",
+                    f"{API}/imports",
+                )
             )
             expected = 403 if role == "user" and admin_only else 200
             assert response.status_code == expected, (role, url, response.text)
