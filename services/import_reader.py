@@ -168,15 +168,11 @@ def _csv_rows(data: bytes) -> Iterator[SheetRow]:
         raise UnsupportedFileType()
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(text))
     try:
-        for cells in reader:
-            # A quoted field spanning lines: the row's number is that of its first line.
-            yield SheetRow(_line_number(reader.line_num, cells), list(cells))
+        # One record is one spreadsheet row, a quoted field spanning lines included.
+        for number, cells in enumerate(reader, start=1):
+            yield SheetRow(number, cells)
     except csv.Error as exc:
         raise InvalidFile("The CSV file is malformed") from exc
-
-
-def _line_number(last_line: int, cells: list[str]) -> int:
-    return last_line - sum(cell.count("\n") for cell in cells)
 
 
 def _separator(text: str) -> str:
