@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import xlsxwriter
+import xlsxwriter  # type: ignore[import-untyped]  # ships no type information
 from httpx import AsyncClient, Response
 
 from core.db import db
