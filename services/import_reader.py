@@ -6,6 +6,7 @@ checked first here so that neither a zip bomb nor an XML entity bomb reaches the
 """
 
 import csv
+import html
 import io
 import re
 import zipfile
@@ -124,6 +125,17 @@ def _check_part(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
         raise InvalidFile() from exc
 
 
+class UncachedFormula:
+    """A formula cell saved without its computed value (written by a program, never opened in
+    a spreadsheet): there is no value to import."""
+
+    def __str__(self) -> str:
+        return "(formula)"
+
+
+UNCACHED_FORMULA = UncachedFormula()
+
+
 @dataclass(frozen=True, slots=True)
 class SheetRow:
     """One row: its number in the spreadsheet (header = 1) and its cells, left to right."""
@@ -155,11 +167,81 @@ def _xlsx_rows(data: bytes, sheet: str | None) -> Iterator[SheetRow]:
             raise UnknownSheet()
     except (python_calamine.CalamineError, ValueError) as exc:
         raise InvalidFile() from exc
+    uncached: dict[int, list[int]] = {}
+    for row_number, column in uncached_formulas(data, worksheet.name):
+        uncached.setdefault(row_number, []).append(column)
     # A sheet's range starts at its first used cell, not at A1.
     first_row, first_column = worksheet.start or (0, 0)
     padding = [None] * first_column
     for offset, cells in enumerate(worksheet.iter_rows()):
-        yield SheetRow(first_row + offset + 1, [*padding, *cells])
+        number = first_row + offset + 1
+        row: list[Any] = [*padding, *cells]
+        for column in uncached.get(number, ()):
+            if column < len(row):
+                row[column] = UNCACHED_FORMULA
+        yield SheetRow(number, row)
+
+
+# One cell element that is not self-closing, its reference split, and what it holds.
+_CELL = re.compile(rb'<c\b[^>]*?\br="([A-Z]{1,3})([0-9]+)"[^>]*(?<!/)>(.*?)</c>', re.DOTALL)
+_SHEET = re.compile(rb"<sheet\b[^>]*>")
+_ATTRIBUTE = re.compile(rb'\b([\w:]+)="([^"]*)"')
+_RELATIONSHIP = re.compile(rb"<Relationship\b[^>]*>")
+
+
+def uncached_formulas(data: bytes, sheet_name: str) -> set[tuple[int, int]]:
+    """(row number, column index) of the sheet's formula cells that hold no value. calamine
+    reads them as empty; this reads the sheet's XML as a stream of cells, without a parser."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        part = _sheet_part(archive, sheet_name)
+        if part is None:
+            return set()
+        found: set[tuple[int, int]] = set()
+        pending = b""
+        with archive.open(part) as stream:
+            while chunk := stream.read(_CHUNK):
+                pending += chunk
+                end = pending.rfind(b"</c>")
+                if end == -1:
+                    continue
+                complete, pending = pending[: end + 4], pending[end + 4 :]
+                for match in _CELL.finditer(complete):
+                    inner = match.group(3)
+                    if b"<f" in inner and b"<v" not in inner:
+                        found.add((int(match.group(2)), _column_index(match.group(1))))
+        return found
+
+
+def _column_index(letters: bytes) -> int:
+    index = 0
+    for letter in letters:
+        index = index * 26 + letter - ord("A") + 1
+    return index - 1
+
+
+def _attributes(element: bytes) -> dict[bytes, str]:
+    return {name: html.unescape(value.decode()) for name, value in _ATTRIBUTE.findall(element)}
+
+
+def _sheet_part(archive: zipfile.ZipFile, sheet_name: str) -> str | None:
+    """The zip member holding the sheet of that name (workbook.xml names it, its relationships
+    say where it is)."""
+    try:
+        workbook = archive.read("xl/workbook.xml")
+        relationships = archive.read("xl/_rels/workbook.xml.rels")
+    except KeyError:
+        return None
+    target_id = None
+    for element in _SHEET.findall(workbook):
+        attributes = _attributes(element)
+        if attributes.get(b"name") == sheet_name:
+            target_id = attributes.get(b"r:id")
+    for element in _RELATIONSHIP.findall(relationships):
+        attributes = _attributes(element)
+        if attributes.get(b"Id") == target_id and (target := attributes.get(b"Target")):
+            path = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+            return path if path in archive.namelist() else None
+    return None
 
 
 def _csv_rows(data: bytes) -> Iterator[SheetRow]:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.common import Email
+from services.import_reader import UncachedFormula
 from services.spreadsheet_columns import (
     BOOLEAN_LABELS,
     ENUM_LABELS,
@@ -62,6 +63,10 @@ def convert(column: SpreadsheetColumn, raw: Any) -> Any:
             return None
     if raw is None:
         return None
+    if isinstance(raw, UncachedFormula):
+        raise CellError(
+            "invalid_value", "A formula without a computed value: save it in a spreadsheet"
+        )
     return _CONVERTERS[column.kind](column, raw)
 
 

@@ -6,6 +6,7 @@ committing test goes through a real worker and the queue."""
 
 import csv
 import io
+import tracemalloc
 import zipfile
 from datetime import date, datetime
 from decimal import Decimal
@@ -16,7 +17,9 @@ import xlsxwriter  # type: ignore[import-untyped]  # ships no type information
 from httpx import AsyncClient, Response
 
 from core.db import db
+from models.data_import import ImportFormat
 from services.import_job import ImportRunner
+from services.import_reader import InvalidFile, count_data_rows
 from tests.conftest import error_of
 from tests.factories import bearer, create_user, execute, fetch, insert_investor, scalar
 from tests.worker_process import finished, worker_in_process
@@ -593,9 +596,29 @@ def _workbook_with_sheet(sheet_xml: bytes) -> bytes:
     return buffer.getvalue()
 
 
-async def test_a_zip_bomb_is_refused_as_invalid_file(
+async def test_a_formula_without_a_computed_value_is_an_invalid_value(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
+    def text(ref: str, value: str) -> str:
+        return f'<c r="{ref}" t="inlineStr"><is><t>{value}</t></is></c>'
+
+    sheet = (
+        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>'
+        f'<row r="1">{text("A1", "Nom")}{text("B1", "Notes")}</row>'
+        f'<row r="2">{text("A2", "Acme")}<c r="B2"><f>CONCAT("a","b")</f></c></row>'
+        f'<row r="3">{text("A3", "Beta")}<c r="B3" t="str"><f>CONCAT("a","b")</f><v>ab</v></c>'
+        "</row></sheetData></worksheet>"
+    ).encode()
+    content = _workbook_with_sheet(sheet)
+    result = await run_import(client, admin_headers, content, filename="formules.xlsx")
+    assert codes(result) == [(2, "Notes", "invalid_value")]
+    assert result["errors"][0]["value"] == "(formula)"
+    # With its cached value, a formula cell imports that value.
+    assert result["valid"] == 1
+
+
+def zip_bomb() -> bytes:
+    """A workbook whose sheet inflates to 201 MiB of zeros, under 1 MiB compressed."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         archive.writestr("xl/workbook.xml", "<workbook/>")
@@ -603,11 +626,44 @@ async def test_a_zip_bomb_is_refused_as_invalid_file(
             chunk = b"\x00" * (1024 * 1024)
             for _ in range(201):
                 part.write(chunk)
-    content = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def entity_bomb() -> bytes:
+    """A workbook whose sheet declares the billion laughs' nested entities."""
+    laughs = ['<!ENTITY lol0 "lol">']
+    laughs += [f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, 10)]
+    sheet = (
+        '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n' + "\n".join(laughs) + "\n]>\n"
+        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        '<sheetData><row r="1"><c r="A1" t="inlineStr"><is><t>Nom</t></is></c></row>'
+        '<row r="2"><c r="A2" t="inlineStr"><is><t>&lol9;</t></is></c></row>'
+        "</sheetData></worksheet>"
+    ).encode()
+    return _workbook_with_sheet(sheet)
+
+
+async def test_a_zip_bomb_is_refused_as_invalid_file(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    content = zip_bomb()
     assert len(content) < 1024 * 1024
     response = await upload(client, admin_headers, content, filename="bombe.xlsx")
     assert response.status_code == 422
     assert error_of(response)["code"] == "invalid_file"
+
+
+@pytest.mark.parametrize("bomb", [zip_bomb, entity_bomb], ids=["zip bomb", "entity bomb"])
+def test_a_bomb_is_refused_with_little_memory(bomb: Any) -> None:
+    content = bomb()
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidFile):
+            count_data_rows(content, ImportFormat.xlsx, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024
 
 
 def _with_declared_size(content: bytes, name: bytes, size: int) -> bytes:
@@ -638,16 +694,7 @@ async def test_a_part_lying_about_its_size_is_refused(
 async def test_an_xml_entity_bomb_is_refused_as_invalid_file(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    laughs = ['<!ENTITY lol0 "lol">']
-    laughs += [f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, 10)]
-    sheet = (
-        '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n' + "\n".join(laughs) + "\n]>\n"
-        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
-        '<sheetData><row r="1"><c r="A1" t="inlineStr"><is><t>Nom</t></is></c></row>'
-        '<row r="2"><c r="A2" t="inlineStr"><is><t>&lol9;</t></is></c></row>'
-        "</sheetData></worksheet>"
-    ).encode()
-    response = await upload(client, admin_headers, _workbook_with_sheet(sheet), filename="x.xlsx")
+    response = await upload(client, admin_headers, entity_bomb(), filename="x.xlsx")
     assert response.status_code == 422
     body = error_of(response)
     assert body["code"] == "invalid_file"
