@@ -76,6 +76,7 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.run $(SIZE)
 	$(PY) -m bench.jobs
 	$(PY) -m bench.audit
+	$(PY) -m bench.imports
 
 # The same fuzz test `make test` runs, with many more generated cases per operation.
 fuzz: $(DEV_STAMP)

@@ -602,9 +602,9 @@ def write_latest() -> str:
         "and returning the same JSON; `x reference` is the API's throughput divided by it.",
         "",
     ]
-    # Each size's section, then the job queue's (bench/jobs.py) and the audit trail's
-    # (bench/audit.py).
-    for name in [*SIZES, "jobs", "audit"]:
+    # Each size's section, then the job queue's (bench/jobs.py), the audit trail's
+    # (bench/audit.py) and the import's (bench/imports.py).
+    for name in [*SIZES, "jobs", "audit", "imports"]:
         section = RESULTS_DIR / f"{name}.md"
         if section.exists():
             parts.append(section.read_text())

@@ -277,6 +277,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             if key in loaded
         }
 
+    def audited_fields(self) -> tuple[str, ...]:
+        """The fields of the model an audit entry holds."""
+        return _audited_fields(self.model, self.audit_ignored_fields)
+
     def _masked(self, key: str, value: Any) -> Any:
         if key not in self.audit_secret_fields:
             return value
@@ -299,23 +303,24 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     async def audit_many(
         self,
         action: AuditAction,
-        changes_by_row: Sequence[tuple[Base, dict[str, Any]]],
+        changes_by_row: Sequence[tuple[Any, dict[str, Any]]],
         *,
         actor: Actor | None = None,
     ) -> None:
-        """`audit` for many rows at once (an import), in one batched statement."""
+        """`audit` for many rows at once (an import), in one batched statement; each row an
+        entity or a mapping of its columns."""
         if self.audit_entity is None:
             return
-        investor_key = self.audit_investor_key
+        key = self.audit_investor_key
         entries = [
-            (
-                obj.id,  # type: ignore[attr-defined]
-                changes,
-                None if investor_key is None else getattr(obj, investor_key),
-            )
-            for obj, changes in changes_by_row
+            (_value(row, "id"), changes, None if key is None else _value(row, key))
+            for row, changes in changes_by_row
         ]
         await record_many(self.session, action, self.audit_entity, entries, actor=actor)
+
+
+def _value(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
 @functools.cache

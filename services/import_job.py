@@ -2,15 +2,17 @@
 duplicates) and, in commit mode and only when no row is refused, written in the job's one
 transaction through the entity services (audited as `import`)."""
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Integer, String, Table, any_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
+from sqlalchemy.types import TypeEngine
 
 from core.audit import Actor
 from core.exceptions import AppError
@@ -41,6 +43,8 @@ from services.spreadsheet_columns import SpreadsheetEntity
 IMPORT_JOB = "import.run"
 _ERRORS: Table = ImportRowError.__table__  # type: ignore[assignment]
 _ERROR_BATCH = 5_000
+_WRITE_SLICE = 5_000
+_STAGE_CHANGES: Table = InvestorStageChange.__table__  # type: ignore[assignment]
 
 
 class ImportPayload(BaseModel):
@@ -144,6 +148,12 @@ class ImportRunner:
         )
 
 
+def _any(values: Iterable[Any], item_type: type[TypeEngine[Any]]) -> Any:
+    """`= ANY(:array)`: one parameter however many values (an IN list binds one each, and the
+    driver takes at most 32,767)."""
+    return any_(bindparam(None, list(values), type_=ARRAY(item_type)))
+
+
 def _email_key(value: Any) -> str | None:
     return value.lower() if isinstance(value, str) else None
 
@@ -204,7 +214,7 @@ class _Checker:
         owners: dict[str, int] = {}
         if emails:
             stmt = select(func.lower(User.email), User.id).where(
-                func.lower(User.email).in_(emails), User.is_active.is_(True)
+                func.lower(User.email) == _any(emails, String), User.is_active.is_(True)
             )
             owners = dict((await self.session.execute(stmt)).tuples().all())
         kept = []
@@ -227,11 +237,13 @@ class _Checker:
         by_id: set[int] = set()
         by_email: dict[str, int] = {}
         if ids:
-            stmt = select(Investor.id).where(Investor.id.in_(ids), Investor.deleted_at.is_(None))
+            stmt = select(Investor.id).where(
+                Investor.id == _any(ids, Integer), Investor.deleted_at.is_(None)
+            )
             by_id = set((await self.session.execute(stmt)).scalars())
         if emails:
             stmt2 = select(func.lower(Investor.email), Investor.id).where(
-                func.lower(Investor.email).in_(emails),
+                func.lower(Investor.email) == _any(emails, String),
                 Investor.deleted_at.is_(None),
                 Investor.email.is_not(None),
             )
@@ -258,7 +270,7 @@ class _Checker:
         found: dict[int, int] = {}
         if ids:
             stmt = select(Contact.id, Contact.investor_id).where(
-                Contact.id.in_(ids), Contact.deleted_at.is_(None)
+                Contact.id == _any(ids, Integer), Contact.deleted_at.is_(None)
             )
             found = dict((await self.session.execute(stmt)).tuples().all())
         kept = []
@@ -359,13 +371,15 @@ def _lookups(entity: SpreadsheetEntity, keys: Sequence[Any]) -> list[Any]:
         if emails:
             stmts.append(
                 select(Investor).where(
-                    func.lower(Investor.email).in_(emails), Investor.email.is_not(None), live
+                    func.lower(Investor.email) == _any(emails, String),
+                    Investor.email.is_not(None),
+                    live,
                 )
             )
         if names:
             stmts.append(
                 select(Investor)
-                .where(Investor.name.in_(names), Investor.email.is_(None), live)
+                .where(Investor.name == _any(names, String), Investor.email.is_(None), live)
                 .order_by(Investor.id)
             )
         return stmts
@@ -373,12 +387,14 @@ def _lookups(entity: SpreadsheetEntity, keys: Sequence[Any]) -> list[Any]:
     if entity is SpreadsheetEntity.contact:
         return [
             select(Contact).where(
-                Contact.investor_id.in_(investor_ids),
+                Contact.investor_id == _any(investor_ids, Integer),
                 Contact.deleted_at.is_(None),
                 Contact.email.is_not(None),
             )
         ]
-    return [select(Kpi).where(Kpi.investor_id.in_(investor_ids), Kpi.deleted_at.is_(None))]
+    return [
+        select(Kpi).where(Kpi.investor_id == _any(investor_ids, Integer), Kpi.deleted_at.is_(None))
+    ]
 
 
 def _differs(obj: Base, row: ParsedRow, sheet: ParsedSheet) -> bool:
@@ -422,14 +438,20 @@ class _Writer:
         self.service = _SERVICES[entity](session)
 
     async def write(self, plan: _Plan) -> None:
-        model = MODELS[self.entity]
-        extra: dict[str, Any] = {}
-        if self.entity is SpreadsheetEntity.interaction:
-            extra["created_by"] = self.created_by
-        created = [model(**row.values, **extra) for row in plan.creates]
-        self.session.add_all(created)
+        audited = self.service.audited_fields()
+        # In slices: what a slice's statements bind is freed before the next one's is built,
+        # so the job's memory does not grow with the file.
+        for start in range(0, len(plan.creates), _WRITE_SLICE):
+            created = await self._insert(plan.creates[start : start + _WRITE_SLICE])
+            if self.entity is SpreadsheetEntity.investor:
+                await self._record_stages(created, [], {})
+            await self.service.audit_many(
+                AuditAction.import_,
+                [(row, {name: row[name] for name in audited}) for row in created],
+                actor=self.actor,
+            )
         previous_stages: dict[int, Any] = {}
-        changed: list[tuple[Base, dict[str, Any]]] = []
+        changed: list[tuple[Any, dict[str, Any]]] = []
         for row, obj in plan.updates:
             if isinstance(obj, Investor):
                 previous_stages[obj.id] = obj.pipeline_stage
@@ -438,34 +460,52 @@ class _Writer:
             changed.append((obj, self.service.pending_changes(obj)))
         await self.session.flush()
         if self.entity is SpreadsheetEntity.investor:
-            self._record_stages(created, changed, previous_stages)
-            await self.session.flush()
-        await self.service.audit_many(
-            AuditAction.import_,
-            [(obj, self.service.audit_values(obj)) for obj in created] + changed,
-            actor=self.actor,
-        )
+            await self._record_stages([], changed, previous_stages)
+        await self.service.audit_many(AuditAction.import_, changed, actor=self.actor)
 
-    def _record_stages(
+    async def _insert(self, rows: Sequence[ParsedRow]) -> list[Any]:
+        """The new rows, inserted in batches of one statement each (not as ORM objects: 50,000
+        of them cost more than the import's whole SQL), as mappings of their columns."""
+        table: Table = MODELS[self.entity].__table__  # type: ignore[assignment]
+        extra: dict[str, Any] = {}
+        if self.entity is SpreadsheetEntity.interaction:
+            extra["created_by"] = self.created_by
+        # One statement binds the same columns for every row: rows leaving out a NOT NULL
+        # column (its default applies) go in a group of their own.
+        groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for row in rows:
+            values = {**row.values, **extra}
+            groups.setdefault(frozenset(values), []).append(values)
+        # What the audit entries and the stage history need, not the generated search texts.
+        returned = [table.c[name] for name in {"id", *self.service.audited_fields()}]
+        inserted: list[Any] = []
+        for group in groups.values():
+            result = await self.session.execute(
+                insert(table).returning(*returned, sort_by_parameter_order=True), group
+            )
+            inserted += result.mappings().all()
+        return inserted
+
+    async def _record_stages(
         self,
-        created: Sequence[Base],
-        changed: Sequence[tuple[Base, dict[str, Any]]],
+        created: Sequence[Any],
+        changed: Sequence[tuple[Any, dict[str, Any]]],
         previous: dict[int, Any],
     ) -> None:
-        moves: list[InvestorStageChange] = []
-        for obj in created:
-            assert isinstance(obj, Investor)
-            moves.append(self._stage_change(obj, None))
-        for obj, changes in changed:
-            assert isinstance(obj, Investor)
-            if "pipeline_stage" in changes:
-                moves.append(self._stage_change(obj, previous[obj.id]))
-        self.session.add_all(moves)
+        moves = [self._stage_change(row["id"], None, row["pipeline_stage"]) for row in created]
+        moves += [
+            self._stage_change(obj.id, previous[obj.id], obj.pipeline_stage)
+            for obj, changes in changed
+            if "pipeline_stage" in changes
+        ]
+        if moves:
+            # RETURNING: multi-row INSERTs (see services.audit_recorder.record_many).
+            await self.session.execute(insert(_STAGE_CHANGES).returning(_STAGE_CHANGES.c.id), moves)
 
-    def _stage_change(self, investor: Investor, from_stage: Any) -> InvestorStageChange:
-        return InvestorStageChange(
-            investor_id=investor.id,
-            from_stage=from_stage,
-            to_stage=investor.pipeline_stage,
-            changed_by=self.created_by,
-        )
+    def _stage_change(self, investor_id: int, from_stage: Any, to_stage: Any) -> dict[str, Any]:
+        return {
+            "investor_id": investor_id,
+            "from_stage": from_stage,
+            "to_stage": to_stage,
+            "changed_by": self.created_by,
+        }

@@ -144,9 +144,15 @@ class SheetRow:
     cells: list[Any]
 
 
-def read_rows(data: bytes, file_format: ImportFormat, sheet: str | None) -> Iterator[SheetRow]:
-    """Every row, the header first, blank rows left out (their numbers are kept)."""
-    rows = _xlsx_rows(data, sheet) if file_format is ImportFormat.xlsx else _csv_rows(data)
+def read_rows(
+    data: bytes, file_format: ImportFormat, sheet: str | None, *, formulas: bool = True
+) -> Iterator[SheetRow]:
+    """Every row, the header first, blank rows left out (their numbers are kept). `formulas`:
+    mark the formula cells without a value (the pre-scan, which only counts, does not)."""
+    if file_format is ImportFormat.xlsx:
+        rows = _xlsx_rows(data, sheet, formulas=formulas)
+    else:
+        rows = _csv_rows(data)
     for row in rows:
         if any(_filled(cell) for cell in row.cells):
             yield row
@@ -156,7 +162,7 @@ def _filled(cell: Any) -> bool:
     return cell is not None and not (isinstance(cell, str) and not cell.strip())
 
 
-def _xlsx_rows(data: bytes, sheet: str | None) -> Iterator[SheetRow]:
+def _xlsx_rows(data: bytes, sheet: str | None, *, formulas: bool) -> Iterator[SheetRow]:
     try:
         workbook = python_calamine.CalamineWorkbook.from_filelike(io.BytesIO(data))
         if sheet is None:
@@ -168,7 +174,7 @@ def _xlsx_rows(data: bytes, sheet: str | None) -> Iterator[SheetRow]:
     except (python_calamine.CalamineError, ValueError) as exc:
         raise InvalidFile() from exc
     uncached: dict[int, list[int]] = {}
-    for row_number, column in uncached_formulas(data, worksheet.name):
+    for row_number, column in uncached_formulas(data, worksheet.name) if formulas else ():
         uncached.setdefault(row_number, []).append(column)
     # A sheet's range starts at its first used cell, not at A1.
     first_row, first_column = worksheet.start or (0, 0)
@@ -271,7 +277,7 @@ def count_data_rows(data: bytes, file_format: ImportFormat, sheet: str | None) -
     if file_format is ImportFormat.xlsx:
         check_xlsx(data)
     count = -1  # the header
-    for _ in read_rows(data, file_format, sheet):
+    for _ in read_rows(data, file_format, sheet, formulas=False):
         count += 1
         if count > MAX_DATA_ROWS:
             raise TooManyRows()
