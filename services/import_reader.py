@@ -16,7 +16,7 @@ from typing import Any
 
 import python_calamine
 
-from core.exceptions import AppError
+from core.exceptions import AppError, InvalidFieldError
 from models.data_import import ImportFormat
 
 MAX_DATA_ROWS = 100_000
@@ -37,20 +37,26 @@ class UnsupportedFileType(AppError):
     message = "The file is neither an xlsx workbook nor a CSV text file"
 
 
-class EmptyFile(AppError):
-    status_code = 422
+class RefusedFile(InvalidFieldError):
+    """A 422 about the uploaded file, rendered like a schema failure of the form's `file`."""
+
+    field = "file"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__("body", self.field, message=message)
+
+
+class EmptyFile(RefusedFile):
     code = "empty_file"
     message = "The file holds no data row under its header row"
 
 
-class TooManyRows(AppError):
-    status_code = 422
+class TooManyRows(RefusedFile):
     code = "too_many_rows"
     message = f"The file holds more than {MAX_DATA_ROWS:,} data rows"
 
 
-class InvalidFile(AppError):
-    status_code = 422
+class InvalidFile(RefusedFile):
     code = "invalid_file"
     message = "The xlsx file is malformed or too large once uncompressed"
 
@@ -60,6 +66,7 @@ class UnsafeXml(InvalidFile):
 
 
 class UnknownSheet(InvalidFile):
+    field = "sheet"
     message = "The workbook has no sheet of that name"
 
 

@@ -485,7 +485,9 @@ async def test_an_xlsx_sheet_chosen_by_name_with_excel_dates_and_numbers(
         client, admin_headers, content, entity="interaction", sheet="Feuil9", filename="i.xlsx"
     )
     assert unknown.status_code == 422
-    assert error_of(unknown)["code"] == "invalid_file"
+    body = error_of(unknown)
+    assert body["code"] == "invalid_file"
+    assert body["detail"][0]["loc"] == ["body", "sheet"]
 
 
 # --- limits, refused before the 202 ------------------------------------------------------------
@@ -698,7 +700,8 @@ async def test_an_xml_entity_bomb_is_refused_as_invalid_file(
     assert response.status_code == 422
     body = error_of(response)
     assert body["code"] == "invalid_file"
-    assert "entities" in body["detail"]
+    (item,) = body["detail"]
+    assert item["loc"] == ["body", "file"] and "entities" in item["msg"]
 
 
 async def test_a_malformed_zip_is_refused_as_invalid_file(
