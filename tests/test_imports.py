@@ -221,6 +221,18 @@ async def test_a_commit_with_one_bad_row_among_10000_writes_nothing_and_reports_
     assert await scalar("SELECT count(*) FROM audit_log WHERE action = 'import'") == 0
 
 
+async def test_more_keys_than_a_statement_can_bind_are_looked_up_in_one_array(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    # 40,000 emails: an IN list would bind 40,000 parameters, past the driver's 32,767.
+    rows: list[list[Any]] = [["Nom", "E-mail"]]
+    rows += [[f"Investisseur {n}", f"investisseur{n}@example.fr"] for n in range(40_000)]
+    await execute("INSERT INTO investors (name, email) VALUES ('Déjà', 'investisseur7@example.fr')")
+    result = await run_import(client, admin_headers, csv_bytes(rows), on_duplicate="skip")
+    assert result["status"] == "succeeded", result["errors"][:3]
+    assert (result["created"], result["skipped"]) == (39_999, 1)
+
+
 async def test_importing_the_same_file_twice_with_skip_creates_nothing_the_second_time(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
