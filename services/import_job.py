@@ -2,6 +2,7 @@
 duplicates) and, in commit mode and only when no row is refused, written in the job's one
 transaction through the entity services (audited as `import`)."""
 
+import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from services.kpis import KpiService
 from services.spreadsheet_columns import SpreadsheetEntity
 
 IMPORT_JOB = "import.run"
+logger = logging.getLogger(__name__)
 _ERRORS: Table = ImportRowError.__table__  # type: ignore[assignment]
 _ERROR_BATCH = 5_000
 _WRITE_SLICE = 5_000
@@ -51,10 +53,23 @@ class ImportPayload(BaseModel):
     import_id: int
 
 
-@job_types.register(IMPORT_JOB, ImportPayload, retry=RetryPolicy(max_attempts=3))
+IMPORT_RETRY = RetryPolicy(max_attempts=3)
+
+
+@job_types.register(IMPORT_JOB, ImportPayload, retry=IMPORT_RETRY)
 async def run_import(payload: ImportPayload, context: JobContext) -> None:
-    """Process one import; a second pick of a finished one does nothing."""
-    await ImportRunner(context.session, context.set_progress).run(payload.import_id)
+    """Process one import; a second pick of a finished one does nothing. An unexpected error
+    is retried; on the last attempt the import fails instead, and its upload goes with it
+    (a failed job would keep it)."""
+    runner = ImportRunner(context.session, context.set_progress)
+    try:
+        await runner.run(payload.import_id)
+    except Exception:
+        if context.attempt < IMPORT_RETRY.max_attempts:
+            raise
+        logger.exception("Import %s failed on its last attempt", payload.import_id)
+        await context.session.rollback()
+        await runner.give_up(payload.import_id)
 
 
 def read_sheet(
@@ -107,6 +122,15 @@ class ImportRunner:
             actor = Actor(ActorKind.user, record.created_by)
             await _Writer(self.session, entity, sheet, record.created_by, actor).write(plan)
         await self._finish(record, sheet, plan)
+
+    async def give_up(self, import_id: int) -> None:
+        """Fail the import with one error saying so, its upload removed."""
+        record = await self.session.get(DataImport, import_id)
+        if record is not None and record.outcome is ImportOutcome.pending:
+            error = RowError(
+                HEADER_ROW, None, None, "processing_failed", "The import could not be processed"
+            )
+            await self._finish(record, ParsedSheet(errors=[error]), _Plan())
 
     async def _finish(self, record: DataImport, sheet: ParsedSheet, plan: _Plan) -> None:
         errors = sorted(sheet.errors, key=lambda error: (error.row, error.column or ""))

@@ -17,8 +17,10 @@ import xlsxwriter  # type: ignore[import-untyped]  # ships no type information
 from httpx import AsyncClient, Response
 
 from core.db import db
+from core.jobs import JobContext
 from models.data_import import ImportFormat
-from services.import_job import ImportRunner
+from services import import_job
+from services.import_job import ImportPayload, ImportRunner
 from services.import_reader import InvalidFile, count_data_rows
 from tests.conftest import error_of
 from tests.factories import bearer, create_user, execute, fetch, insert_investor, scalar
@@ -820,6 +822,39 @@ async def test_anonymisation_scrubs_import_error_values_and_stored_uploads(
     body = (await client.get(f"{IMPORTS}/{pending['id']}", headers=admin_headers)).json()
     assert body["status"] == "failed"
     assert codes(body) == [(1, None, "invalid_file")]
+
+
+async def test_an_import_that_keeps_failing_fails_on_its_last_attempt_without_its_upload(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    accepted = (await upload(client, admin_headers, csv_bytes([["Nom"], ["Acme"]]))).json()
+    # An entity this version does not know: processing raises, as any unexpected error would.
+    await execute("UPDATE imports SET entity = 'supplier' WHERE id = :id", id=accepted["id"])
+    payload = ImportPayload(import_id=accepted["id"])
+    for attempt in (1, 2):
+        async with db.sessionmaker() as session:
+            context = JobContext(
+                job_id=1,
+                attempt=attempt,
+                created_by=None,
+                session=session,
+                report_progress=_no_progress,
+            )
+            with pytest.raises(ValueError, match="supplier"):
+                await import_job.run_import(payload, context)
+    assert await scalar("SELECT upload IS NOT NULL FROM imports WHERE id = :id", id=accepted["id"])
+    # As the worker runs a handler: its session, committed after it (core/queue.py).
+    async with db.sessionmaker() as session:
+        context = JobContext(
+            job_id=1, attempt=3, created_by=None, session=session, report_progress=_no_progress
+        )
+        await import_job.run_import(payload, context)
+        await session.commit()
+    await execute("UPDATE imports SET entity = 'investor' WHERE id = :id", id=accepted["id"])
+    body = (await client.get(f"{IMPORTS}/{accepted['id']}", headers=admin_headers)).json()
+    assert body["status"] == "failed"
+    assert codes(body) == [(1, None, "processing_failed")]
+    assert await scalar("SELECT upload IS NULL FROM imports WHERE id = :id", id=accepted["id"])
 
 
 @pytest.mark.committing
