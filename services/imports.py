@@ -3,6 +3,7 @@ errors as CSV. The processing itself is the job of services/import_job.py."""
 
 import csv
 import io
+from pathlib import PureWindowsPath
 from typing import Any
 
 import anyio
@@ -81,7 +82,7 @@ class ImportService(BaseService[DataImport, BaseModel, BaseModel]):
             mode=mode,
             on_duplicate=on_duplicate,
             file_format=file_format,
-            filename=filename[:255] or "upload",
+            filename=_shown_name(filename),
             sheet=sheet,
             outcome=ImportOutcome.pending,
             upload=upload,
@@ -164,6 +165,13 @@ class ImportService(BaseService[DataImport, BaseModel, BaseModel]):
             if len(rows) < _CSV_BATCH:
                 return buffer.getvalue()
             after = rows[-1].id
+
+
+def _shown_name(filename: str) -> str:
+    """The file's own name, as the client sent it, without a path or control characters (a NUL
+    would not even reach PostgreSQL)."""
+    name = PureWindowsPath(filename).name
+    return "".join(c for c in name if c.isprintable())[:255] or "upload"
 
 
 def _safe(value: str | None) -> str | None:

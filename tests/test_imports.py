@@ -763,6 +763,10 @@ async def test_imports_are_listed_newest_first_and_an_unknown_one_is_404(
     assert body["total"] == 2
     assert [item["id"] for item in body["items"]] == [second["id"], first["id"]]
     assert "errors" not in body["items"][0]
+    # The name as shown: without the sender's path.
+    odd = await upload(client, admin_headers, content, filename="C:\\Users\\léa\\données.csv")
+    assert odd.status_code == 202, odd.text
+    assert odd.json()["filename"] == "données.csv"
     missing = await client.get(f"{IMPORTS}/999999", headers=admin_headers)
     assert missing.status_code == 404
     assert error_of(missing)["code"] == "not_found"
