@@ -519,6 +519,28 @@ async def test_a_file_over_import_max_bytes_is_413(
     assert await scalar("SELECT count(*) FROM imports") == 0
 
 
+async def test_a_streamed_body_is_cut_at_import_max_bytes_as_it_arrives(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    from core.config import settings
+
+    sent = 0
+
+    async def chunks() -> Any:
+        # No Content-Length: the limit is counted on what arrives.
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        while sent <= settings.import_max_bytes + 1024 * 1024:
+            sent += 1024 * 1024
+            yield b"x" * (1024 * 1024)
+
+    headers = {**admin_headers, "Content-Type": "multipart/form-data; boundary=b"}
+    response = await client.post(IMPORTS, content=chunks(), headers=headers)
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+    assert await scalar("SELECT count(*) FROM imports") == 0
+
+
 async def test_the_general_body_limit_does_not_apply_to_imports(
     client: AsyncClient, admin_headers: dict[str, str]
 ) -> None:
