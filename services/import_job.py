@@ -8,15 +8,17 @@ from typing import Any
 
 import anyio
 from pydantic import BaseModel
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
 from core.audit import Actor
 from core.exceptions import AppError
 from core.jobs import JobContext, RetryPolicy, job_types
+from core.schedules import Schedule, schedules
 from models.audit import ActorKind
 from models.data_import import DataImport, ImportFormat, ImportMode, ImportOutcome, ImportRowError
+from models.job import FINISHED_STATUSES, Job
 from services.import_checks import ImportChecker, ImportPlan
 from services.import_reader import read_rows
 from services.import_rows import HEADER_ROW, ParsedSheet, RowError, parse_sheet
@@ -50,6 +52,33 @@ async def run_import(payload: ImportPayload, context: JobContext) -> None:
         logger.exception("Import %s failed on its last attempt", payload.import_id)
         await context.session.rollback()
         await runner.give_up(payload.import_id)
+
+
+class UploadSweepPayload(BaseModel):
+    pass
+
+
+@job_types.register("imports.sweep_uploads", UploadSweepPayload, retry=RetryPolicy(max_attempts=3))
+async def sweep_uploads(_: UploadSweepPayload, context: JobContext) -> None:
+    """The files of imports whose job ended without processing them (cancelled through the
+    Jobs API, or purged), removed: an upload is kept only while its job may still run."""
+    ended = select(Job.id).where(Job.id == DataImport.job_id, Job.status.in_(FINISHED_STATUSES))
+    await context.session.execute(
+        update(DataImport)
+        .where(
+            DataImport.upload.is_not(None),
+            or_(DataImport.job_id.is_(None), ended.exists()),
+        )
+        .values(upload=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+schedules.add(
+    Schedule(
+        "imports.sweep_uploads.hourly", "20 * * * *", "imports.sweep_uploads", UploadSweepPayload
+    )
+)
 
 
 def read_sheet(

@@ -883,6 +883,27 @@ async def test_an_import_that_keeps_failing_fails_on_its_last_attempt_without_it
     assert await scalar("SELECT upload IS NULL FROM imports WHERE id = :id", id=accepted["id"])
 
 
+async def test_the_upload_of_an_import_whose_job_was_cancelled_is_swept(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    content = csv_bytes([["Nom"], ["Acme"]])
+    cancelled = (await upload(client, admin_headers, content)).json()
+    waiting = (await upload(client, admin_headers, content)).json()
+    job_id = await scalar("SELECT job_id FROM imports WHERE id = :id", id=cancelled["id"])
+    response = await client.post(f"/api/v1/jobs/{job_id}/cancel", headers=admin_headers)
+    assert response.status_code == 200, response.text
+    body = (await client.get(f"{IMPORTS}/{cancelled['id']}", headers=admin_headers)).json()
+    assert body["status"] == "cancelled"
+    async with db.sessionmaker() as session:
+        context = JobContext(
+            job_id=1, attempt=1, created_by=None, session=session, report_progress=_no_progress
+        )
+        await import_job.sweep_uploads(import_job.UploadSweepPayload(), context)
+        await session.commit()
+    stored = await fetch("SELECT id, upload IS NOT NULL AS stored FROM imports ORDER BY id")
+    assert [tuple(row) for row in stored] == [(cancelled["id"], False), (waiting["id"], True)]
+
+
 @pytest.mark.committing
 async def test_an_import_runs_on_the_worker_and_commits(
     client: AsyncClient, admin_headers: dict[str, str]
