@@ -49,11 +49,15 @@ class ImportChecker:
         entity: SpreadsheetEntity,
         on_duplicate: OnDuplicate,
         sheet: ParsedSheet,
+        *,
+        lock: bool,
     ) -> None:
         self.session = session
         self.entity = entity
         self.on_duplicate = on_duplicate
         self.sheet = sheet
+        # A commit locks the records it matched (it may update them); a dry run takes no lock.
+        self.lock = lock
 
     def _refuse(self, row: ParsedRow, field_name: str, value: Any, code: str, message: str) -> None:
         header = self.sheet.headers.get(field_name, field_name)
@@ -190,13 +194,14 @@ class ImportChecker:
     async def _existing(
         self, rows: list[ParsedRow], key_of: Callable[[ParsedRow], Hashable | None]
     ) -> dict[Hashable, Base]:
-        """The live records the rows' keys name (locked: an update changes them)."""
+        """The live records the rows' keys name (locked for a commit: it may update them)."""
         keys = [key for row in rows if (key := key_of(row)) is not None]
         if not keys:
             return {}
         found: dict[Hashable, Base] = {}
         for stmt in _lookups(self.entity, keys):
-            for obj in (await self.session.execute(stmt.with_for_update())).scalars():
+            locked = stmt.with_for_update() if self.lock else stmt
+            for obj in (await self.session.execute(locked)).scalars():
                 found.setdefault(_record_key(self.entity, obj), obj)
         return found
 

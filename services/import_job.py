@@ -120,10 +120,11 @@ class ImportRunner:
             await self._finish(record, ParsedSheet(errors=[error]), ImportPlan())
             return
         await self.report(40)
-        checker = ImportChecker(self.session, entity, record.on_duplicate, sheet)
+        commit = record.mode is ImportMode.commit
+        checker = ImportChecker(self.session, entity, record.on_duplicate, sheet, lock=commit)
         plan = await checker.plan()
         await self.report(70)
-        if record.mode is ImportMode.commit and not sheet.errors:
+        if commit and not sheet.errors:
             actor = Actor(ActorKind.user, record.created_by)
             await ImportWriter(self.session, entity, sheet, record.created_by, actor).write(plan)
         await self._finish(record, sheet, plan)
