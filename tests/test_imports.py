@@ -431,6 +431,44 @@ async def test_interaction_and_kpi_cells_are_read_as_people_type_them(
     assert await scalar("SELECT rdv_count FROM kpis WHERE month = 1") == 4
 
 
+async def test_contacts_are_matched_by_investor_and_email(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    acme = await insert_investor("Acme Capital")
+    beta = await insert_investor("Beta Gestion")
+    await execute("UPDATE investors SET email = 'contact@beta.fr' WHERE id = :id", id=beta)
+    header = ["ID investisseur", "E-mail investisseur", "Nom", "E-mail", "Fonction"]
+    first = csv_bytes(
+        [
+            header,
+            [str(acme), "", "Jeanne Martin", "jeanne@acme.fr", "Gérante"],
+            ["", "contact@beta.fr", "Jeanne Martin", "jeanne@acme.fr", "Associée"],
+            [str(acme), "", "Paul Durand", "", ""],
+        ]
+    )
+    result = await run_import(client, admin_headers, first, entity="contact", mode="commit")
+    assert result["created"] == 3, result
+    # The same email at another investor is another contact; at the same one, the same.
+    again = csv_bytes(
+        [
+            header,
+            [str(acme), "", "Jeanne Martin", "JEANNE@acme.fr", "Directrice"],
+            [str(acme), "", "Paul Durand", "", ""],
+        ]
+    )
+    result = await run_import(
+        client, admin_headers, again, entity="contact", mode="commit", on_duplicate="update"
+    )
+    assert (result["created"], result["updated"]) == (1, 1), result
+    rows = await fetch("SELECT investor_id, name, title FROM contacts ORDER BY id")
+    assert [tuple(row) for row in rows] == [
+        (acme, "Jeanne Martin", "Directrice"),
+        (beta, "Jeanne Martin", "Associée"),
+        (acme, "Paul Durand", None),
+        (acme, "Paul Durand", None),
+    ]
+
+
 # --- reading CSV and xlsx ----------------------------------------------------------------------
 
 
@@ -494,7 +532,8 @@ async def test_an_xlsx_sheet_chosen_by_name_with_excel_dates_and_numbers(
     )
     assert result["status"] == "succeeded", result
     row = (await fetch("SELECT type, date, duration_minutes, created_by FROM interactions"))[0]
-    assert tuple(row)[:3] == ("webinaire", date(2026, 3, 9), 45)
+    admin = await scalar("SELECT id FROM users WHERE role = 'admin'")
+    assert tuple(row) == ("webinaire", date(2026, 3, 9), 45, admin)
     unknown = await upload(
         client, admin_headers, content, entity="interaction", sheet="Feuil9", filename="i.xlsx"
     )
