@@ -77,6 +77,7 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.jobs
 	$(PY) -m bench.audit $(SIZE)
 	$(PY) -m bench.exports
+	$(PY) -m bench.imports
 
 # The same fuzz test `make test` runs, with many more generated cases per operation.
 fuzz: $(DEV_STAMP)

@@ -121,6 +121,7 @@ def create_app() -> FastAPI:
         EdgeMiddleware,
         api_prefix=API_PREFIX,
         max_bytes=settings.max_body_bytes,
+        path_max_bytes={f"{API_PREFIX}/imports": settings.import_max_bytes},
         cors=cors if settings.allowed_origins else None,
     )
     include_api(app)

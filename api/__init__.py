@@ -11,6 +11,7 @@ from api.routes import (
     exports,
     follow_up_rules,
     gdpr,
+    imports,
     interactions,
     investors,
     jobs,
@@ -42,6 +43,7 @@ ROUTERS = tuple(
         follow_up_rules,
         notifications,
         exports,
+        imports,
     )
 )
 

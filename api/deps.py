@@ -43,6 +43,7 @@ from services.contacts import ContactService
 from services.exports import export_slots
 from services.follow_ups import FollowUpRuleService
 from services.gdpr import GdprService
+from services.imports import ImportService
 from services.interactions import InteractionService
 from services.investors import InvestorService
 from services.jobs import JobService
@@ -297,6 +298,8 @@ NotificationWriter = Annotated[NotificationService, _writer(NotificationService)
 StreamTicketWriter = Annotated[StreamTicketService, _writer(StreamTicketService)]
 # The export writes its audit entries: a write session for both operations.
 GdprWriter = Annotated[GdprService, _writer(GdprService)]
+ImportReader = Annotated[ImportService, _reader(ImportService)]
+ImportWriter = Annotated[ImportService, _writer(ImportService)]
 
 
 async def hold_export_slot() -> AsyncIterator[None]:

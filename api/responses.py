@@ -11,6 +11,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict with existing data",
     413: "Request body too large",
+    415: "Unsupported file type",
     429: "Too many attempts",
     503: "Database unavailable or request timed out",
 }

@@ -616,8 +616,8 @@ def write_latest() -> str:
         "",
     ]
     # Each size's section, then the job queue's (bench/jobs.py), the audit trail's
-    # (bench/audit.py) and the exports' (bench/exports.py).
-    for name in [*SIZES, "jobs", "audit", "exports"]:
+    # (bench/audit.py), the exports' (bench/exports.py) and the import's (bench/imports.py).
+    for name in [*SIZES, "jobs", "audit", "exports", "imports"]:
         section = RESULTS_DIR / f"{name}.md"
         if section.exists():
             parts.append(section.read_text())

@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     # Spreadsheet exports running at once per process (each holds a connection and a snapshot
     # for its whole length); one more is answered 429 `export_busy`.
     export_concurrency: int = Field(default=2, ge=1, le=64)
+    # The cap of POST /api/v1/imports instead of MAX_BODY_BYTES (the shipped nginx agrees).
+    import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
     log_format: Literal["text", "json"] = "text"
     # GET /metrics answers only to this bearer token; unset, it answers 404 like any unknown path.

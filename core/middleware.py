@@ -1,6 +1,6 @@
 """The one pure ASGI middleware every request passes through on its way in and out."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import perf_counter
 
 from starlette.exceptions import HTTPException
@@ -50,10 +50,13 @@ class EdgeMiddleware:
         api_prefix: str,
         max_bytes: int,
         cors: Callable[[ASGIApp], ASGIApp] | None,
+        path_max_bytes: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.api_prefix = api_prefix
         self.max_bytes = max_bytes
+        # Paths with a cap of their own instead of `max_bytes` (file uploads).
+        self.path_max_bytes = dict(path_max_bytes or {})
         self.cors = cors(app) if cors is not None else None
         self.templates = RouteTemplates()
 
@@ -70,6 +73,7 @@ class EdgeMiddleware:
             elif name == b"origin":
                 origin = value if origin is None else origin
         method, path = scope["method"], scope["path"]
+        max_bytes = self.path_max_bytes.get(path, self.max_bytes)
         rid = request_id(sent_id)
         context = enter_request(rid, method, path)
         extra = list(_API_HEADERS if path.startswith(self.api_prefix) else _SECURITY_HEADERS)
@@ -99,12 +103,12 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 exc = PayloadTooLargeError()
                 response = JSONResponse(error_body(exc.message, exc.code), status_code=413)
                 await response(scope, receive, send_with_headers)
             else:
-                await app(scope, self._limited(receive), send_with_headers)
+                await app(scope, self._limited(receive, max_bytes), send_with_headers)
         finally:
             elapsed = perf_counter() - started
             finish_request(method, self.templates.of(scope), path, status, elapsed)
@@ -112,8 +116,8 @@ class EdgeMiddleware:
         # middleware, still reads it; each request runs in its own task, so it goes with it.
         leave_request(context)
 
-    def _limited(self, receive: Receive) -> Receive:
-        """`receive`, raising 413 once the streamed body exceeds the limit."""
+    def _limited(self, receive: Receive, max_bytes: int) -> Receive:
+        """`receive`, raising 413 once the streamed body exceeds `max_bytes`."""
         received = 0
 
         async def limited_receive() -> Message:
@@ -121,7 +125,7 @@ class EdgeMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # FastAPI re-raises HTTPException from body parsing; the handler renders it.
                     raise HTTPException(413, PayloadTooLargeError.message)
             return message

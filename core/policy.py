@@ -237,6 +237,13 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     **_rules(Action.follow_jobs, ("GET", "/jobs")),
     **_rules(Action.follow_jobs, ("GET", "/jobs/{job_id}"), ownership=JOB),
     **_rules(Action.operate, ("POST", "/jobs/{job_id}/retry"), ("POST", "/jobs/{job_id}/cancel")),
+    **_rules(
+        Action.operate,
+        ("POST", "/imports"),
+        ("GET", "/imports"),
+        ("GET", "/imports/{import_id}"),
+        ("GET", "/imports/{import_id}/errors.csv"),
+    ),
     **_rules(Action.audit, ("GET", "/audit")),
     **_rules(
         Action.manage_users,

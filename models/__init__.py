@@ -4,6 +4,7 @@ from models.aggregates import InvestorCount, KpiMonthTotal
 from models.audit import ActorKind, AuditAction, AuditEntry
 from models.base import Base
 from models.contact import Contact
+from models.data_import import DataImport, ImportRowError
 from models.gdpr import Anonymization, GdprEntity
 from models.interaction import Interaction, InteractionType
 from models.investor import (
@@ -34,8 +35,10 @@ __all__ = [
     "Base",
     "ClientType",
     "Contact",
+    "DataImport",
     "FollowUpRule",
     "GdprEntity",
+    "ImportRowError",
     "Interaction",
     "InteractionType",
     "Investor",

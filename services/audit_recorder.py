@@ -5,7 +5,7 @@ BaseService's create / update / delete call `record` for every entity service th
 change, a login) call it themselves.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from pydantic_core import to_jsonable_python
@@ -22,6 +22,7 @@ SECRET = "***"  # noqa: S105 (what stands for a secret)
 
 # Built once (see services.investors._STATS): each entry only binds its values.
 _INSERT = insert(cast(Table, AuditEntry.__table__))
+_INSERT_MANY = _INSERT.returning(AuditEntry.id)
 
 
 async def record(
@@ -51,6 +52,41 @@ async def record(
             "request_id": current_request_id(),
             "client_address": author.client_address,
         },
+    )
+
+
+async def record_many(
+    session: AsyncSession,
+    action: AuditAction,
+    entity: str,
+    entries: Sequence[tuple[int, Mapping[str, Any] | None, int | None]],
+    *,
+    actor: Actor | None = None,
+) -> None:
+    """`record` for many rows of one entity at once, each (entity_id, changes, investor_id):
+    one batched statement, where an import would otherwise pay a round trip per row."""
+    if not settings.audit_enabled or not entries:
+        return
+    author = actor or current_actor()
+    request_id = current_request_id()
+    # With RETURNING, SQLAlchemy sends the rows as multi-row INSERTs ("insertmanyvalues"),
+    # a thousand per statement, instead of one execution per row.
+    await session.execute(
+        _INSERT_MANY,
+        [
+            {
+                "actor_id": author.id,
+                "actor_kind": author.kind,
+                "action": action,
+                "entity": entity,
+                "entity_id": entity_id,
+                "investor_id": investor_id,
+                "changes": None if changes is None else to_jsonable_python(changes),
+                "request_id": request_id,
+                "client_address": author.client_address,
+            }
+            for entity_id, changes, investor_id in entries
+        ],
     )
 
 

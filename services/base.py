@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from core.audit import Actor
 from core.config import settings
 from core.exceptions import (
     FOREIGN_KEY_VIOLATION,
@@ -24,7 +25,7 @@ from core.exceptions import (
 from models.audit import AuditAction
 from models.base import Base
 from models.trash import SoftDeleteMixin, TrashEntity, TrashEntry
-from services.audit_recorder import SECRET, record
+from services.audit_recorder import SECRET, record, record_many
 
 ModelT = TypeVar("ModelT", bound=Base)
 CreateT = TypeVar("CreateT", bound=BaseModel)
@@ -276,6 +277,10 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             if key in loaded
         }
 
+    def audited_fields(self) -> tuple[str, ...]:
+        """The fields of the model an audit entry holds."""
+        return _audited_fields(self.model, self.audit_ignored_fields)
+
     def _masked(self, key: str, value: Any) -> Any:
         if key not in self.audit_secret_fields:
             return value
@@ -294,6 +299,28 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
             changes,
             investor_id=None if investor_key is None else getattr(obj, investor_key),
         )
+
+    async def audit_many(
+        self,
+        action: AuditAction,
+        changes_by_row: Sequence[tuple[Any, dict[str, Any]]],
+        *,
+        actor: Actor | None = None,
+    ) -> None:
+        """`audit` for many rows at once (an import), in one batched statement; each row an
+        entity or a mapping of its columns."""
+        if self.audit_entity is None:
+            return
+        key = self.audit_investor_key
+        entries = [
+            (_value(row, "id"), changes, None if key is None else _value(row, key))
+            for row, changes in changes_by_row
+        ]
+        await record_many(self.session, action, self.audit_entity, entries, actor=actor)
+
+
+def _value(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
 @functools.cache

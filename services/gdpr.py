@@ -25,7 +25,12 @@ from schemas.investor import InvestorRead
 from schemas.user import UserRead
 from services.audit import AuditService
 from services.audit_recorder import record
-from services.gdpr_traces import delete_outbox_messages, forget_search_words, scrub_jobs
+from services.gdpr_traces import (
+    delete_outbox_messages,
+    forget_search_words,
+    scrub_imports,
+    scrub_jobs,
+)
 from services.notifications import NotificationService
 
 # What stands for a name (a NOT NULL, non-blank column); every other personal field is null.
@@ -143,6 +148,7 @@ class GdprService:
         ]
         await scrub_jobs(self.session, values)
         await NotificationService(self.session).scrub(values, ANONYMIZED_NAME)
+        await scrub_imports(self.session, values)
         emails = [value for value in values if "@" in value]
         await delete_outbox_messages(settings.email_outbox_dir, emails)
 

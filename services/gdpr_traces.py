@@ -1,5 +1,6 @@
 """Where a forgotten person's values linger outside their own rows: the search words, job
-payloads and the mail outbox. The GDPR anonymisation (services/gdpr.py) clears them."""
+payloads, import errors and uploads, and the mail outbox. The GDPR anonymisation
+(services/gdpr.py) clears them."""
 
 import asyncio
 import email
@@ -12,6 +13,7 @@ from sqlalchemy import Text, bindparam, cast, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from models.data_import import DataImport, ImportRowError
 from models.job import Job, JobStatus
 from services.jobs import JobService
 
@@ -87,6 +89,29 @@ async def scrub_jobs(session: AsyncSession, values: Iterable[str]) -> int:
             .execution_options(synchronize_session=False)
         )
     return len(jobs)
+
+
+async def scrub_imports(session: AsyncSession, values: Iterable[str]) -> None:
+    """Clear the import errors whose value holds one of the person's values, and every upload
+    still stored: an xlsx is compressed, so no search can tell whether it names them (a queued
+    import then fails, its file gone)."""
+    needles = sorted({value.lower() for value in values if value})
+    if needles:
+        holding = [
+            func.lower(ImportRowError.value).contains(needle, autoescape=True) for needle in needles
+        ]
+        await session.execute(
+            update(ImportRowError)
+            .where(or_(*holding))
+            .values(value=None)
+            .execution_options(synchronize_session=False)
+        )
+    await session.execute(
+        update(DataImport)
+        .where(DataImport.upload.is_not(None))
+        .values(upload=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _message_holds(raw: bytes, needles: Sequence[str]) -> bool:

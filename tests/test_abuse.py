@@ -20,7 +20,7 @@ from models import Base
 from services.jobs import JobService
 from services.users import UserService
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, error_of
-from tests.factories import USER_PASSWORD, first_admin_id
+from tests.factories import USER_PASSWORD, first_admin_id, scalar
 from worker.tasks import PurgePayload
 
 FORBIDDEN_TO_USERS = {
@@ -143,10 +143,17 @@ async def _seed(client: AsyncClient, admin: dict[str, str], user_id: int) -> dic
         headers=admin,
     )
     assert task.status_code == 201, task.text
+    import_id = await scalar(
+        "INSERT INTO imports (entity, mode, on_duplicate, file_format, filename, outcome, "
+        "created_by) VALUES ('investor', 'dry_run', 'error', 'csv', 'a.csv', 'succeeded', :by) "
+        "RETURNING id",
+        by=await first_admin_id(),
+    )
     return {
         "job_id": job_id,
         "task_id": task.json()["id"],
         "key": "stage_client",
+        "import_id": import_id,
         "investor_id": investor_id,
         "contact_id": contact.json()["id"],
         "interaction_id": interaction.json()["id"],
@@ -288,6 +295,7 @@ async def test_no_get_response_contains_a_password_or_a_hash(
                     f"{API}/gdpr",
                     f"{API}/exports",
                     f"{API}/imports/templates",
+                    f"{API}/imports",
                 )
             )
             expected = 403 if role == "user" and admin_only else 200

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.db import db
 from models import Base
+from services.import_job import ImportRunner
 from services.jobs import JobService
 from services.password_reset import PasswordResetService
 from services.users import caller_cache
@@ -285,6 +286,18 @@ async def populate(client: AsyncClient) -> dict[str, str]:
     )
     ticket = await client.post(f"{API}/notifications/stream-ticket", headers=sales)
     assert ticket.status_code == 201, ticket.text
+    # Imports: one processed, with its refused row; one still queued, its file stored.
+    for processed in (True, False):
+        accepted = await client.post(
+            f"{API}/imports",
+            files={"file": ("a.csv", b"Nom;E-mail\nAcme;pas-une-adresse\n", "text/csv")},
+            data={"entity": "investor"},
+            headers=admin,
+        )
+        assert accepted.status_code == 202, accepted.text
+        if processed:
+            async with db.sessionmaker() as session, session.begin():
+                await ImportRunner(session, _no_progress).run(accepted.json()["id"])
     # Background work is data too: a queued job, and the schedule slot that queued it.
     async with db.sessionmaker() as session, session.begin():
         job_id = await JobService(session).enqueue("jobs.purge", PurgePayload())
@@ -293,6 +306,10 @@ async def populate(client: AsyncClient) -> dict[str, str]:
             {"s": "jobs.purge.daily", "t": datetime(2026, 1, 5, 3, 15), "j": job_id},
         )
     return admin
+
+
+async def _no_progress(_: int) -> None:
+    return None
 
 
 async def test_round_trip_restores_every_table_exactly(

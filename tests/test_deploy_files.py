@@ -465,9 +465,19 @@ class TestNginx:
 
     def test_body_size_limit_is_the_apis(self, nginx: list[Directive]) -> None:
         limit = Settings.model_fields["max_body_bytes"].default
+        http = http_block(nginx)
+        (general,) = children(http, "client_max_body_size")
+        assert nginx_bytes(general["args"][0]) == limit
+        # The imports' location only: IMPORT_MAX_BYTES.
+        imports = [
+            location
+            for _, location in proxied_locations(http)
+            if location["args"] == ["=", "/api/v1/imports"]
+        ]
+        (upload,) = [d for d in walk(imports) if d["directive"] == "client_max_body_size"]
+        assert nginx_bytes(upload["args"][0]) == Settings.model_fields["import_max_bytes"].default
         sizes = [d for d in walk(nginx) if d["directive"] == "client_max_body_size"]
-        assert children(http_block(nginx), "client_max_body_size")
-        assert {nginx_bytes(d["args"][0]) for d in sizes} == {limit}
+        assert len(sizes) == 2
 
     def test_timeouts_are_bounded(self, nginx: list[Directive]) -> None:
         http = http_block(nginx)

@@ -135,6 +135,10 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/exports/interaction.{file_format}"): "operate",
     ("GET", "/exports/kpi.{file_format}"): "operate",
     ("GET", "/imports/templates/{entity}.xlsx"): "operate",
+    ("POST", "/imports"): "operate",
+    ("GET", "/imports"): "operate",
+    ("GET", "/imports/{import_id}"): "operate",
+    ("GET", "/imports/{import_id}/errors.csv"): "operate",
 }
 
 # Operations on a list or a new record: nothing to own, so `own` means allowed.
@@ -192,6 +196,8 @@ BODIES: dict[tuple[str, str], Any] = {
 # Allowed operations whose answer depends on a state the arrangement does not set up (no 2FA
 # set up yet): past the policy, but not a success.
 ALLOWED_STATUS = {
+    # A JSON body where a multipart form is expected: past the policy, refused by validation.
+    ("POST", "/imports"): 422,
     ("POST", "/auth/2fa/enable"): 409,
     ("POST", "/auth/2fa/disable"): 409,
 }
@@ -261,6 +267,12 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "VALUES ('jobs.purge', 'failed', '{}', 3, :by) RETURNING id",
         by=owner,
     )
+    imported = await scalar(
+        "INSERT INTO imports (entity, mode, on_duplicate, file_format, filename, outcome, "
+        "created_by) VALUES ('investor', 'dry_run', 'error', 'csv', 'a.csv', 'succeeded', :by) "
+        "RETURNING id",
+        by=owner,
+    )
     # An investor in the trash, to restore or destroy.
     trashed = await scalar(
         "INSERT INTO investors (name, owner_id) VALUES ('Deleted Capital', :o) RETURNING id",
@@ -283,6 +295,7 @@ async def _arrange(role: str, owned: bool) -> tuple[dict[str, str], dict[str, An
         "key": "stage_client",
         "job_id": job,
         "notification_id": notification,
+        "import_id": imported,
         "user_id": other,
         "year": 2026,
         "month": 1,

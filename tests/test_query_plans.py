@@ -314,6 +314,7 @@ class Sample:
     task: int
     # One of the admin's unread notifications.
     notification: int
+    data_import: int
 
 
 async def post(client: AsyncClient, headers: dict[str, str], url: str, body: Any) -> Any:
@@ -413,6 +414,18 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         for recipient, read in [(admin, True), (admin, False), (planner, False)]
     ]
     notification = notifications[1]
+    # A processed import with two refused rows.
+    data_import = await scalar(
+        "INSERT INTO imports (entity, mode, on_duplicate, file_format, filename, outcome, "
+        "error_count) VALUES ('investor', 'dry_run', 'error', 'csv', 'a.csv', 'failed', 2) "
+        "RETURNING id"
+    )
+    await execute(
+        'INSERT INTO import_errors (import_id, row, "column", value, code, message) '
+        "VALUES (:id, 2, 'Nom', NULL, 'required', 'A value is required'), "
+        "(:id, 3, 'E-mail', 'x', 'invalid_email', 'Not a valid email address')",
+        id=data_import,
+    )
     # The reset link's token, stored as the job stores it (its SHA-256).
     await execute(
         "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) "
@@ -450,6 +463,7 @@ async def sample(client: AsyncClient, admin_headers: dict[str, str]) -> Sample:
         refresh_token=login.json()["refresh_token"],
         trashed_investor=trashed["id"],
         notification=notification,
+        data_import=data_import,
     )
 
 
@@ -475,6 +489,8 @@ class Call:
     sends_refresh_token: bool = False
     # The body names the sample's contact.
     names_contact: bool = False
+    # A multipart form with this CSV file (the import's upload) instead of a JSON body.
+    upload: bytes | None = None
 
     def url(self, sample: Sample, *more: str) -> str:
         values = {
@@ -492,6 +508,7 @@ class Call:
             "key": "stage_client",
             "notification_id:id": sample.notification,
             "file_format": "csv",
+            "import_id:id": sample.data_import,
         }
         path = re.sub(r"\{([^}]+)\}", lambda match: str(values[match.group(1)]), self.route)
         query = "&".join(part for part in (self.query, *more) if part)
@@ -513,6 +530,7 @@ TRASH = "/api/v1/trash"
 AUDIT_LOG = frozenset({"audit_log"})
 ONE_TRASHED = f"{TRASH}/{{entity}}/{{entity_id:id}}"
 JOBS = "/api/v1/jobs"
+IMPORTS = "/api/v1/imports"
 AUDIT = "/api/v1/audit"
 NOTIFICATIONS = "/api/v1/notifications"
 SEARCH = f"{INVESTORS}/search"
@@ -709,15 +727,16 @@ CALLS = [
     Call("restore from the trash", "POST", f"{ONE_TRASHED}/restore"),
     Call("purge from the trash", "DELETE", ONE_TRASHED, status=204),
     Call("GDPR export", "GET", "/api/v1/gdpr/export", "email=contact@quintavalle.fr"),
-    # Job payloads are searched for the person's values: no index serves a search inside
-    # JSON, and the table is bounded by JOB_RETENTION_DAYS.
+    # Job payloads and import error values are searched for the person's values: no index
+    # serves a search inside a text (jobs go after JOB_RETENTION_DAYS). Stored uploads are
+    # few: each is deleted when its import's job ends.
     Call(
         "GDPR anonymisation",
         "POST",
         "/api/v1/gdpr/anonymize",
         names_contact=True,
         # Notification texts likewise, bounded by NOTIFICATION_RETENTION_DAYS.
-        whole_tables=frozenset({"jobs", "notifications"}),
+        whole_tables=frozenset({"jobs", "notifications", "import_errors", "imports"}),
     ),
     page("notifications", NOTIFICATIONS),
     page("unread notifications", NOTIFICATIONS, "unread=true"),
@@ -787,6 +806,17 @@ CALLS = [
     Call("KPI export of a year", "GET", EXPORT_KPIS, "year=2026"),
     Call("KPI export of an investor", "GET", EXPORT_KPIS, "investor_id={investor}"),
     Call("import template", "GET", "/api/v1/imports/templates/{entity}.xlsx"),
+    # Imports are kept with their jobs: the unfiltered list counts them all.
+    page("imports", IMPORTS, whole_tables=frozenset({"imports"})),
+    Call("read import", "GET", f"{IMPORTS}/{{import_id:id}}"),
+    Call("import errors as CSV", "GET", f"{IMPORTS}/{{import_id:id}}/errors.csv"),
+    Call(
+        "create import",
+        "POST",
+        IMPORTS,
+        upload=b"Nom;E-mail\nAcme;contact@acme.fr\n",
+        status=202,
+    ),
     page("investor history", f"{ONE_INVESTOR}/history"),
     page("investor history after a cursor", f"{ONE_INVESTOR}/history", after_first_page=True),
 ]
@@ -804,8 +834,17 @@ async def test_no_request_path_reads_a_whole_table(
     body = {"refresh_token": sample.refresh_token} if call.sends_refresh_token else call.body
     if call.names_contact:
         body = {"entity": "contact", "id": sample.contact}
+    files = None if call.upload is None else {"file": ("a.csv", call.upload, "text/csv")}
+    form = None if call.upload is None else {"entity": "investor"}
     with captured_statements() as statements:
-        response = await client.request(call.method, url, json=body, headers=admin_headers)
+        response = await client.request(
+            call.method,
+            url,
+            json=None if files else body,
+            files=files,
+            data=form,
+            headers=admin_headers,
+        )
     assert response.status_code == call.status, response.text
     if call.rows:
         assert response.json()["items"], response.text
