@@ -92,7 +92,7 @@ async def history_latency(
                     "INSERT INTO audit_log (actor_kind, action, entity, entity_id, investor_id, "
                     "changes) SELECT 'system', 'update', 'contact', n, 1 + n % :investors, "
                     "jsonb_build_object('notes', jsonb_build_array('a', 'b')) "
-                    "FROM generate_series(:first, :last) AS n"
+                    "FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS n"
                 ),
                 {
                     "investors": investors,
