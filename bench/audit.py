@@ -30,6 +30,7 @@ from core.migrations import upgrade_to_head
 DATABASE = "bench_audit"
 RESULTS = PROJECT_ROOT / "bench" / "results" / "audit.md"
 BLOCKS = 6
+SEED_SLICE = 2_000_000
 # Audit entries behind the history, by the sizes `make bench` was given.
 ENTRIES = {"small": 5_000_000, "large": 50_000_000}
 HISTORY_REQUESTS = 200
@@ -81,15 +82,26 @@ async def history_latency(
     """ms per GET /investors/{id}/history with `entries` entries in the trail."""
     async with session_factory() as session, session.begin():
         investors = int(await session.scalar(text("SELECT max(id) FROM investors")))
-        await session.execute(
-            text(
-                "INSERT INTO audit_log (actor_kind, action, entity, entity_id, investor_id, "
-                "changes) SELECT 'system', 'update', 'contact', n, 1 + n % :investors, "
-                "jsonb_build_object('notes', jsonb_build_array('a', 'b')) "
-                "FROM generate_series(1, :entries) AS n"
-            ),
-            {"investors": investors, "entries": entries},
-        )
+    # In slices of their own transaction, free of the API's statement timeout: 50,000,000
+    # entries take minutes.
+    for first in range(1, entries + 1, SEED_SLICE):
+        async with session_factory() as session, session.begin():
+            await session.execute(text("SET LOCAL statement_timeout = 0"))
+            await session.execute(
+                text(
+                    "INSERT INTO audit_log (actor_kind, action, entity, entity_id, investor_id, "
+                    "changes) SELECT 'system', 'update', 'contact', n, 1 + n % :investors, "
+                    "jsonb_build_object('notes', jsonb_build_array('a', 'b')) "
+                    "FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS n"
+                ),
+                {
+                    "investors": investors,
+                    "first": first,
+                    "last": min(first + SEED_SLICE - 1, entries),
+                },
+            )
+    async with session_factory() as session, session.begin():
+        await session.execute(text("SET LOCAL statement_timeout = 0"))
         await session.execute(text("ANALYZE audit_log"))
     samples = []
     target = f"{API}/investors/1/history"
