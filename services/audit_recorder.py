@@ -41,18 +41,31 @@ async def record(
     author = actor or current_actor()
     await session.execute(
         _INSERT,
-        {
-            "actor_id": author.id,
-            "actor_kind": author.kind,
-            "action": action,
-            "entity": entity,
-            "entity_id": entity_id,
-            "investor_id": investor_id,
-            "changes": None if changes is None else to_jsonable_python(changes),
-            "request_id": current_request_id(),
-            "client_address": author.client_address,
-        },
+        _entry(author, action, entity, entity_id, changes, investor_id, current_request_id()),
     )
+
+
+def _entry(
+    author: Actor,
+    action: AuditAction,
+    entity: str,
+    entity_id: int | None,
+    changes: Mapping[str, Any] | None,
+    investor_id: int | None,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """The values of one audit entry."""
+    return {
+        "actor_id": author.id,
+        "actor_kind": author.kind,
+        "action": action,
+        "entity": entity,
+        "entity_id": entity_id,
+        "investor_id": investor_id,
+        "changes": None if changes is None else to_jsonable_python(changes),
+        "request_id": request_id,
+        "client_address": author.client_address,
+    }
 
 
 async def record_many(
@@ -74,17 +87,7 @@ async def record_many(
     await session.execute(
         _INSERT_MANY,
         [
-            {
-                "actor_id": author.id,
-                "actor_kind": author.kind,
-                "action": action,
-                "entity": entity,
-                "entity_id": entity_id,
-                "investor_id": investor_id,
-                "changes": None if changes is None else to_jsonable_python(changes),
-                "request_id": request_id,
-                "client_address": author.client_address,
-            }
+            _entry(author, action, entity, entity_id, changes, investor_id, request_id)
             for entity_id, changes, investor_id in entries
         ],
     )
