@@ -55,13 +55,20 @@ class BaseService(Generic[ModelT, CreateT, UpdateT]):
     entity: ClassVar[TrashEntity | None] = None
     trash_children: ClassVar[tuple[InstrumentedAttribute[Any], ...]] = ()
     # The audit trail (services.audit_recorder): the entity name its entries carry (None: not
-    # audited), the fields whose values it never holds (shown as "***"), the attribute holding
-    # the id of the investor a row belongs to (the investor's history gathers them), and the
-    # fields it leaves out (server-kept timestamps; generated columns are always left out).
+    # audited; a service with a trash name is audited under that name), the fields whose values
+    # it never holds (shown as "***"), the attribute holding the id of the investor a row
+    # belongs to (the investor's history gathers them), and the fields it leaves out
+    # (server-kept timestamps; generated columns are always left out).
     audit_entity: ClassVar[str | None] = None
     audit_secret_fields: ClassVar[frozenset[str]] = frozenset()
     audit_investor_key: ClassVar[str | None] = None
     audit_ignored_fields: ClassVar[frozenset[str]] = frozenset({"created_at", "updated_at"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # One name per entity, in the trash and the trail alike.
+        if cls.audit_entity is None and cls.entity is not None:
+            cls.audit_entity = cls.entity.value
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session

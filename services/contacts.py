@@ -17,7 +17,6 @@ class ContactService(BaseService[Contact, ContactCreate, ContactUpdate]):
     not_found_message = "Contact not found"
     owner_columns = (Investor.owner_id,)
     entity = TrashEntity.contact
-    audit_entity = "contact"
     audit_investor_key = "investor_id"
 
     async def list_for_investor(

@@ -28,7 +28,6 @@ class InteractionService(BaseService[Interaction, InteractionCreate, Interaction
     # Its author, and the owner of its investor.
     owner_columns = (Investor.owner_id, Interaction.created_by)
     entity = TrashEntity.interaction
-    audit_entity = "interaction"
     audit_investor_key = "investor_id"
 
     async def list_interactions(

@@ -92,7 +92,6 @@ class InvestorService(BaseService[Investor, InvestorCreate, InvestorUpdate]):
         Kpi.investor_id,
         Task.investor_id,
     )
-    audit_entity = "investor"
     audit_investor_key = "id"
 
     async def list_investors(

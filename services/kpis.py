@@ -64,7 +64,6 @@ class KpiService(BaseService[Kpi, KpiUpsert, KpiUpdate]):
     not_found_message = "KPI not found"
     owner_columns = (Investor.owner_id,)
     entity = TrashEntity.kpi
-    audit_entity = "kpi"
     audit_investor_key = "investor_id"
 
     async def upsert_month(self, investor_id: int, data: KpiUpsert) -> tuple[Kpi, bool]:

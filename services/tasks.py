@@ -76,7 +76,6 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
     # A `user` changes the tasks given to it and those it wrote.
     owner_columns = (Task.assignee_id, Task.created_by)
     entity = TrashEntity.task
-    audit_entity = "task"
     audit_investor_key = "investor_id"
 
     def order_by(self, sort: str | None) -> list[ColumnElement[Any]]:
