@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import clock
+from core.email import OutgoingEmail
 from core.jobs import JobContext, RetryPolicy, job_types
 from core.schedules import Schedule, schedules
 from models.investor import Investor
@@ -88,6 +89,7 @@ def due_tasks_statement(day: date) -> Select[Any]:
             due.c.priority,
             Investor.name.label("investor"),
         )
+        .select_from(User)
         .join(due, true())
         .outerjoin(Investor, Investor.id == due.c.investor_id)
         .where(User.is_active.is_(True), User.daily_digest.is_(True))
@@ -125,14 +127,14 @@ class DigestService:
     async def send_digests(self, day: date) -> int:
         """Queue the digest of `day` to each user who has one and was not sent it yet (one
         email job each, so that a failed delivery is retried alone); how many were queued."""
-        emails = {}
+        emails: dict[int, OutgoingEmail] = {}
         for digest in await self.due_digests(day):
             try:
                 emails[digest.user_id] = digest_email(digest)
             except ValidationError:
                 logger.warning("No digest for user %s: their address takes no mail", digest.user_id)
         claimed = await self._claim(list(emails), day)
-        job_ids = []
+        job_ids: list[dict[str, Any]] = []
         for user_id in claimed:
             job_id = await send_later(JobService(self.session), emails[user_id])
             job_ids.append({"claimed_user": user_id, "claimed_day": day, "job_id": job_id})

@@ -32,7 +32,7 @@ class TaskReminderService:
         yesterday = day - timedelta(days=1)
         # Two days of ix_tasks_due_date: the whole company's reminders in one read.
         stmt = (
-            select(Task.id, Task.title, Task.due_date, Task.assignee_id, Investor.name)
+            select(Task.id, Task.title, Task.due_date, User.id, Investor.name)
             .join(User, User.id == Task.assignee_id)
             .outerjoin(Investor, Investor.id == Task.investor_id)
             .where(
@@ -43,7 +43,7 @@ class TaskReminderService:
             )
             .order_by(Task.due_date, Task.id)
         )
-        notices = []
+        notices: list[Notice] = []
         for task_id, title, due_date, assignee_id, investor in await self.session.execute(stmt):
             about = None if investor is None else f"Investisseur : {investor}"
             if due_date == day:
