@@ -10,7 +10,7 @@ from typing import Any
 
 import holidays
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Select, bindparam, delete, select, true, update
+from sqlalchemy import Select, delete, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -137,9 +137,10 @@ class DigestService:
         job_ids: list[dict[str, Any]] = []
         for user_id in claimed:
             job_id = await send_later(JobService(self.session), emails[user_id])
-            job_ids.append({"claimed_user": user_id, "claimed_day": day, "job_id": job_id})
+            job_ids.append({"user_id": user_id, "day": day, "job_id": job_id})
         if job_ids:
-            await self.session.execute(_SET_JOB, job_ids)
+            # ORM bulk UPDATE by primary key: one executemany for every claim.
+            await self.session.execute(update(DigestDelivery), job_ids)
         await self.session.execute(
             delete(DigestDelivery).where(DigestDelivery.day < day - timedelta(CLAIMS_KEPT_DAYS))
         )
@@ -156,17 +157,6 @@ class DigestService:
             .returning(DigestDelivery.user_id)
         )
         return sorted((await self.session.execute(stmt)).scalars())
-
-
-_SET_JOB = (
-    update(DigestDelivery)
-    .where(
-        DigestDelivery.user_id == bindparam("claimed_user"),
-        DigestDelivery.day == bindparam("claimed_day"),
-    )
-    .values(job_id=bindparam("job_id"))
-    .execution_options(synchronize_session=False)
-)
 
 
 class MorningPayload(BaseModel):
