@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.dialects import postgresql
 
 from core.clock import use_clock
@@ -20,6 +21,7 @@ from core.db import db
 from core.email import send_email
 from core.jobs import JobContext
 from core.schedules import schedules
+from models.notification import NOTIFICATIONS_CHANNEL
 from services.digest import (
     DIGEST_TASK_LIMIT,
     MORNING_CRON,
@@ -36,7 +38,7 @@ from tests.conftest import engine_event
 from tests.factories import bearer, create_user, execute, fetch, insert_investor, scalar
 from tests.test_email import Mailbox, parse, smtp_server
 from tests.test_schedules import FakeClock, scheduler
-from tests.worker_process import enqueue, finished, worker_in_process
+from tests.worker_process import enqueue, finished, until, worker_in_process
 
 API = "/api/v1"
 PARIS = ZoneInfo("Europe/Paris")
@@ -300,6 +302,34 @@ async def test_the_morning_tells_due_and_overdue_tasks_once_each(clock: FakeCloc
         ("task_overdue", f"/api/v1/tasks/{due_today}"),
         ("task_due", f"/api/v1/tasks/{tomorrow}"),
     ]
+
+
+@pytest.mark.committing
+async def test_the_live_streams_hear_each_reminder_once(database_url: str) -> None:
+    user_id = await create_user()
+    await add_task(user_id, "Appeler", MONDAY)
+    await add_task(user_id, "Relancer", SUNDAY)
+    heard: list[str] = []
+    listener = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        await listener.add_listener(NOTIFICATIONS_CHANNEL, lambda *args: heard.append(args[3]))
+        await run_morning_round(MONDAY)
+
+        async def told() -> bool:
+            await listener.fetchval("SELECT 1")  # a round trip delivers what is pending
+            return bool(heard)
+
+        await until(told, "the reminders' notification")
+        await run_morning_round(MONDAY)
+        await listener.fetchval("SELECT 1")
+    finally:
+        await listener.close()
+    # The two reminders of one transaction, one user: one NOTIFY (PostgreSQL folds equal ones);
+    # the second run inserted nothing, so told the streams nothing.
+    assert heard == [str(user_id)]
+    assert await scalar("SELECT count(*) FROM notifications") == 2
 
 
 async def test_a_snoozed_task_is_told_again_on_its_new_due_date(
