@@ -78,6 +78,7 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.audit $(SIZE)
 	$(PY) -m bench.exports
 	$(PY) -m bench.imports
+	$(PY) -m bench.notifications
 
 # The same fuzz test `make test` runs, with many more generated cases per operation.
 fuzz: $(DEV_STAMP)

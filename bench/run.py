@@ -616,8 +616,9 @@ def write_latest() -> str:
         "",
     ]
     # Each size's section, then the job queue's (bench/jobs.py), the audit trail's
-    # (bench/audit.py), the exports' (bench/exports.py) and the import's (bench/imports.py).
-    for name in [*SIZES, "jobs", "audit", "exports", "imports"]:
+    # (bench/audit.py), the exports' (bench/exports.py), the import's (bench/imports.py) and
+    # the tasks' and notifications' (bench/notifications.py).
+    for name in [*SIZES, "jobs", "audit", "exports", "imports", "notifications"]:
         section = RESULTS_DIR / f"{name}.md"
         if section.exists():
             parts.append(section.read_text())

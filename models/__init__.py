@@ -16,7 +16,7 @@ from models.investor import (
 )
 from models.job import FINISHED_STATUSES, Job, JobStatus, ScheduleRun
 from models.kpi import Kpi
-from models.notification import Notification, NotificationKind, StreamTicket
+from models.notification import DigestDelivery, Notification, NotificationKind, StreamTicket
 from models.password_reset import PasswordResetRequest, PasswordResetToken
 from models.session import AuthSession, RefreshToken
 from models.task import FollowUpRule, Task, TaskPriority, TaskStatus
@@ -36,6 +36,7 @@ __all__ = [
     "ClientType",
     "Contact",
     "DataImport",
+    "DigestDelivery",
     "FollowUpRule",
     "GdprEntity",
     "ImportRowError",

@@ -2,10 +2,11 @@
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -61,6 +62,14 @@ class Notification(Base):
         Index("ix_notifications_user_id_id", "user_id", "id"),
         # The retention purge.
         Index("ix_notifications_created_at", "created_at"),
+        # A notification told once whatever the number of runs (a task's reminder of the day).
+        Index(
+            "uq_notifications_user_id_dedup_key",
+            "user_id",
+            "dedup_key",
+            unique=True,
+            postgresql_where=text("dedup_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -78,6 +87,26 @@ class Notification(Base):
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What makes the notification unique for its user (`task_due:12:2026-07-13`); null for the
+    # notifications of an event, which happen once by nature.
+    dedup_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class DigestDelivery(Base):
+    """A user's morning digest of a day, claimed before its email is queued: a second run of
+    the day's job (a retry, a slot run again) finds the claim and sends nothing."""
+
+    __tablename__ = "digest_deliveries"
+
+    user_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # The email.send job of the digest.
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 class StreamTicket(Base):

@@ -149,8 +149,8 @@ class GdprService:
         await scrub_jobs(self.session, values)
         await NotificationService(self.session).scrub(values, ANONYMIZED_NAME)
         await scrub_imports(self.session, values)
-        emails = [value for value in values if "@" in value]
-        await delete_outbox_messages(settings.email_outbox_dir, emails)
+        # Every value, not only the addresses: a digest mentions an investor by name.
+        await delete_outbox_messages(settings.email_outbox_dir, values)
 
     async def export(self, email: str) -> PersonalDataExport:
         """Every record holding this email (users, investors, contacts, in the trash too) and

@@ -145,9 +145,10 @@ def _delete_messages(directory: Path, needles: Sequence[str]) -> int:
     return deleted
 
 
-async def delete_outbox_messages(directory: Path, emails: Iterable[str]) -> int:
-    """Delete the outbox's messages to, from or about these addresses; how many went."""
-    needles = sorted({address.lower() for address in emails if address})
+async def delete_outbox_messages(directory: Path, values: Iterable[str]) -> int:
+    """Delete the outbox's messages to, from or mentioning these values (addresses, names);
+    how many went."""
+    needles = sorted({value.lower() for value in values if value})
     if not needles:
         return 0
     return await asyncio.to_thread(_delete_messages, directory, needles)

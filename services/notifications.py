@@ -2,17 +2,31 @@
 purged after NOTIFICATION_RETENTION_DAYS. Their live delivery is services/notification_stream.py."""
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from models.notification import Notification, NotificationKind
 from services.base import BaseService
 
 # Catch-up reads of a stream take at most this many rows at a time.
 CATCH_UP_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One notification to one user, told once per `dedup_key` (`task_due:12:2026-07-13`)."""
+
+    user_id: int
+    kind: NotificationKind
+    title: str
+    dedup_key: str
+    body: str | None = None
+    link: str | None = None
 
 
 class NotificationService(BaseService[Notification, BaseModel, BaseModel]):
@@ -41,6 +55,33 @@ class NotificationService(BaseService[Notification, BaseModel, BaseModel]):
         ]
         result = await self.session.execute(insert(Notification).returning(Notification.id), rows)
         return list(result.scalars())
+
+    async def notify_once(self, notices: Sequence[Notice]) -> int:
+        """Insert each notice unless its user was told its key already (by an earlier run of
+        the same job), in the caller's transaction; how many are new. Only those reach the
+        open streams: the trigger fires for inserted rows alone."""
+        if not notices:
+            return 0
+        rows = [
+            {
+                "user_id": notice.user_id,
+                "kind": notice.kind,
+                "title": notice.title[:200],
+                "body": notice.body,
+                "link": notice.link,
+                "dedup_key": notice.dedup_key,
+            }
+            for notice in notices
+        ]
+        stmt = (
+            pg_insert(Notification)
+            .on_conflict_do_nothing(
+                index_elements=[Notification.user_id, Notification.dedup_key],
+                index_where=Notification.dedup_key.is_not(None),
+            )
+            .returning(Notification.id)
+        )
+        return len((await self.session.execute(stmt, rows)).all())
 
     async def list_for(
         self, user_id: int, *, unread_only: bool, skip: int, limit: int

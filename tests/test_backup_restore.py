@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,11 @@ async def populate(client: AsyncClient) -> dict[str, str]:
         await session.execute(
             text("INSERT INTO schedule_runs (schedule, slot, job_id) VALUES (:s, :t, :j)"),
             {"s": "jobs.purge.daily", "t": datetime(2026, 1, 5, 3, 15), "j": job_id},
+        )
+        # The morning digest of a day, claimed for the salesperson.
+        await session.execute(
+            text("INSERT INTO digest_deliveries (user_id, day, job_id) VALUES (:u, :d, :j)"),
+            {"u": sales_user["id"], "d": date(2026, 1, 5), "j": job_id},
         )
     return admin
 

@@ -8,14 +8,14 @@ from core.queue import delete_finished_jobs, purge_queue_log
 from core.schedules import Schedule, schedules
 
 # Feature modules that declare job types, imported for their registrations.
-from services import emails, import_job, password_reset
+from services import digest, emails, import_job, password_reset
 from services.audit import AuditService
 from services.audit_recorder import record_failed_logins
 from services.notifications import NotificationService
 from services.stream_tickets import StreamTicketService
 from services.trash import TrashService
 
-FEATURE_JOB_MODULES = (emails, import_job, password_reset)
+FEATURE_JOB_MODULES = (digest, emails, import_job, password_reset)
 
 
 class PurgePayload(BaseModel):
