@@ -18,7 +18,7 @@ from httpx import AsyncClient
 from services.spreadsheet_columns import COLUMNS, SpreadsheetEntity
 from tests.factories import create_user, execute, fetch, make_contact, make_investor, scalar
 from tests.test_exports import API, csv_rows, export, post, workbook
-from tests.test_imports import run_import
+from tests.test_imports import csv_bytes, run_import
 
 Headers = dict[str, str]
 TABLES = {"investor": "investors", "contact": "contacts", "kpi": "kpis"}
@@ -154,6 +154,36 @@ async def test_an_export_reimported_with_update_changes_nothing(
     # Not a column changed, updated_at included: nothing was written.
     assert await table_rows(table) == before
     assert await side_effect_counts() == effects
+
+
+async def test_investors_of_a_deactivated_owner_reimport_unchanged(
+    client: AsyncClient, admin_headers: Headers
+) -> None:
+    """A deactivated user keeps their investors: the export names them as the owner, and
+    importing it again changes nothing; giving them a new investor is still refused."""
+    arranged = await arrange_crm(client, admin_headers)
+    await execute("UPDATE users SET is_active = false WHERE id = :id", id=arranged["owner"])
+    response = await export(client, admin_headers, "investor.csv")
+    before = await table_rows("investors")
+    result = await run_import(
+        client, admin_headers, response.content, mode="commit", on_duplicate="update"
+    )
+    assert result["errors"] == [] and result["skipped"] == len(before)
+    assert await table_rows("investors") == before
+    header, *rows = csv_rows(response)
+    owned = next(row for row in rows if row[header.index("Commercial")])
+    unowned = next(row for row in rows if not row[header.index("Commercial")])
+    unowned[header.index("Commercial")] = owned[header.index("Commercial")]
+    new = [""] * len(header)
+    new[header.index("Nom")] = "Nouvel investisseur"
+    new[header.index("Commercial")] = "commercial@crm.test"
+    content = csv_bytes([header, owned, unowned, new])
+    result = await run_import(client, admin_headers, content, mode="commit", on_duplicate="update")
+    assert [(e["row"], e["column"], e["value"], e["code"]) for e in result["errors"]] == [
+        (3, "Commercial", "commercial@crm.test", "unknown_reference"),
+        (4, "Commercial", "commercial@crm.test", "unknown_reference"),
+    ]
+    assert await table_rows("investors") == before
 
 
 @pytest.mark.parametrize("file_format", ["xlsx", "csv"])
