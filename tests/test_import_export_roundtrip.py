@@ -110,7 +110,7 @@ async def arrange_crm(client: AsyncClient, headers: Headers) -> dict[str, Any]:
             "subject": FORMULA_TEXTS[3],
         },
     )
-    for investor, body in (
+    kpis: list[tuple[int, dict[str, Any]]] = [
         (
             first["id"],
             {
@@ -124,7 +124,8 @@ async def arrange_crm(client: AsyncClient, headers: Headers) -> dict[str, Any]:
         ),
         (first["id"], {"year": 2026, "month": 4, "revenue": 0.01, "closings": 1}),
         (second["id"], {"year": 2025, "month": 12, "revenue": 99.9, "rdv_count": 3}),
-    ):
+    ]
+    for investor, body in kpis:
         await post(client, headers, f"{API}/kpis/investor/{investor}", body)
     return {"owner": owner}
 
