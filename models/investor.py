@@ -44,6 +44,14 @@ PIPELINE_ORDER = (
 )
 
 
+class StageChangeSource(enum.StrEnum):
+    """Where a move of the pipeline came from: the API (a person, or its follow-ups) or an
+    import, whose moves fire no follow-up rule."""
+
+    api = "api"
+    import_ = "import"
+
+
 class ClientType(enum.StrEnum):
     cgpi = "cgpi"
     wholesale = "wholesale"
@@ -173,4 +181,9 @@ class InvestorStageChange(Base):
     )
     changed_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    source: Mapped[StageChangeSource] = mapped_column(
+        value_enum(StageChangeSource, "stage_change_source"),
+        server_default=StageChangeSource.api.value,
+        nullable=False,
     )

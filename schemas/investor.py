@@ -14,7 +14,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from models.investor import ClientType, PipelineStage
+from models.investor import ClientType, PipelineStage, StageChangeSource
 from schemas.common import (
     PG_INT_MAX,
     InputModel,
@@ -222,6 +222,8 @@ class StageChangeRead(ReadModel):
     to_stage: PipelineStage
     changed_at: datetime
     changed_by: int | None
+    # `import` for the moves an import made (they fire no follow-up rule), `api` otherwise.
+    source: StageChangeSource
 
 
 class InvestorStats(BaseModel):

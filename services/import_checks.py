@@ -30,6 +30,9 @@ class ImportPlan:
     skipped: int = 0
 
 
+_NO_OWNER = "No active user"
+
+
 def _any(values: Iterable[Any], item_type: type[TypeEngine[Any]]) -> Any:
     """`= ANY(:array)`: one parameter however many values (an IN list binds one each, and the
     driver takes at most 32,767)."""
@@ -58,6 +61,8 @@ class ImportChecker:
         self.sheet = sheet
         # A commit locks the records it matched (it may update them); a dry run takes no lock.
         self.lock = lock
+        # Owners named by the file who may keep their investors but be given no new one.
+        self.inactive_owners: set[int] = set()
 
     def _refuse(self, row: ParsedRow, field_name: str, value: Any, code: str, message: str) -> None:
         header = self.sheet.headers.get(field_name, field_name)
@@ -80,6 +85,8 @@ class ImportChecker:
             key = key_of(row)
             found = None if key is None else existing.get(key)
             if found is None:
+                if self._refused_owner(row, None):
+                    continue
                 plan.creates.append(row)
             elif self.on_duplicate is OnDuplicate.error:
                 self._refuse(
@@ -91,18 +98,32 @@ class ImportChecker:
                 )
             elif self.on_duplicate is OnDuplicate.skip or not _differs(found, row, self.sheet):
                 plan.skipped += 1
-            else:
+            elif not self._refused_owner(row, found):
                 plan.updates.append((row, found))
         return plan
+
+    def _refused_owner(self, row: ParsedRow, found: Base | None) -> bool:
+        """An inactive user stays the owner of the investors they had (so an export of them
+        imports again unchanged) but is refused as a new owner, as the API refuses them."""
+        owner = row.values.get("owner_id")
+        if owner not in self.inactive_owners or getattr(found, "owner_id", None) == owner:
+            return False
+        self._refuse(
+            row, "owner_email", row.references.get("owner_email"), "unknown_reference", _NO_OWNER
+        )
+        return True
 
     async def _resolve_owners(self, rows: list[ParsedRow]) -> list[ParsedRow]:
         emails = {_email_key(row.references.get("owner_email")) for row in rows} - {None}
         owners: dict[str, int] = {}
         if emails:
-            stmt = select(func.lower(User.email), User.id).where(
-                func.lower(User.email) == _any(emails, String), User.is_active.is_(True)
+            stmt = select(func.lower(User.email), User.id, User.is_active).where(
+                func.lower(User.email) == _any(emails, String)
             )
-            owners = dict((await self.session.execute(stmt)).tuples().all())
+            for email, user_id, active in (await self.session.execute(stmt)).tuples():
+                owners[email] = user_id
+                if not active:
+                    self.inactive_owners.add(user_id)
         kept = []
         for row in rows:
             email = row.references.get("owner_email")
@@ -110,7 +131,7 @@ class ImportChecker:
                 if email is None:
                     row.values["owner_id"] = None
                 elif (owner := owners.get(email.lower())) is None:
-                    self._refuse(row, "owner_email", email, "unknown_reference", "No active user")
+                    self._refuse(row, "owner_email", email, "unknown_reference", _NO_OWNER)
                     continue
                 else:
                     row.values["owner_id"] = owner

@@ -19,10 +19,12 @@ from core.schedules import Schedule, schedules
 from models.audit import ActorKind
 from models.data_import import DataImport, ImportFormat, ImportMode, ImportOutcome, ImportRowError
 from models.job import FINISHED_STATUSES, Job
+from models.notification import NotificationKind
 from services.import_checks import ImportChecker, ImportPlan
 from services.import_reader import read_rows
 from services.import_rows import HEADER_ROW, ParsedSheet, RowError, parse_sheet
 from services.import_writer import ImportWriter
+from services.notifications import NotificationService
 from services.spreadsheet_columns import SpreadsheetEntity
 
 IMPORT_JOB = "import.run"
@@ -177,3 +179,34 @@ class ImportRunner:
             )
             .execution_options(synchronize_session=False)
         )
+        title, body = _summary(record, sheet.row_count, len(errors), plan)
+        # The job worked on its creator's behalf, who waits for it: they hear of its end
+        # (no actor to leave out), in the transaction of its final status.
+        await NotificationService(self.session).notify(
+            [record.created_by],
+            NotificationKind.import_finished,
+            title,
+            body,
+            link=f"/api/v1/imports/{record.id}",
+            actor_id=None,
+        )
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number < 2 else plural}"
+
+
+def _summary(record: DataImport, rows: int, errors: int, plan: ImportPlan) -> tuple[str, str]:
+    """The notification's title and body, in French: what the import did, or why not."""
+    dry_run = record.mode is ImportMode.dry_run
+    read = f"{record.filename} : {_count(rows, 'ligne lue', 'lignes lues')}"
+    if errors:
+        title = "Essai d'import" if dry_run else "Import échoué"
+        return f"{title} : {_count(errors, 'erreur', 'erreurs')}", f"{read}, rien n'a été écrit."
+    created, updated = len(plan.creates), len(plan.updates)
+    skipped = _count(plan.skipped, "ignorée", "ignorées")
+    if dry_run:
+        title = f"Essai d'import réussi : {created} à créer, {updated} à mettre à jour"
+        return title, f"{read}, {skipped}, rien n'a été écrit (essai à blanc)."
+    title = f"Import terminé : {_count(created, 'créé', 'créés')}, {updated} mis à jour"
+    return title, f"{read}, {skipped}."

@@ -17,11 +17,10 @@ from services.spreadsheet_columns import (
     ENUM_LABELS,
     ColumnType,
     SpreadsheetColumn,
+    needs_apostrophe,
     normalise_header,
 )
 
-# What an export prefixes with an apostrophe so that a spreadsheet never runs it as a formula.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _EXCEL_EPOCH = date(1899, 12, 30)
 _FRENCH_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -57,7 +56,8 @@ def convert(column: SpreadsheetColumn, raw: Any) -> Any:
     """The value of `raw` for the column, None for a blank cell; CellError when refused."""
     if isinstance(raw, str):
         raw = raw.strip()
-        if raw.startswith("'") and raw[1:2] in _FORMULA_STARTS and raw[1:2]:
+        # The apostrophe an export put before a text a spreadsheet would run as a formula.
+        if raw.startswith("'") and needs_apostrophe(raw[1:]):
             raw = raw[1:]
         if not raw:
             return None

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audit import Actor
 from models.audit import AuditAction
-from models.investor import Investor, InvestorStageChange
+from models.investor import Investor, InvestorStageChange, StageChangeSource
 from services.base import BaseService
 from services.contacts import ContactService
 from services.import_checks import ImportPlan, changes_of
@@ -120,4 +120,5 @@ class ImportWriter:
             "from_stage": from_stage,
             "to_stage": to_stage,
             "changed_by": self.created_by,
+            "source": StageChangeSource.import_,
         }

@@ -245,6 +245,17 @@ FILE_STEMS = MappingProxyType(
 )
 
 
+# What a spreadsheet runs as a formula when a text starts with it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def needs_apostrophe(text: str) -> bool:
+    """Whether a CSV export writes the text after an apostrophe: it starts with a formula sign,
+    or is itself an apostrophe before such a text (the import removes one apostrophe from
+    exactly these, so every text comes back as it was)."""
+    return text.lstrip("'").startswith(FORMULA_STARTS)
+
+
 def normalise_header(text: str) -> str:
     """A header as matched: case, accents, spaces, `-` and `_` ignored ("E-mail" = "email")."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())

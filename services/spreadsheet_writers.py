@@ -26,12 +26,12 @@ from services.spreadsheet_columns import (
     SpreadsheetColumn,
     SpreadsheetEntity,
     import_columns,
+    needs_apostrophe,
 )
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 UTF8_BOM = "\ufeff"
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _TEXT_KINDS = frozenset({ColumnType.text, ColumnType.email, ColumnType.phone})
 _DECIMAL_KINDS = frozenset({ColumnType.money, ColumnType.percent})
 # Rows of a template that get the drop-down lists of its enum and yes/no columns.
@@ -60,7 +60,13 @@ def _boolean(value: bool, lang: str) -> str:
 
 
 def _neutralised(text: str) -> str:
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+    return f"'{text}" if needs_apostrophe(text) else text
+
+
+def _xlsx_text(text: str) -> str:
+    """A string cell is never a formula; only a text the import would take for a neutralised
+    one (an apostrophe before a formula sign) gets one more apostrophe, which it removes."""
+    return f"'{text}" if text.startswith("'") and needs_apostrophe(text) else text
 
 
 CsvFormatter = Callable[[Any], str]
@@ -155,7 +161,7 @@ class SheetWriter:
             return
         kind = column.kind
         if kind in _TEXT_KINDS:
-            self.sheet.write_string(row, index, str(value))
+            self.sheet.write_string(row, index, _xlsx_text(str(value)))
         elif kind is ColumnType.integer:
             self.sheet.write_number(row, index, int(value))
         elif kind in _DECIMAL_KINDS:
