@@ -166,7 +166,8 @@ async def measure(url: str, writes: int, entries: int) -> str:
             "## Audit trail",
             "",
             f"Write mix through the application in process ({writes:,} writes, "
-            f"{BLOCKS} blocks on/off after a warm-up); history with {entries:,} entries in the trail.",
+            f"{BLOCKS} blocks on/off after a warm-up); history with {entries:,} entries in the "
+            "trail.",
             "",
             "| Measure | Value | Target |",
             "|---|---:|---:|",
