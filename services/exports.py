@@ -177,7 +177,10 @@ class ExportReader:
         statement = await self._statement(plan)
         if statement is None:
             return
-        result = await self.session.stream(statement.execution_options(yield_per=BATCH_ROWS))
+        # On the session's connection: plain rows, without the ORM's per-row loading (a third
+        # of the reading time of a large export).
+        connection = await self.session.connection()
+        result = await connection.stream(statement.execution_options(yield_per=BATCH_ROWS))
         async for batch in result.partitions():
             yield batch
 

@@ -249,11 +249,16 @@ FILE_STEMS = MappingProxyType(
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+# The first characters of every text `needs_apostrophe` may accept: most texts are let through
+# by one set lookup (an export asks for every text cell).
+APOSTROPHE_CANDIDATES = frozenset((*FORMULA_STARTS, "'"))
+
+
 def needs_apostrophe(text: str) -> bool:
     """Whether a CSV export writes the text after an apostrophe: it starts with a formula sign,
     or is itself an apostrophe before such a text (the import removes one apostrophe from
     exactly these, so every text comes back as it was)."""
-    return text.lstrip("'").startswith(FORMULA_STARTS)
+    return text[:1] in APOSTROPHE_CANDIDATES and text.lstrip("'").startswith(FORMULA_STARTS)
 
 
 def normalise_header(text: str) -> str:

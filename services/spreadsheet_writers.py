@@ -18,6 +18,7 @@ import xlsxwriter  # type: ignore[import-untyped]  # ships no type information
 
 from core.config import settings
 from services.spreadsheet_columns import (
+    APOSTROPHE_CANDIDATES,
     BOOLEAN_LABELS,
     COLUMNS,
     ENUM_LABELS,
@@ -60,6 +61,8 @@ def _boolean(value: bool, lang: str) -> str:
 
 
 def _neutralised(text: str) -> str:
+    if text[:1] not in APOSTROPHE_CANDIDATES:  # most texts: no call made
+        return text
     return f"'{text}" if needs_apostrophe(text) else text
 
 
@@ -92,7 +95,8 @@ def csv_formatter(column: SpreadsheetColumn, *, lang: str, decimal_comma: bool) 
         return lambda value: labels[value]
     if kind is ColumnType.datetime:
         zone = ZoneInfo(settings.timezone)
-        return lambda value: value.astimezone(zone).replace(tzinfo=None).isoformat(" ", "seconds")
+        # The wall-clock time without its offset: the first 19 characters of the ISO form.
+        return lambda value: value.astimezone(zone).isoformat(" ", "seconds")[:19]
     if kind is ColumnType.date:
         return lambda value: str(value.isoformat())
     return str
