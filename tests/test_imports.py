@@ -546,12 +546,17 @@ async def test_an_xlsx_sheet_chosen_by_name_with_excel_dates_and_numbers(
 # --- limits, refused before the 202 ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", ["one byte over", "25 MiB"])
 async def test_a_file_over_import_max_bytes_is_413(
-    client: AsyncClient, admin_headers: dict[str, str]
+    client: AsyncClient, admin_headers: dict[str, str], size: str
 ) -> None:
     from core.config import settings
 
-    content = b"Nom\n" + b"a" * settings.import_max_bytes
+    # The default limit (20 MiB), which the 25 MiB file exceeds.
+    assert settings.import_max_bytes == 20 * 1024 * 1024
+    length = settings.import_max_bytes + 1 if size == "one byte over" else 25 * 1024 * 1024
+    content = b"Nom\n" + b"a" * (length - 4)
+    assert len(content) == length
     response = await upload(client, admin_headers, content)
     assert response.status_code == 413
     assert error_of(response)["code"] == "payload_too_large"
