@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import date, time
 
 from core.email import OutgoingEmail
-from services.task_reminders import french_date, task_link
+from services.task_reminders import french_date
+from services.tasks import task_link
 
 WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
 MONTHS = (

@@ -29,6 +29,26 @@ class Notice:
     link: str | None = None
 
 
+def _row(
+    user_id: int,
+    kind: NotificationKind,
+    title: str,
+    body: str | None,
+    link: str | None,
+    *,
+    dedup_key: str | None = None,
+) -> dict[str, Any]:
+    """One notification's column values (the title cut to its column's length)."""
+    return {
+        "user_id": user_id,
+        "kind": kind,
+        "title": title[:200],
+        "body": body,
+        "link": link,
+        "dedup_key": dedup_key,
+    }
+
+
 class NotificationService(BaseService[Notification, BaseModel, BaseModel]):
     model = Notification
     not_found_message = "Notification not found"
@@ -49,10 +69,7 @@ class NotificationService(BaseService[Notification, BaseModel, BaseModel]):
         recipients = sorted({user_id for user_id in user_ids if user_id not in (None, actor_id)})
         if not recipients:
             return []
-        rows = [
-            {"user_id": user_id, "kind": kind, "title": title[:200], "body": body, "link": link}
-            for user_id in recipients
-        ]
+        rows = [_row(user_id, kind, title, body, link) for user_id in recipients]
         result = await self.session.execute(insert(Notification).returning(Notification.id), rows)
         return list(result.scalars())
 
@@ -63,15 +80,7 @@ class NotificationService(BaseService[Notification, BaseModel, BaseModel]):
         if not notices:
             return 0
         rows = [
-            {
-                "user_id": notice.user_id,
-                "kind": notice.kind,
-                "title": notice.title[:200],
-                "body": notice.body,
-                "link": notice.link,
-                "dedup_key": notice.dedup_key,
-            }
-            for notice in notices
+            _row(n.user_id, n.kind, n.title, n.body, n.link, dedup_key=n.dedup_key) for n in notices
         ]
         stmt = (
             pg_insert(Notification)

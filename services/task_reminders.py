@@ -11,11 +11,7 @@ from models.notification import NotificationKind
 from models.task import OPEN_STATUSES, Task
 from models.user import User
 from services.notifications import Notice, NotificationService
-
-
-def task_link(task_id: int) -> str:
-    """The API path of a task, which notifications and the digest point to."""
-    return f"/api/v1/tasks/{task_id}"
+from services.tasks import task_link
 
 
 def french_date(day: date) -> str:

@@ -1,14 +1,14 @@
 """Tasks: what each user has to do, by when, and about which investor."""
 
 from datetime import date, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import clock
 from core.exceptions import ConflictError, InvalidFieldError, NotFoundError
 from models.interaction import Interaction
-from models.investor import Investor
 from models.notification import NotificationKind
 from models.task import OPEN_STATUSES, Task, TaskStatus
 from models.trash import TrashEntity
@@ -17,6 +17,15 @@ from schemas.common import PG_INT_MAX
 from schemas.task import TaskCreate, TaskFilters, TaskSnooze, TaskSummary, TaskUpdate
 from services.base import BaseService
 from services.notifications import NotificationService
+
+if TYPE_CHECKING:
+    from services.investors import InvestorService
+
+
+def task_link(task_id: int) -> str:
+    """The API path of a task, which notifications and the digest point to."""
+    return f"/api/v1/tasks/{task_id}"
+
 
 # `week`: the days after today up to this many; `later`: after them.
 WEEK_DAYS = 7
@@ -40,10 +49,6 @@ class UnknownInteraction(InvalidFieldError):
 class InteractionNotOfInvestor(InvalidFieldError):
     code = "interaction_not_of_investor"
     message = "The interaction belongs to another investor"
-
-
-class InvestorNotFound(NotFoundError):
-    message = "Investor not found"
 
 
 class InvalidSnooze(InvalidFieldError):
@@ -130,8 +135,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
         self, investor_id: int, *, skip: int, limit: int
     ) -> tuple[list[Task], int]:
         """Every task about an investor, any status, by due date; 404 when it is missing."""
-        if not await self._investor_is_live(investor_id):
-            raise InvestorNotFound()
+        await _investors(self.session).ensure_exists(investor_id)
         return await self.list(where=[Task.investor_id == investor_id], skip=skip, limit=limit)
 
     async def create_task(self, data: TaskCreate, *, caller_id: int) -> Task:
@@ -207,7 +211,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
             [task.assignee_id],
             NotificationKind.task_assigned,
             task.title,
-            link=f"/api/v1/tasks/{task.id}",
+            link=task_link(task.id),
             actor_id=actor_id,
         )
 
@@ -230,17 +234,21 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
             if investor_id is not None and investor_id != about:
                 raise InteractionNotOfInvestor("body", "interaction_id")
             investor_id = about
-        if investor_id is not None and not await self._investor_is_live(investor_id, lock=True):
-            raise UnknownInvestor("body", "investor_id")
+        if investor_id is not None:
+            # Locked (key share): the investor cannot go to the trash before this transaction
+            # ends, so no live task is left on a trashed investor.
+            try:
+                await _investors(self.session).ensure_exists(investor_id, lock=True)
+            except NotFoundError:
+                raise UnknownInvestor("body", "investor_id") from None
         return investor_id
 
-    async def _investor_is_live(self, investor_id: int, *, lock: bool = False) -> bool:
-        # A key-share lock when linking: the investor cannot go to the trash before this
-        # transaction ends, so no live task is left on a trashed investor.
-        stmt = select(Investor.id).where(Investor.id == investor_id, Investor.deleted_at.is_(None))
-        if lock:
-            stmt = stmt.with_for_update(key_share=True)
-        return (await self.session.execute(stmt)).first() is not None
+
+def _investors(session: AsyncSession) -> "InvestorService":
+    # Imported here: services.investors builds on this module (its stage rules make tasks).
+    from services.investors import InvestorService
+
+    return InvestorService(session)
 
 
 def _set_status(task: Task, status: TaskStatus) -> None:
