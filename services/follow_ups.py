@@ -51,7 +51,8 @@ _INSERT_RULE_TASK = (
     .on_conflict_do_nothing(
         index_elements=[Task.investor_id, Task.source], index_where=_OPEN_RULE_TASK
     )
-    .returning(Task.id)
+    # The new row itself (server defaults included): audited and announced without a re-read.
+    .returning(Task)
 )
 
 
@@ -155,11 +156,10 @@ class FollowUpService:
         # finished in between, the second round creates a new one.
         for _ in range(2):
             created = await self.session.execute(_INSERT_RULE_TASK.values(values))
-            task_id = created.scalar_one_or_none()
-            if task_id is not None:
-                task = await self.tasks.get(task_id)
+            task = created.scalar_one_or_none()
+            if task is not None:
                 await self.tasks.audit(AuditAction.create, task, self.tasks.audit_values(task))
-                await self.tasks._assigned(task, actor_id)
+                await self.tasks.announce_assignment(task, actor_id)
                 return
             if await self._move_open_task(investor_id, source, due, interaction_id):
                 return

@@ -149,7 +149,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
             created_by=caller_id,
             completed_at=clock.now() if data.status is TaskStatus.terminee else None,
         )
-        await self._assigned(task, caller_id)
+        await self.announce_assignment(task, caller_id)
         return task
 
     async def update_task(self, task_id: int, data: TaskUpdate, *, caller_id: int) -> Task:
@@ -176,7 +176,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
         async with self.integrity_guard(unique=FollowUpAlreadyOpen):
             await self.save(task)
         if reassigned:
-            await self._assigned(task, caller_id)
+            await self.announce_assignment(task, caller_id)
         return task
 
     async def complete(self, task_id: int) -> Task:
@@ -202,7 +202,7 @@ class TaskService(BaseService[Task, TaskCreate, TaskUpdate]):
         await self.save(task)
         return task
 
-    async def _assigned(self, task: Task, actor_id: int | None) -> None:
+    async def announce_assignment(self, task: Task, actor_id: int | None) -> None:
         """Where a task given to someone by someone else is announced to them (`task_assigned`),
         in the assignment's transaction: the one call site of that notification."""
         if task.assignee_id is None or task.assignee_id == actor_id:
